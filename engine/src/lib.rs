@@ -1,0 +1,31 @@
+//! # nvg-engine
+//!
+//! The tensor engine of nvg-rs: `Tensor` (strided views over shared storage), dtypes (f32 math over
+//! f32/bf16/f16 storage, i64 ids), devices (the CPU reference backend; CUDA arrives in issue 7), the ops
+//! NVG needs, a counter-based RNG and zero-copy safetensors I/O.
+//!
+//! Layout: `tensor`/`layout`/`storage` define the data model, `ops` the op front-ends (validation and
+//! dispatch, grouped by family), `cpu` the CPU kernels, `rng` the Philox generator, `io` the file
+//! formats. See docs/architecture.md.
+
+pub mod cpu;
+pub mod cuda;
+mod device;
+mod dtype;
+mod error;
+pub mod io;
+pub mod layout;
+pub mod ops;
+pub mod rng;
+mod storage;
+mod tensor;
+
+pub use device::Device;
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use ops::attention::sdpa;
+pub use ops::conv::Padding;
+pub use ops::elementwise::{Binary, Unary};
+pub use ops::rope::rope_tables;
+pub use storage::{CpuStorage, Element};
+pub use tensor::Tensor;

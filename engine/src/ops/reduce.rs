@@ -1,0 +1,195 @@
+//! Reductions along one dimension (sum, mean, max, min, argmax) and the running sum (cumsum).
+
+use super::split_at_dim;
+use crate::cpu::simd;
+use crate::error::{Error, Result, fmt_shape};
+use crate::{DType, Tensor};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reduce {
+    Sum,
+    Max,
+    Min,
+}
+
+/// Shape after reducing `dim` (kept as size 1 with `keepdim`).
+fn reduced_dims(dims: &[usize], dim: usize, keepdim: bool) -> Vec<usize> {
+    let mut out = dims.to_vec();
+    if keepdim {
+        out[dim] = 1;
+    } else {
+        out.remove(dim);
+    }
+    out
+}
+
+/// Reduces `x` viewed as `[outer, size, inner]` along the middle axis.
+fn reduce_f32(x: &[f32], outer: usize, size: usize, inner: usize, kind: Reduce) -> Vec<f32> {
+    let isa = simd::isa();
+    let mut out = vec![0.0f32; outer * inner];
+    let row =
+        |(o, dst): (usize, &mut [f32])| {
+            let block = &x[o * size * inner..(o + 1) * size * inner];
+            if inner == 1 {
+                dst[0] =
+                    match kind {
+                        Reduce::Sum => simd::sum(isa, block),
+                        // NaN propagates, like PyTorch.
+                        Reduce::Max => block.iter().copied().fold(f32::NEG_INFINITY, |a, b| {
+                            if a.is_nan() || b > a || b.is_nan() { b } else { a }
+                        }),
+                        Reduce::Min => block.iter().copied().fold(f32::INFINITY, |a, b| {
+                            if a.is_nan() || b < a || b.is_nan() { b } else { a }
+                        }),
+                    };
+            } else {
+                dst.copy_from_slice(&block[..inner]);
+                for r in 1..size {
+                    let src = &block[r * inner..(r + 1) * inner];
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = match kind {
+                            Reduce::Sum => *d + s,
+                            Reduce::Max => {
+                                if d.is_nan() || s > *d || s.is_nan() {
+                                    s
+                                } else {
+                                    *d
+                                }
+                            }
+                            Reduce::Min => {
+                                if d.is_nan() || s < *d || s.is_nan() {
+                                    s
+                                } else {
+                                    *d
+                                }
+                            }
+                        };
+                    }
+                }
+            }
+        };
+    if x.len() >= super::PAR_MIN_ELEMS && outer > 1 {
+        out.par_chunks_mut(inner).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(inner).enumerate().for_each(row);
+    }
+    out
+}
+
+impl Tensor {
+    fn reduce(&self, op: &'static str, dim: isize, keepdim: bool, kind: Reduce) -> Result<Tensor> {
+        let d = self.layout().dim_index(op, dim)?;
+        let (outer, size, inner) = split_at_dim(self.dims(), d);
+        if size == 0 && kind != Reduce::Sum {
+            return Err(Error::shape(
+                op,
+                format!("reduction over empty dim {d} of shape {}", fmt_shape(self.dims())),
+            ));
+        }
+        let x = self.f32_data(op)?;
+        let out = if size == 0 {
+            vec![0.0; outer * inner]
+        } else {
+            reduce_f32(&x, outer, size, inner, kind)
+        };
+        Ok(Tensor::from_f32_as(
+            out,
+            &reduced_dims(self.dims(), d, keepdim),
+            self.dtype(),
+        ))
+    }
+
+    /// Sum along `dim`.
+    pub fn sum(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce("sum", dim, keepdim, Reduce::Sum)
+    }
+
+    /// Mean along `dim`.
+    pub fn mean(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        let d = self.layout().dim_index("mean", dim)?;
+        let n = self.dims()[d];
+        if n == 0 {
+            return Err(Error::shape(
+                "mean",
+                format!("mean over empty dim {d} of shape {}", fmt_shape(self.dims())),
+            ));
+        }
+        self.reduce("mean", dim, keepdim, Reduce::Sum)?
+            .mul_scalar(1.0 / n as f32)
+    }
+
+    /// Maximum along `dim` (NaN if any element is NaN).
+    pub fn max(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce("max", dim, keepdim, Reduce::Max)
+    }
+
+    /// Minimum along `dim` (NaN if any element is NaN).
+    pub fn min(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce("min", dim, keepdim, Reduce::Min)
+    }
+
+    /// Sum of all elements.
+    pub fn sum_all(&self) -> Result<f32> {
+        let x = self.f32_data("sum_all")?;
+        Ok(simd::sum(simd::isa(), &x))
+    }
+
+    /// Index of the maximum along `dim` (i64). Ties go to the lowest index; a NaN counts as larger
+    /// than every number (the first NaN wins), as in PyTorch.
+    pub fn argmax(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        let d = self.layout().dim_index("argmax", dim)?;
+        let (outer, size, inner) = split_at_dim(self.dims(), d);
+        if size == 0 {
+            return Err(Error::shape(
+                "argmax",
+                format!("argmax over empty dim {d} of shape {}", fmt_shape(self.dims())),
+            ));
+        }
+        let x = self.f32_data("argmax")?;
+        let mut out = vec![0i64; outer * inner];
+        for o in 0..outer {
+            for i in 0..inner {
+                let mut best = 0usize;
+                let mut bv = x[o * size * inner + i];
+                for r in 1..size {
+                    let v = x[(o * size + r) * inner + i];
+                    if !bv.is_nan() && (v > bv || v.is_nan()) {
+                        best = r;
+                        bv = v;
+                    }
+                }
+                out[o * inner + i] = best as i64;
+            }
+        }
+        Tensor::from_vec(out, &reduced_dims(self.dims(), d, keepdim))
+    }
+
+    /// Running sum along `dim` (same shape; float tensors accumulate in f32, i64 in i64).
+    pub fn cumsum(&self, dim: isize) -> Result<Tensor> {
+        let d = self.layout().dim_index("cumsum", dim)?;
+        let (outer, size, inner) = split_at_dim(self.dims(), d);
+        if self.dtype() == DType::I64 {
+            let mut x = self.i64_data("cumsum")?.into_owned();
+            for o in 0..outer {
+                for r in 1..size {
+                    for i in 0..inner {
+                        let prev = x[(o * size + r - 1) * inner + i];
+                        x[(o * size + r) * inner + i] += prev;
+                    }
+                }
+            }
+            return Tensor::from_vec(x, self.dims());
+        }
+        let mut x = self.f32_data("cumsum")?.into_owned();
+        for o in 0..outer {
+            for r in 1..size {
+                for i in 0..inner {
+                    let prev = x[(o * size + r - 1) * inner + i];
+                    x[(o * size + r) * inner + i] += prev;
+                }
+            }
+        }
+        Ok(Tensor::from_f32_as(x, self.dims(), self.dtype()))
+    }
+}

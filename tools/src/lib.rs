@@ -1,0 +1,2 @@
+//! Library side of the `nvg` program: the subcommands' implementations, so benches and tests can
+//! call them directly.
