@@ -1,2 +1,5 @@
-//! Library side of the `nvg` program: the subcommands' implementations, so benches and tests can
-//! call them directly.
+//! Library side of the `nvg` program: the subcommands' implementations, so benchmarks and tests can
+//! call them directly. `main.rs` only parses arguments.
+
+pub mod bench;
+pub mod inspect;

@@ -1,1 +1,95 @@
-fn main() {}
+//! `nvg`: the nvg-rs command-line program.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use nvg_tools::bench::{EngineBenchOptions, engine_bench, render_table};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "nvg",
+    version,
+    about = "Next Visual Granularity (NVG) image generation on the nvg-rs engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the tensors of a safetensors file: names, dtypes, shapes, parameter count, metadata.
+    Inspect {
+        /// The .safetensors file.
+        file: PathBuf,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// GFLOP/s of the engine's CPU kernels at NVG's hot shapes (linear, attention, conv), each next to
+    /// a PyTorch / NumPy reference timed on the same machine with the same thread count, the two sides
+    /// alternating round by round. Needs python3 with numpy (and torch for the attention and conv
+    /// references); without them only nvg-rs is timed.
+    Engine {
+        /// Worker threads for nvg-rs and for the reference (default: all CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Alternating rounds per case; the median is reported.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Timed runs per round and side; each round keeps its best.
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Python interpreter that runs tools/bench_reference.py.
+        #[arg(long, env = "NVG_BENCH_PYTHON", default_value = "python3")]
+        python: PathBuf,
+        /// Skip the reference and time nvg-rs alone.
+        #[arg(long)]
+        no_reference: bool,
+        /// Only run cases whose name contains this text (e.g. "linear").
+        #[arg(long)]
+        filter: Option<String>,
+        /// Also write the result table (Markdown) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Inspect { file } => print!("{}", nvg_tools::inspect::inspect(&file)?),
+        Command::Bench(BenchCommand::Engine {
+            threads,
+            rounds,
+            iters,
+            python,
+            no_reference,
+            filter,
+            out,
+        }) => {
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if threads == 0 || rounds == 0 || iters == 0 {
+                anyhow::bail!("--threads, --rounds and --iters must be at least 1");
+            }
+            let opts = EngineBenchOptions {
+                threads,
+                rounds,
+                iters,
+                python: (!no_reference).then_some(python),
+                filter,
+            };
+            let (rows, reference) = engine_bench(&opts)?;
+            let table = render_table(&rows, &opts, reference.as_ref());
+            print!("{table}");
+            if let Some(path) = out {
+                nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, table.as_bytes()))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -173,7 +173,7 @@ pub fn attention(isa: Isa, p: &AttentionProblem, out: &mut [f32]) {
                         }
                     }
                 }
-                let bmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let bmax = simd::max(isa, row);
                 let m_old = ws.row_max[i];
                 let m_new = m_old.max(bmax);
                 if m_new == f32::NEG_INFINITY {
@@ -185,10 +185,7 @@ pub fn attention(isa: Isa, p: &AttentionProblem, out: &mut [f32]) {
                 } else {
                     simd::exp(m_old - m_new)
                 };
-                let tmp = &mut ws.ppack.as_mut_slice()[..len];
-                simd::map(isa, row, tmp, |s| simd::exp(s - m_new));
-                row.copy_from_slice(tmp);
-                ws.row_sum[i] = ws.row_sum[i] * corr + simd::sum(isa, row);
+                ws.row_sum[i] = ws.row_sum[i] * corr + simd::exp_shift_sum(isa, row, m_new);
                 ws.row_max[i] = m_new;
                 if corr != 1.0 {
                     for a in &mut ws.acc.as_mut_slice()[i * dv_pad..(i + 1) * dv_pad] {

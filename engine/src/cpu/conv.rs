@@ -39,13 +39,22 @@ impl PackB for Im2col<'_> {
                     out.fill(0.0);
                 } else {
                     let line = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                    for (t, o) in out.iter_mut().enumerate() {
-                        let ix = ((ox0 + t) * self.stride + kx) as isize - self.pad_left as isize;
-                        *o = if ix >= 0 && (ix as usize) < self.w {
-                            line[ix as usize]
+                    // Output columns t with 0 <= (ox0+t)·stride + kx − pad_left < w read the line; the
+                    // others are padding.
+                    let first = |t: usize| ((ox0 + t) * self.stride + kx) as isize - self.pad_left as isize;
+                    let lo = (0..run).find(|&t| first(t) >= 0).unwrap_or(run);
+                    let hi = (lo..run).find(|&t| first(t) >= self.w as isize).unwrap_or(run);
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    if lo < hi {
+                        let start = first(lo) as usize;
+                        if self.stride == 1 {
+                            out[lo..hi].copy_from_slice(&line[start..start + (hi - lo)]);
                         } else {
-                            0.0
-                        };
+                            for (t, o) in out[lo..hi].iter_mut().enumerate() {
+                                *o = line[start + t * self.stride];
+                            }
+                        }
                     }
                 }
                 j += run;

@@ -18,8 +18,9 @@ use rayon::prelude::*;
 
 /// Depth of one packed block (the shared `k` extent of the A and B panels).
 const KC: usize = 512;
-/// Largest A block in rows; NVG's token counts (514, 1026, 2313 with CFG) use one or two blocks.
-const MC_MAX: usize = 1056;
+/// Largest A block in rows: 528 × KC floats is 1 MiB, half of a 2 MiB L2. (The 514 tokens of a
+/// CFG content pass fit one block.)
+const MC_MAX: usize = 528;
 /// Below this many multiply-adds the call runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 

@@ -357,6 +357,82 @@ pub fn axpy(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
+fn max_loop(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in acc.iter().chain(rest) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+unsafe fn max_avx512(x: &[f32]) -> f32 {
+    max_loop(x)
+}
+
+/// Largest element, ignoring NaNs (−inf for an empty or all-NaN slice). For softmax shifts, where a
+/// NaN input poisons the result anyway.
+pub fn max(isa: Isa, x: &[f32]) -> f32 {
+    match isa {
+        // SAFETY: see `map`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { max_avx512(x) },
+        _ => max_loop(x),
+    }
+}
+
+#[inline(always)]
+fn exp_shift_sum_loop(x: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            c[i] = exp(c[i] - shift);
+            acc[i] += c[i];
+        }
+    }
+    let mut s = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - shift);
+        s += *v;
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+unsafe fn exp_shift_sum_avx512(x: &mut [f32], shift: f32) -> f32 {
+    exp_shift_sum_loop(x, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shift_sum_avx2(x: &mut [f32], shift: f32) -> f32 {
+    exp_shift_sum_loop(x, shift)
+}
+
+/// `x[i] = e^(x[i] − shift)` in place; returns the sum of the new values (the softmax denominator).
+pub fn exp_shift_sum(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
+    match isa {
+        // SAFETY: see `map`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { exp_shift_sum_avx512(x, shift) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { exp_shift_sum_avx2(x, shift) },
+        _ => exp_shift_sum_loop(x, shift),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,11 @@ use rayon::prelude::*;
 
 /// Softmax (or log-softmax) of one contiguous row, in place.
 pub(crate) fn softmax_row(isa: Isa, row: &mut [f32], log: bool) {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // NaN-propagating max (as PyTorch): a NaN anywhere makes the whole row NaN below.
+    let m = row.iter().copied().fold(
+        f32::NEG_INFINITY,
+        |a, b| if a.is_nan() || b > a || b.is_nan() { b } else { a },
+    );
     if m == f32::NEG_INFINITY {
         // Every entry is -inf: softmax is undefined; give NaN like PyTorch.
         row.fill(f32::NAN);
@@ -16,15 +20,12 @@ pub(crate) fn softmax_row(isa: Isa, row: &mut [f32], log: bool) {
     }
     if log {
         let mut tmp = row.to_vec();
-        simd::map(isa, row, &mut tmp, |v| simd::exp(v - m));
-        let lse = m + simd::sum(isa, &tmp).ln();
+        let lse = m + simd::exp_shift_sum(isa, &mut tmp, m).ln();
         for v in row.iter_mut() {
             *v -= lse;
         }
     } else {
-        let src = row.to_vec();
-        simd::map(isa, &src, row, |v| simd::exp(v - m));
-        let inv = 1.0 / simd::sum(isa, row);
+        let inv = 1.0 / simd::exp_shift_sum(isa, row, m);
         for v in row.iter_mut() {
             *v *= inv;
         }

@@ -1,0 +1,298 @@
+//! `nvg bench engine`: GFLOP/s of the engine's CPU kernels at NVG's hot shapes, each compared with a
+//! reference (PyTorch / NumPy on the same machine, same thread count) timed in the same process
+//! window: the two sides alternate round by round, so a drifting VM affects both equally.
+
+use anyhow::{Context, Result, bail};
+use nvg_engine::rng::{Distribution, RngStream};
+use nvg_engine::{Padding, Tensor, sdpa};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+/// Options of an engine benchmark run.
+#[derive(Debug, Clone)]
+pub struct EngineBenchOptions {
+    /// Worker threads for both sides.
+    pub threads: usize,
+    /// Alternating rounds per case (the reported time is the median over rounds).
+    pub rounds: usize,
+    /// Timed runs per round and side (the round keeps the best).
+    pub iters: usize,
+    /// Python interpreter for the reference, or `None` to skip it.
+    pub python: Option<PathBuf>,
+    /// Only cases whose name contains this text.
+    pub filter: Option<String>,
+}
+
+/// One benchmark case: a name, its floating-point work and a closure that runs it once.
+struct Case {
+    name: String,
+    flops: f64,
+    run: Box<dyn Fn() -> nvg_engine::Result<Tensor> + Send + Sync>,
+}
+
+fn randn(dims: &[usize], stream: u64) -> Tensor {
+    Tensor::random(dims, Distribution::Normal, RngStream::new(0, stream), 0).expect("benchmark tensor")
+}
+
+fn cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    // d16 content blocks with CFG (2 × 257 tokens): linear1 (1024 → 7·1024) and linear2 (5·1024 → 1024);
+    // structure blocks (2 × 513 tokens, width 512): linear1 (512 → 7·512).
+    for (i, &(m, k, n)) in [(514usize, 1024usize, 7168usize), (514, 5120, 1024), (1026, 512, 3584)]
+        .iter()
+        .enumerate()
+    {
+        let (x, w, b) = (
+            randn(&[m, k], 3 * i as u64),
+            randn(&[n, k], 3 * i as u64 + 1),
+            randn(&[n], 3 * i as u64 + 2),
+        );
+        out.push(Case {
+            name: format!("linear {m}x{k}·{k}x{n}"),
+            flops: 2.0 * (m * k * n) as f64,
+            run: Box::new(move || x.linear(&w, Some(&b))),
+        });
+    }
+    // Attention of the content (16 heads, 257 tokens) and structure (8 heads, 513 tokens) transformers.
+    for (i, &(b, h, n)) in [(2usize, 16usize, 257usize), (2, 8, 513)].iter().enumerate() {
+        let d = 64;
+        let (q, k, v) = (
+            randn(&[b, h, n, d], 20 + i as u64),
+            randn(&[b, h, n, d], 30 + i as u64),
+            randn(&[b, h, n, d], 40 + i as u64),
+        );
+        out.push(Case {
+            name: format!("attention B{b} H{h} N{n} D{d}"),
+            flops: 4.0 * (b * h * n * n * d) as f64,
+            run: Box::new(move || sdpa(&q, &k, &v, None, None)),
+        });
+    }
+    // Tokenizer convolutions: the 16×16 bottleneck and the full-resolution 128-channel level.
+    for (i, &(c, hw)) in [(512usize, 16usize), (128, 256)].iter().enumerate() {
+        let (x, w, b) = (
+            randn(&[1, c, hw, hw], 50 + i as u64),
+            randn(&[c, c, 3, 3], 60 + i as u64),
+            randn(&[c], 70 + i as u64),
+        );
+        out.push(Case {
+            name: format!("conv3x3 {c}->{c} {hw}x{hw}"),
+            flops: 2.0 * (c * c * 9 * hw * hw) as f64,
+            run: Box::new(move || x.conv2d(&w, Some(&b), 1, Padding::uniform(1))),
+        });
+    }
+    out
+}
+
+/// The reference process (tools/bench_reference.py in `--serve` mode).
+struct Reference {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    info: serde_json::Value,
+}
+
+impl Reference {
+    fn start(python: &PathBuf, threads: usize) -> Result<Reference> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench_reference.py");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .args(["--serve", "--threads", &threads.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} {}", python.display(), script.display()))?;
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let info: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("reference said: {line}"))?;
+        if info["ready"] != true {
+            bail!("reference did not start: {line}");
+        }
+        Ok(Reference {
+            child,
+            stdin,
+            stdout,
+            info,
+        })
+    }
+
+    fn has(&self, case: &str) -> bool {
+        self.info["cases"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|n| n == case))
+    }
+
+    /// Best-of-`iters` seconds of `case` and the library that ran it.
+    fn time(&mut self, case: &str, iters: usize) -> Result<(f64, String)> {
+        writeln!(self.stdin, "{}", serde_json::json!({"case": case, "iters": iters}))?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("reference said: {line}"))?;
+        if let Some(e) = v.get("error") {
+            bail!("reference failed on {case}: {e}");
+        }
+        Ok((
+            v["seconds"].as_f64().unwrap_or(f64::NAN),
+            v["impl"].as_str().unwrap_or("?").to_string(),
+        ))
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One measured case.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    pub name: String,
+    pub flops: f64,
+    pub ours_s: f64,
+    /// (library, seconds) of the reference, and of the NumPy variant where one exists.
+    pub reference: Option<(String, f64)>,
+    pub numpy_s: Option<f64>,
+}
+
+impl BenchRow {
+    pub fn gflops(&self, seconds: f64) -> f64 {
+        self.flops / seconds / 1e9
+    }
+    /// Our speed relative to the reference (> 1: we are faster).
+    pub fn ratio(&self) -> Option<f64> {
+        self.reference.as_ref().map(|(_, s)| s / self.ours_s)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs the engine benchmark. Progress goes to stderr; the rows are returned.
+pub fn engine_bench(opts: &EngineBenchOptions) -> Result<(Vec<BenchRow>, Option<serde_json::Value>)> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads).build()?;
+    let mut reference = match &opts.python {
+        Some(py) => match Reference::start(py, opts.threads) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("reference unavailable ({e:#}); timing nvg-rs alone");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut rows = Vec::new();
+    for case in cases() {
+        if opts.filter.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
+            continue;
+        }
+        eprint!("{:<34}", case.name);
+        // Warm up both sides (allocators, thread pools, page faults).
+        pool.install(|| (case.run)())?;
+        let numpy_name = format!("{} (numpy)", case.name);
+        let (mut ours, mut refs, mut nps) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ref_impl = String::new();
+        for _ in 0..opts.rounds {
+            let mut best = f64::INFINITY;
+            for _ in 0..opts.iters {
+                let t = Instant::now();
+                pool.install(|| (case.run)())?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            ours.push(best);
+            if let Some(r) = reference.as_mut() {
+                if r.has(&case.name) {
+                    let (s, imp) = r.time(&case.name, opts.iters)?;
+                    refs.push(s);
+                    ref_impl = imp;
+                }
+                if r.has(&numpy_name) {
+                    nps.push(r.time(&numpy_name, opts.iters)?.0);
+                }
+            }
+            // Let the reference's worker threads go idle before our next timed run.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            eprint!(".");
+        }
+        eprintln!();
+        rows.push(BenchRow {
+            name: case.name,
+            flops: case.flops,
+            ours_s: median(ours),
+            reference: (!refs.is_empty()).then(|| (ref_impl, median(refs))),
+            numpy_s: (!nps.is_empty()).then(|| median(nps)),
+        });
+    }
+    Ok((rows, reference.map(|r| r.info.clone())))
+}
+
+/// The CPU model name from /proc/cpuinfo (Linux), or "unknown CPU".
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+/// A Markdown table of the results with a header naming the machine and the reference.
+pub fn render_table(rows: &[BenchRow], opts: &EngineBenchOptions, reference: Option<&serde_json::Value>) -> String {
+    let mut s = String::new();
+    let isa = nvg_engine::cpu::simd::isa().name();
+    s.push_str(&format!(
+        "machine: {}, {} threads, nvg-rs CPU kernels: {isa}\n",
+        cpu_name(),
+        opts.threads
+    ));
+    match reference {
+        Some(r) => s.push_str(&format!(
+            "reference: torch {} / numpy {} (same threads), interleaved, median of {} rounds × best of {}\n\n",
+            r["torch"].as_str().unwrap_or("absent"),
+            r["numpy"].as_str().unwrap_or("?"),
+            opts.rounds,
+            opts.iters
+        )),
+        None => s.push_str(&format!(
+            "no reference; median of {} rounds × best of {}\n\n",
+            opts.rounds, opts.iters
+        )),
+    }
+    s.push_str(
+        "| case | nvg-rs ms | nvg-rs GFLOP/s | reference | ref ms | ref GFLOP/s | nvg-rs / ref | numpy GFLOP/s |\n",
+    );
+    s.push_str("|---|---:|---:|---|---:|---:|---:|---:|\n");
+    for r in rows {
+        let (rname, rms, rgf) = match &r.reference {
+            Some((imp, sec)) => (
+                imp.clone(),
+                format!("{:.3}", sec * 1e3),
+                format!("{:.1}", r.gflops(*sec)),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        s.push_str(&format!(
+            "| {} | {:.3} | {:.1} | {} | {} | {} | {} | {} |\n",
+            r.name,
+            r.ours_s * 1e3,
+            r.gflops(r.ours_s),
+            rname,
+            rms,
+            rgf,
+            r.ratio().map_or("-".into(), |x| format!("{x:.2}x")),
+            r.numpy_s.map_or("-".into(), |x| format!("{:.1}", r.gflops(x))),
+        ));
+    }
+    s
+}
