@@ -1,7 +1,7 @@
 //! Single-precision matrix multiply, `C (+)= A·B`, in the BLIS style:
 //!
 //! ```text
-//! for pc in K by KC:
+//! for pc in K by KC:            KC: as deep as ~1.5 MiB of packed A allows
 //!   for ic in M by MC:          A block  MC×KC packed into MR-tall panels, shared    (L2)
 //!     parallel over NR-wide column panels jr of C:
 //!       pack B panel KC×NR into the task's own buffer                               (L1)
@@ -16,11 +16,19 @@
 use super::simd::{self, Isa};
 use rayon::prelude::*;
 
-/// Depth of one packed block (the shared `k` extent of the A and B panels).
-const KC: usize = 512;
-/// Largest A block in rows: 528 × KC floats is 1 MiB, half of a 2 MiB L2. (The 514 tokens of a
-/// CFG content pass fit one block.)
+/// Largest A block in rows (the 514 tokens of a CFG content pass fit one block).
 const MC_MAX: usize = 528;
+/// Bytes of packed A a block may take: most of a 2 MiB L2, leaving room for the task's B panel.
+const A_BLOCK_BYTES: usize = 3 << 19;
+/// Shallowest block depth (shallower blocks re-read C too often).
+const KC_MIN: usize = 256;
+
+/// Block depth for an A block of `mc` rows: as deep as the L2 budget allows, so that C is read and
+/// written as few times as possible, split evenly over K.
+fn block_depth(k: usize, mc: usize) -> usize {
+    let target = (A_BLOCK_BYTES / (4 * mc.max(1))).max(KC_MIN);
+    k.div_ceil(k.div_ceil(target))
+}
 /// Below this many multiply-adds the call runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -164,6 +172,11 @@ fn transpose_rows(src: &[f32], base: usize, stride: usize, rows: usize, len: usi
             // SAFETY: AVX is present; the asserts above bound every read and write.
             unsafe { x86::transpose_8_rows(src, base + r0 * stride, stride, len, ld, &mut dst[r0..]) };
             r0 += 8;
+        }
+        if r0 + 4 <= rows {
+            // SAFETY: as above.
+            unsafe { x86::transpose_4_rows(src, base + r0 * stride, stride, len, ld, &mut dst[r0..]) };
+            r0 += 4;
         }
     }
     for r in r0..rows {
@@ -320,6 +333,48 @@ mod x86 {
             }
             for p in p..len {
                 for r in 0..8 {
+                    *d.add(p * ld + r) = *s.add(base + r * stride + p);
+                }
+            }
+        }
+    }
+
+    /// Like `transpose_8_rows` for 4 rows (4×8 blocks, two shuffle stages, 128-bit stores).
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn transpose_4_rows(
+        src: &[f32],
+        base: usize,
+        stride: usize,
+        len: usize,
+        ld: usize,
+        dst: &mut [f32],
+    ) {
+        let s = src.as_ptr();
+        let d = dst.as_mut_ptr();
+        let mut p = 0;
+        unsafe {
+            while p + 8 <= len {
+                let row = |r: usize| _mm256_loadu_ps(s.add(base + r * stride + p));
+                let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+                let t0 = _mm256_unpacklo_ps(r0, r1);
+                let t1 = _mm256_unpackhi_ps(r0, r1);
+                let t2 = _mm256_unpacklo_ps(r2, r3);
+                let t3 = _mm256_unpackhi_ps(r2, r3);
+                // u_q holds column q in its low half and column q+4 in its high half.
+                let u = [
+                    _mm256_shuffle_ps::<0x44>(t0, t2),
+                    _mm256_shuffle_ps::<0xEE>(t0, t2),
+                    _mm256_shuffle_ps::<0x44>(t1, t3),
+                    _mm256_shuffle_ps::<0xEE>(t1, t3),
+                ];
+                for (q, v) in u.iter().enumerate() {
+                    _mm_storeu_ps(d.add((p + q) * ld), _mm256_castps256_ps128(*v));
+                    _mm_storeu_ps(d.add((p + q + 4) * ld), _mm256_extractf128_ps::<1>(*v));
+                }
+                p += 8;
+            }
+            for p in p..len {
+                for r in 0..4 {
                     *d.add(p * ld + r) = *s.add(base + r * stride + p);
                 }
             }
@@ -540,13 +595,13 @@ pub fn gemm(
     let threads = rayon::current_num_threads();
     let par = m * n * k >= PARALLEL_MIN_MACS && threads > 1;
     let mc_max = MC_MAX - MC_MAX % mr;
-    let kc_max = KC.min(k);
+    let kc_max = block_depth(k, mc_max.min(m.div_ceil(mr) * mr));
     let mut apack = AlignedBuf::new(mc_max.min(m.div_ceil(mr) * mr) * kc_max);
     let cptr = SharedPtr::new(c);
     let np_n = n.div_ceil(nr);
 
-    for pc in (0..k).step_by(KC) {
-        let kc = KC.min(k - pc);
+    for pc in (0..k).step_by(kc_max) {
+        let kc = kc_max.min(k - pc);
         let acc = accumulate || pc > 0;
         for ic in (0..m).step_by(mc_max) {
             let mc = mc_max.min(m - ic);

@@ -74,6 +74,9 @@ impl Tensor {
         let k = c * kh * kw;
         let npix = oh * ow;
         let mut out = vec![0.0f32; b * o * npix];
+        if out.is_empty() {
+            return Ok(Tensor::from_f32_as(out, &[b, o, oh, ow], self.dtype()));
+        }
         let isa = simd::isa();
         for (bi, ob) in out.chunks_mut(o * npix).enumerate() {
             if let Some(bv) = &bv {

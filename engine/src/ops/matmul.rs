@@ -100,7 +100,16 @@ impl Tensor {
                 ),
             ));
         }
-        let batch = broadcast_shapes(op, &self.dims()[..ra - 2], &rhs.dims()[..rb - 2])?;
+        let batch = broadcast_shapes(op, &self.dims()[..ra - 2], &rhs.dims()[..rb - 2]).map_err(|_| {
+            Error::shape(
+                op,
+                format!(
+                    "batch dims of {} and {} do not broadcast",
+                    fmt_shape(self.dims()),
+                    fmt_shape(rhs.dims())
+                ),
+            )
+        })?;
         let a = f32_operand(self)?;
         let b = f32_operand(rhs)?;
         let (oa, ob) = (batch_offsets(&a, &batch)?, batch_offsets(&b, &batch)?);
@@ -148,7 +157,7 @@ impl Tensor {
             want_float(op, "bias", b)?;
             super::want_shape(op, "bias", b, &[out_f])?;
         }
-        let rows = self.numel() / in_f.max(1);
+        let rows: usize = self.dims()[..self.rank() - 1].iter().product();
         // x as a [rows, in] matrix: read in place when its leading dims collapse into one stride.
         let x = f32_operand(self)?;
         let x = match rows_stride(&x) {
@@ -161,6 +170,7 @@ impl Tensor {
         let wd = w.cpu_storage(op)?.as_slice::<f32>().unwrap();
         let mut out = vec![0.0f32; rows * out_f];
         let accumulate = match bias {
+            Some(_) if out_f == 0 => false,
             Some(b) => {
                 let bv = b.f32_data(op)?;
                 for row in out.chunks_mut(out_f) {
