@@ -87,10 +87,12 @@ impl Tensor {
     }
 
     pub fn zeros(dims: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        cuda::check_device("zeros", device)?;
         Tensor::full(0.0, dims, dtype, device)
     }
 
     pub fn ones(dims: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        cuda::check_device("ones", device)?;
         Tensor::full(1.0, dims, dtype, device)
     }
 
@@ -183,8 +185,11 @@ impl Tensor {
         Ok(self.typed_data::<T>("to_vec")?.into_owned())
     }
 
-    /// The elements converted to f32 (any dtype).
+    /// The elements converted to f32 (any dtype; integers above 2^24 round).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        if self.dtype().is_int() {
+            return Ok(self.i64_data("to_f32_vec")?.iter().map(|&x| x as f32).collect());
+        }
         Ok(self.f32_data("to_f32_vec")?.into_owned())
     }
 
@@ -519,6 +524,28 @@ impl Tensor {
 
     /// Stacks tensors of equal shape along a new dimension `dim`.
     pub fn stack(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
+        let first = tensors.first().ok_or_else(|| Error::arg("stack", "no tensors given"))?;
+        if dim > first.rank() {
+            return Err(Error::index(
+                "stack",
+                format!("new dimension {dim} for tensors of shape {}", fmt_shape(first.dims())),
+            ));
+        }
+        for t in tensors {
+            if t.dims() != first.dims() {
+                return Err(Error::shape(
+                    "stack",
+                    format!("shape {} differs from {}", fmt_shape(t.dims()), fmt_shape(first.dims())),
+                ));
+            }
+            if t.dtype() != first.dtype() {
+                return Err(Error::dtype(
+                    "stack",
+                    format!("dtype {} like the first tensor", first.dtype()),
+                    t.dtype(),
+                ));
+            }
+        }
         let us: Vec<Tensor> = tensors.iter().map(|t| t.unsqueeze(dim)).collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = us.iter().collect();
         Tensor::cat(&refs, dim as isize)

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes a file atomically: `write` fills a temporary file in the same directory, which is flushed to
 /// disk and then renamed over `path`. A crash or an error leaves either the old file or none, never a
@@ -19,9 +20,16 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&mut File) -> std::io::Resul
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::format(&name, "not a file path"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    // Unique per call (process id + counter), so concurrent writers never share a temporary file.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{n}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         write(&mut f)?;
         f.flush()?;
         f.sync_all()?;

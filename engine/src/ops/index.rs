@@ -96,14 +96,19 @@ impl Tensor {
             self.dims()[d],
         )?;
         let offsets = gather_offsets(self.dims(), index.dims(), &idx, d);
-        let idx_dims = index.dims();
-        if self.dtype() == DType::I64 {
-            let x = self.i64_data(op)?;
-            return Tensor::from_vec(offsets.iter().map(|&o| x[o]).collect(), idx_dims);
+        // A pure copy: every dtype keeps its exact values.
+        fn pick<T: Element>(t: &Tensor, offsets: &[usize]) -> Result<Vec<T>> {
+            let x = t.typed_data::<T>("gather")?;
+            Ok(offsets.iter().map(|&o| x[o]).collect())
         }
-        let x = self.f32_data(op)?;
-        let out = offsets.iter().map(|&o| x[o]).collect();
-        Ok(Tensor::from_f32_as(out, idx_dims, self.dtype()))
+        let storage = match self.dtype() {
+            DType::F32 => CpuStorage::F32(pick(self, &offsets)?),
+            DType::BF16 => CpuStorage::BF16(pick(self, &offsets)?),
+            DType::F16 => CpuStorage::F16(pick(self, &offsets)?),
+            DType::I64 => CpuStorage::I64(pick(self, &offsets)?),
+            DType::U8 => CpuStorage::U8(pick(self, &offsets)?),
+        };
+        Ok(Tensor::from_cpu(storage, index.dims()))
     }
 
     /// PyTorch `scatter_add`: a copy of `self` with `src[.., j, ..]` added at
