@@ -68,7 +68,14 @@ impl Unary {
             Unary::Sigmoid => simd::sigmoid(x),
             Unary::Silu => simd::silu(x),
             Unary::GeluTanh => simd::gelu_tanh(x),
-            Unary::Relu => x.max(0.0),
+            // NaN stays NaN (PyTorch's convention).
+            Unary::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
         }
     }
 }
@@ -103,8 +110,21 @@ impl Binary {
             Binary::Sub => a - b,
             Binary::Mul => a * b,
             Binary::Div => a / b,
-            Binary::Maximum => a.max(b),
-            Binary::Minimum => a.min(b),
+            // A NaN on either side wins, as in torch.maximum / torch.minimum.
+            Binary::Maximum => {
+                if a.is_nan() || a > b {
+                    a
+                } else {
+                    b
+                }
+            }
+            Binary::Minimum => {
+                if a.is_nan() || a < b {
+                    a
+                } else {
+                    b
+                }
+            }
         }
     }
 
@@ -115,7 +135,7 @@ impl Binary {
             Binary::Add => a.wrapping_add(b),
             Binary::Sub => a.wrapping_sub(b),
             Binary::Mul => a.wrapping_mul(b),
-            Binary::Div => a / b,
+            Binary::Div => a.wrapping_div(b),
             Binary::Maximum => a.max(b),
             Binary::Minimum => a.min(b),
         }
@@ -306,8 +326,11 @@ impl Tensor {
         let dims = broadcast_shapes(name, self.dims(), rhs.dims())?;
         let la = self.layout().broadcast_to(name, &dims)?;
         let lb = rhs.layout().broadcast_to(name, &dims)?;
-        let plan = broadcast_rows(&la, &lb);
         let n: usize = dims.iter().product();
+        if n == 0 {
+            return Tensor::zeros(&dims, self.dtype(), self.device());
+        }
+        let plan = broadcast_rows(&la, &lb);
         match self.dtype() {
             DType::I64 => {
                 let (a, b) = (self.cpu_storage(name)?, rhs.cpu_storage(name)?);
@@ -317,7 +340,14 @@ impl Tensor {
                     for i in 0..plan.len {
                         let y = b[ob + i * plan.stride_b];
                         if op == Binary::Div && y == 0 {
-                            return Err(Error::arg(name, "integer division by zero"));
+                            return Err(Error::arg(
+                                name,
+                                format!(
+                                    "integer division by zero ({} / {})",
+                                    fmt_shape(self.dims()),
+                                    fmt_shape(rhs.dims())
+                                ),
+                            ));
                         }
                         out.push(op.apply_i64(a[oa + i * plan.stride_a], y));
                     }
@@ -360,9 +390,8 @@ impl Tensor {
         self.binary(rhs, Binary::Minimum)
     }
 
-    /// `self · mul + add` element-wise (float tensors).
-    pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
-        let x = self.f32_data("affine")?;
+    fn affine_named(&self, op: &'static str, mul: f32, add: f32) -> Result<Tensor> {
+        let x = self.f32_data(op)?;
         Ok(Tensor::from_f32_as(
             par_map(&x, move |v| v * mul + add),
             self.dims(),
@@ -370,11 +399,17 @@ impl Tensor {
         ))
     }
 
-    pub fn add_scalar(&self, v: f32) -> Result<Tensor> {
-        self.affine(1.0, v)
+    /// `self · mul + add` element-wise (float tensors).
+    pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
+        self.affine_named("affine", mul, add)
     }
+
+    pub fn add_scalar(&self, v: f32) -> Result<Tensor> {
+        self.affine_named("add_scalar", 1.0, v)
+    }
+
     pub fn mul_scalar(&self, v: f32) -> Result<Tensor> {
-        self.affine(v, 0.0)
+        self.affine_named("mul_scalar", v, 0.0)
     }
 
     /// `self^e` element-wise (float tensors).

@@ -127,8 +127,14 @@ impl Tensor {
         if groups == 0 || c % groups != 0 {
             return Err(Error::arg(
                 op,
-                format!("{c} channels do not split into {groups} groups"),
+                format!(
+                    "{c} channels of input {} do not split into {groups} groups",
+                    fmt_shape(self.dims())
+                ),
             ));
+        }
+        if eps.is_nan() || eps < 0.0 {
+            return Err(Error::arg(op, format!("eps must be >= 0, got {eps}")));
         }
         let w = channel_vec(op, "weight", weight, c)?;
         let bb = channel_vec(op, "bias", bias, c)?;

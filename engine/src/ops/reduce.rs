@@ -24,51 +24,59 @@ fn reduced_dims(dims: &[usize], dim: usize, keepdim: bool) -> Vec<usize> {
     out
 }
 
+/// Maximum that keeps a NaN from either side (PyTorch's reductions propagate NaN).
+#[inline]
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() {
+        a
+    } else if b.is_nan() || b > a {
+        b
+    } else {
+        a
+    }
+}
+
+/// Minimum that keeps a NaN from either side.
+#[inline]
+fn nan_min(a: f32, b: f32) -> f32 {
+    if a.is_nan() {
+        a
+    } else if b.is_nan() || b < a {
+        b
+    } else {
+        a
+    }
+}
+
 /// Reduces `x` viewed as `[outer, size, inner]` along the middle axis.
 fn reduce_f32(x: &[f32], outer: usize, size: usize, inner: usize, kind: Reduce) -> Vec<f32> {
     let isa = simd::isa();
     let mut out = vec![0.0f32; outer * inner];
-    let row =
-        |(o, dst): (usize, &mut [f32])| {
-            let block = &x[o * size * inner..(o + 1) * size * inner];
-            if inner == 1 {
-                dst[0] =
-                    match kind {
-                        Reduce::Sum => simd::sum(isa, block),
-                        // NaN propagates, like PyTorch.
-                        Reduce::Max => block.iter().copied().fold(f32::NEG_INFINITY, |a, b| {
-                            if a.is_nan() || b > a || b.is_nan() { b } else { a }
-                        }),
-                        Reduce::Min => block.iter().copied().fold(f32::INFINITY, |a, b| {
-                            if a.is_nan() || b < a || b.is_nan() { b } else { a }
-                        }),
+    if out.is_empty() {
+        return out;
+    }
+    let row = |(o, dst): (usize, &mut [f32])| {
+        let block = &x[o * size * inner..(o + 1) * size * inner];
+        if inner == 1 {
+            dst[0] = match kind {
+                Reduce::Sum => simd::sum(isa, block),
+                Reduce::Max => block.iter().copied().fold(f32::NEG_INFINITY, nan_max),
+                Reduce::Min => block.iter().copied().fold(f32::INFINITY, nan_min),
+            };
+        } else {
+            dst.copy_from_slice(&block[..inner]);
+            for r in 1..size {
+                let src = &block[r * inner..(r + 1) * inner];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = match kind {
+                        Reduce::Sum => *d + s,
+                        Reduce::Max => nan_max(*d, s),
+                        Reduce::Min => nan_min(*d, s),
                     };
-            } else {
-                dst.copy_from_slice(&block[..inner]);
-                for r in 1..size {
-                    let src = &block[r * inner..(r + 1) * inner];
-                    for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = match kind {
-                            Reduce::Sum => *d + s,
-                            Reduce::Max => {
-                                if d.is_nan() || s > *d || s.is_nan() {
-                                    s
-                                } else {
-                                    *d
-                                }
-                            }
-                            Reduce::Min => {
-                                if d.is_nan() || s < *d || s.is_nan() {
-                                    s
-                                } else {
-                                    *d
-                                }
-                            }
-                        };
-                    }
                 }
             }
-        };
+        }
+    };
     if x.len() >= super::PAR_MIN_ELEMS && outer > 1 {
         out.par_chunks_mut(inner).enumerate().for_each(row);
     } else {
@@ -175,7 +183,7 @@ impl Tensor {
                 for r in 1..size {
                     for i in 0..inner {
                         let prev = x[(o * size + r - 1) * inner + i];
-                        x[(o * size + r) * inner + i] += prev;
+                        x[(o * size + r) * inner + i] = x[(o * size + r) * inner + i].wrapping_add(prev);
                     }
                 }
             }

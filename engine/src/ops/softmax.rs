@@ -8,11 +8,9 @@ use rayon::prelude::*;
 
 /// Softmax (or log-softmax) of one contiguous row, in place.
 pub(crate) fn softmax_row(isa: Isa, row: &mut [f32], log: bool) {
-    // NaN-propagating max (as PyTorch): a NaN anywhere makes the whole row NaN below.
-    let m = row.iter().copied().fold(
-        f32::NEG_INFINITY,
-        |a, b| if a.is_nan() || b > a || b.is_nan() { b } else { a },
-    );
+    // The shift ignores NaNs; a NaN entry still reaches the sum below, so the row becomes NaN as in
+    // PyTorch.
+    let m = simd::max(isa, row);
     if m == f32::NEG_INFINITY {
         // Every entry is -inf: softmax is undefined; give NaN like PyTorch.
         row.fill(f32::NAN);
