@@ -682,6 +682,9 @@ fn conv2d_matches_naive_over_kernels_strides_and_paddings() {
         ConvCase { b: 2, c: 6, o: 9, h: 7, w: 11, kh: 3, kw: 2, stride: 2, pad: pad(1, 0, 0, 1), bias: true },
         ConvCase { b: 1, c: 1, o: 1, h: 3, w: 3, kh: 3, kw: 3, stride: 1, pad: Padding::default(), bias: true },
         ConvCase { b: 2, c: 16, o: 24, h: 17, w: 15, kh: 3, kw: 3, stride: 1, pad: Padding::uniform(1), bias: true },
+        // Output rows of 1 and 2 pixels: one B panel spans many output rows.
+        ConvCase { b: 1, c: 3, o: 4, h: 40, w: 3, kh: 3, kw: 3, stride: 1, pad: Padding::default(), bias: true },
+        ConvCase { b: 2, c: 2, o: 5, h: 37, w: 2, kh: 3, kw: 2, stride: 1, pad: pad(1, 1, 1, 0), bias: false },
         // Large enough for the parallel GEMM path (O·OH·OW·C·9 ≫ 2¹⁸).
         ConvCase { b: 2, c: 30, o: 41, h: 25, w: 23, kh: 3, kw: 3, stride: 1, pad: Padding::uniform(1), bias: true },
         ConvCase { b: 1, c: 30, o: 41, h: 25, w: 23, kh: 3, kw: 3, stride: 2, pad: pad(0, 1, 0, 1), bias: false },
