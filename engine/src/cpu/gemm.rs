@@ -18,17 +18,20 @@ use rayon::prelude::*;
 
 /// Largest A block in rows (the 514 tokens of a CFG content pass fit one block).
 const MC_MAX: usize = 528;
-/// Bytes of packed A a block may take: most of a 2 MiB L2, leaving room for the task's B panel.
-const A_BLOCK_BYTES: usize = 3 << 19;
+/// Bytes of packed A a block should take: half of a 2 MiB L2 (514 rows × 512 deep for NVG's GEMMs).
+const A_BLOCK_BYTES: usize = 1 << 20;
 /// Shallowest block depth (shallower blocks re-read C too often).
 const KC_MIN: usize = 256;
 
-/// Block depth for an A block of `mc` rows: as deep as the L2 budget allows, so that C is read and
-/// written as few times as possible, split evenly over K.
+/// Block depth for an A block of `mc` rows: about as deep as the L2 budget allows, so that C is read
+/// and written as few times as possible, with K split into equal blocks (rounded to the nearest count,
+/// so K = 1024 is two blocks of 512 rather than three of 342).
 fn block_depth(k: usize, mc: usize) -> usize {
     let target = (A_BLOCK_BYTES / (4 * mc.max(1))).max(KC_MIN);
-    k.div_ceil(k.div_ceil(target))
+    let blocks = ((k + target / 2) / target).max(1);
+    k.div_ceil(blocks)
 }
+
 /// Below this many multiply-adds the call runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -394,6 +397,13 @@ mod x86 {
         let mut r = [[_mm512_setzero_ps(); 2]; MR];
         let (mut ap, mut bp) = (a, b);
         unsafe {
+            if acc {
+                // The C tile is read at the end; start fetching it now so the loads do not stall then.
+                for i in 0..MR {
+                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
+                }
+            }
             for _ in 0..kc {
                 let b0 = _mm512_loadu_ps(bp);
                 let b1 = _mm512_loadu_ps(bp.add(16));
