@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         python: (python != "none").then(|| PathBuf::from(python)),
         filter: std::env::var("NVG_BENCH_FILTER").ok().or(arg_filter),
     };
-    let (rows, reference) = engine_bench(&opts)?;
-    print!("{}", render_table(&rows, &opts, reference.as_ref()));
+    let report = engine_bench(&opts)?;
+    print!("{}", render_table(&report, &opts));
     Ok(())
 }

@@ -150,6 +150,16 @@ impl Drop for Reference {
     }
 }
 
+/// Everything one benchmark run measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub rows: Vec<BenchRow>,
+    /// What the reference process reported about itself (library versions, cases).
+    pub reference: Option<serde_json::Value>,
+    /// Best micro-kernel ceiling seen during the run (see `microkernel_ceiling`).
+    pub ceiling_gflops: f64,
+}
+
 /// One measured case.
 #[derive(Debug, Clone)]
 pub struct BenchRow {
@@ -177,8 +187,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the engine benchmark. Progress goes to stderr; the rows are returned.
-pub fn engine_bench(opts: &EngineBenchOptions) -> Result<(Vec<BenchRow>, Option<serde_json::Value>)> {
+pub fn engine_bench(opts: &EngineBenchOptions) -> Result<BenchReport> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads).build()?;
+    // The ceiling is sampled in every round and the best kept: a single sample taken while the VM
+    // happens to be slow would understate it.
+    let mut ceiling = microkernel_ceiling(&pool);
     let mut reference = match &opts.python {
         Some(py) => match Reference::start(py, opts.threads) {
             Ok(r) => Some(r),
@@ -218,6 +231,7 @@ pub fn engine_bench(opts: &EngineBenchOptions) -> Result<(Vec<BenchRow>, Option<
                     nps.push(r.time(&numpy_name, opts.iters)?.0);
                 }
             }
+            ceiling = ceiling.max(microkernel_ceiling(&pool));
             // Let the reference's worker threads go idle before our next timed run.
             std::thread::sleep(std::time::Duration::from_millis(50));
             eprint!(".");
@@ -231,7 +245,40 @@ pub fn engine_bench(opts: &EngineBenchOptions) -> Result<(Vec<BenchRow>, Option<
             numpy_s: (!nps.is_empty()).then(|| median(nps)),
         });
     }
-    Ok((rows, reference.map(|r| r.info.clone())))
+    Ok(BenchReport {
+        rows,
+        reference: reference.map(|r| r.info.clone()),
+        ceiling_gflops: ceiling,
+    })
+}
+
+/// The machine's practical GEMM ceiling: every thread of `pool` runs the engine's micro-kernel on its
+/// own L1-resident panels (no packing, no memory traffic). GFLOP/s over all threads, one sample.
+pub fn microkernel_ceiling(pool: &rayon::ThreadPool) -> f64 {
+    use nvg_engine::cpu::gemm::{AlignedBuf, MicroKernel};
+    use rayon::prelude::*;
+    let threads = pool.current_num_threads();
+    let kern = MicroKernel::for_isa(nvg_engine::cpu::simd::isa());
+    let (kc, calls) = (256usize, 4000usize);
+    let flops = 2.0 * (kc * kern.mr * kern.nr * calls * threads) as f64;
+    let t = Instant::now();
+    pool.install(|| {
+        (0..threads).into_par_iter().for_each(|_| {
+            let (mut a, mut b) = (AlignedBuf::new(kc * kern.mr), AlignedBuf::new(kc * kern.nr));
+            a.as_mut_slice().fill(0.001);
+            b.as_mut_slice().fill(0.002);
+            let mut c = AlignedBuf::new(kern.mr * kern.nr);
+            for _ in 0..calls {
+                // SAFETY: `c` holds one full mr × nr tile with row stride nr.
+                unsafe {
+                    let cp = c.as_mut_slice().as_mut_ptr();
+                    kern.run(kc, a.as_slice(), b.as_slice(), cp, kern.nr, kern.mr, kern.nr, true)
+                };
+            }
+            std::hint::black_box(c.as_slice());
+        })
+    });
+    flops / t.elapsed().as_secs_f64() / 1e9
 }
 
 /// The CPU model name from /proc/cpuinfo (Linux), or "unknown CPU".
@@ -248,13 +295,18 @@ pub fn cpu_name() -> String {
 }
 
 /// A Markdown table of the results with a header naming the machine and the reference.
-pub fn render_table(rows: &[BenchRow], opts: &EngineBenchOptions, reference: Option<&serde_json::Value>) -> String {
+pub fn render_table(report: &BenchReport, opts: &EngineBenchOptions) -> String {
+    let (rows, reference) = (&report.rows, report.reference.as_ref());
     let mut s = String::new();
     let isa = nvg_engine::cpu::simd::isa().name();
     s.push_str(&format!(
         "machine: {}, {} threads, nvg-rs CPU kernels: {isa}\n",
         cpu_name(),
         opts.threads
+    ));
+    s.push_str(&format!(
+        "micro-kernel ceiling (L1-resident tiles on every thread, best sample): {:.1} GFLOP/s\n",
+        report.ceiling_gflops
     ));
     match reference {
         Some(r) => s.push_str(&format!(

@@ -83,8 +83,8 @@ fn main() -> Result<()> {
                 python: (!no_reference).then_some(python),
                 filter,
             };
-            let (rows, reference) = engine_bench(&opts)?;
-            let table = render_table(&rows, &opts, reference.as_ref());
+            let report = engine_bench(&opts)?;
+            let table = render_table(&report, &opts);
             print!("{table}");
             if let Some(path) = out {
                 nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, table.as_bytes()))?;
