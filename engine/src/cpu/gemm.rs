@@ -16,8 +16,9 @@
 use super::simd::{self, Isa};
 use rayon::prelude::*;
 
-/// Largest A block in rows (the 514 tokens of a CFG content pass fit one block).
-const MC_MAX: usize = 528;
+/// Largest A block in rows: NVG's CFG batches (514 and 1026 tokens) fit one block, which is cheaper
+/// than packing every B panel twice; the depth then shrinks to keep the block near `A_BLOCK_BYTES`.
+const MC_MAX: usize = 1056;
 /// Bytes of packed A a block should take: half of a 2 MiB L2 (514 rows × 512 deep for NVG's GEMMs).
 const A_BLOCK_BYTES: usize = 1 << 20;
 /// Shallowest block depth (shallower blocks re-read C too often).
