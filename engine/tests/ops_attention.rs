@@ -9,6 +9,7 @@
 mod common;
 
 use common::*;
+use nvg_engine::cpu::attention::KV_BLOCK;
 use nvg_engine::{DType, Tensor, rope_tables, sdpa};
 
 const ATT_ATOL: f64 = 1e-5;
@@ -91,7 +92,7 @@ fn check_sdpa(got: &Tensor, want: &[f64], what: &str) {
 // ---------------------------------------------------------------------------------------------------
 
 #[test]
-fn sdpa_matches_naive_across_sequence_lengths_including_the_512_key_block_boundary() {
+fn sdpa_matches_naive_across_sequence_lengths_including_the_key_block_boundary() {
     for (b, h, n) in [
         (2, 3, 1),
         (2, 3, 7),
@@ -100,6 +101,8 @@ fn sdpa_matches_naive_across_sequence_lengths_including_the_512_key_block_bounda
         (1, 2, 257),
         (1, 1, 513),
         (1, 2, 600),
+        (1, 1, KV_BLOCK),
+        (1, 1, KV_BLOCK + 77),
     ] {
         let (q, k, v) = qkv(b, h, n, n, 64, 64, n as u64);
         let got = sdpa(&q, &k, &v, None, None).unwrap();
@@ -116,7 +119,7 @@ fn sdpa_matches_naive_across_sequence_lengths_including_the_512_key_block_bounda
 fn sdpa_with_sharp_scores_matches_naive() {
     // Scale 1 on D = 64 gives scores of std ≈ 2.7: a peaked softmax whose running max changes between
     // key blocks, exercising the online rescaling.
-    for n in [49, 700] {
+    for n in [49, 700, KV_BLOCK + 100] {
         let (q, k, v) = qkv(1, 2, n, n, 64, 64, 70 + n as u64);
         let got = sdpa(&q, &k, &v, Some(1.0), None).unwrap();
         check_sdpa(&got, &naive_sdpa(&q, &k, &v, 1.0, None), &format!("scale 1, N={n}"));
@@ -260,9 +263,9 @@ fn sdpa_with_contiguous_packed_segments_matches_masked_naive() {
 
 #[test]
 fn sdpa_with_packed_segments_equals_each_segment_run_separately() {
-    // Segments spanning several 512-key blocks, so whole key blocks are skipped.
+    // Segments spanning several key blocks, so whole key blocks are skipped.
     let (h, d) = (2, 16);
-    let lens = [600, 37, 500];
+    let lens = [KV_BLOCK + 76, 37, KV_BLOCK - 24];
     let n: usize = lens.iter().sum();
     let (q, k, v) = qkv(1, h, n, n, d, d, 31);
     let seg = contiguous_ids(&lens);
@@ -290,8 +293,8 @@ fn sdpa_with_packed_segments_equals_each_segment_run_separately() {
 
 #[test]
 fn sdpa_with_interleaved_segment_ids_matches_masked_naive() {
-    // Non-contiguous ids (a pattern and a pseudo-random one), Nq ≠ Nk, keys crossing a 512 block.
-    let (b, h, nq, nk, d, dv) = (2, 2, 77, 600, 40, 24);
+    // Non-contiguous ids (a pattern and a pseudo-random one), Nq ≠ Nk, keys crossing a key block.
+    let (b, h, nq, nk, d, dv) = (2, 2, 77, KV_BLOCK + 88, 40, 24);
     let (q, k, v) = qkv(b, h, nq, nk, d, dv, 41);
     let mut qseg: Vec<i64> = (0..nq).map(|i| (i % 3) as i64).collect();
     qseg.extend((0..nq).map(|i| ((i * 7 + i / 5) % 4) as i64));

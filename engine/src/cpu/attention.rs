@@ -13,8 +13,9 @@ use rayon::prelude::*;
 
 /// Queries per task (a multiple of every kernel's MR).
 const BQ: usize = 48;
-/// Upper bound on keys per block; blocks are balanced and rounded to the kernel's NR.
-const KV_BLOCK: usize = 512;
+/// Upper bound on keys per block; blocks are balanced and rounded to the kernel's NR. (Public so tests
+/// can place sequence lengths on both sides of a block boundary.)
+pub const KV_BLOCK: usize = 1024;
 
 /// One (batch, head) slice of an attention operand: `rows × cols` at `offset` with strides.
 #[derive(Clone, Copy)]
