@@ -138,27 +138,9 @@ impl PackA for Strided<'_> {
 }
 
 impl PackB for Strided<'_> {
+    /// Packing a column panel of B is packing a row panel of Bᵀ.
     fn pack_b(&self, k0: usize, kc: usize, j0: usize, w: usize, nr: usize, dst: &mut [f32]) {
-        let dst = &mut dst[..kc * nr];
-        if w < nr {
-            dst.fill(0.0);
-        }
-        if self.cs == 1 {
-            for p in 0..kc {
-                let base = self.offset + (k0 + p) * self.rs + j0;
-                dst[p * nr..p * nr + w].copy_from_slice(&self.data[base..base + w]);
-            }
-        } else if self.rs == 1 {
-            // A transposed [out, in] weight: columns of B are contiguous weight rows.
-            let base = self.offset + j0 * self.cs + k0;
-            transpose_rows(self.data, base, self.cs, w, kc, nr, dst);
-        } else {
-            for j in 0..w {
-                for p in 0..kc {
-                    dst[p * nr + j] = self.at(k0 + p, j0 + j);
-                }
-            }
-        }
+        self.t().pack_a(j0, w, k0, kc, nr, dst)
     }
 }
 

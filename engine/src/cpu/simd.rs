@@ -154,68 +154,47 @@ pub fn tanh(x: f32) -> f32 {
 // Loop drivers compiled per instruction set
 // ---------------------------------------------------------------------------------------------------
 
+/// Defines `pub fn $name(isa, args..)`, which runs the `#[inline(always)]` loop `$imp` compiled for
+/// the given instruction set (AVX-512, AVX2+FMA) or, for `Isa::Baseline`, runs `$fallback`.
+macro_rules! per_isa {
+    ($(#[$doc:meta])* fn $name:ident<$($gen:ident: $bound:path),*>($($arg:ident: $ty:ty),*) -> $ret:ty = $imp:ident, fallback $fb:ident) => {
+        $(#[$doc])*
+        pub fn $name<$($gen: $bound),*>(isa: Isa, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            unsafe fn avx512<$($gen: $bound),*>($($arg: $ty),*) -> $ret {
+                $imp($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<$($gen: $bound),*>($($arg: $ty),*) -> $ret {
+                $imp($($arg),*)
+            }
+            match isa {
+                // SAFETY: `Isa::Avx512`/`Avx2` are only produced after run-time feature detection.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2($($arg),*) },
+                _ => $fb($($arg),*),
+            }
+        }
+    };
+}
+
 #[inline(always)]
 fn map_loop(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
+    assert_eq!(src.len(), dst.len(), "map: lengths differ");
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = f(s);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn map_avx512(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
-    map_loop(src, dst, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_avx2(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
-    map_loop(src, dst, f)
-}
-
-/// `dst[i] = f(src[i])`, vectorised for the detected instruction set. `f` must be pure arithmetic
-/// (see `exp`) for the vectorisation to happen; it is still correct otherwise.
-pub fn map(isa: Isa, src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
-    assert_eq!(src.len(), dst.len());
-    match isa {
-        // SAFETY: `Isa::Avx512`/`Avx2` are only produced after run-time feature detection.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { map_avx512(src, dst, f) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { map_avx2(src, dst, f) },
-        _ => map_loop(src, dst, f),
-    }
-}
-
 #[inline(always)]
 fn zip_loop(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    assert!(a.len() == dst.len() && b.len() == dst.len(), "zip: lengths differ");
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
         *d = f(x, y);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn zip_avx512(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
-    zip_loop(a, b, dst, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn zip_avx2(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
-    zip_loop(a, b, dst, f)
-}
-
-/// `dst[i] = f(a[i], b[i])`, vectorised like `map`.
-pub fn zip(isa: Isa, a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
-    assert!(a.len() == dst.len() && b.len() == dst.len());
-    match isa {
-        // SAFETY: see `map`.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { zip_avx512(a, b, dst, f) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { zip_avx2(a, b, dst, f) },
-        _ => zip_loop(a, b, dst, f),
     }
 }
 
@@ -239,22 +218,6 @@ fn sum_loop(x: &[f32]) -> f32 {
         h += a;
     }
     h + s
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn sum_avx512(x: &[f32]) -> f32 {
-    sum_loop(x)
-}
-
-/// Sum of a slice with 16 running partial sums.
-pub fn sum(isa: Isa, x: &[f32]) -> f32 {
-    match isa {
-        // SAFETY: see `map`.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { sum_avx512(x) },
-        _ => sum_loop(x),
-    }
 }
 
 #[inline(always)]
@@ -301,59 +264,10 @@ fn dot_loop_nofma(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + s
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    dot_loop(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_loop(a, b)
-}
-
-/// Dot product of two equally long slices.
-pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    match isa {
-        // SAFETY: see `map`.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { dot_avx512(a, b) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { dot_avx2(a, b) },
-        // Without FMA hardware `mul_add` is a slow library call: use plain multiply-add.
-        _ => dot_loop_nofma(a, b),
-    }
-}
-
 #[inline(always)]
 fn axpy_loop(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn axpy_avx512(alpha: f32, x: &[f32], y: &mut [f32]) {
-    axpy_loop(alpha, x, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
-    axpy_loop(alpha, x, y)
-}
-
-/// `y += alpha · x`.
-pub fn axpy(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
-    match isa {
-        // SAFETY: see `map`.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { axpy_avx512(alpha, x, y) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { axpy_avx2(alpha, x, y) },
-        _ => axpy_loop(alpha, x, y),
     }
 }
 
@@ -374,23 +288,6 @@ fn max_loop(x: &[f32]) -> f32 {
     m
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn max_avx512(x: &[f32]) -> f32 {
-    max_loop(x)
-}
-
-/// Largest element, ignoring NaNs (−inf for an empty or all-NaN slice). For softmax shifts, where a
-/// NaN input poisons the result anyway.
-pub fn max(isa: Isa, x: &[f32]) -> f32 {
-    match isa {
-        // SAFETY: see `map`.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { max_avx512(x) },
-        _ => max_loop(x),
-    }
-}
-
 #[inline(always)]
 fn exp_shift_sum_loop(x: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0.0f32; 16];
@@ -409,28 +306,42 @@ fn exp_shift_sum_loop(x: &mut [f32], shift: f32) -> f32 {
     acc.iter().sum::<f32>() + s
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn exp_shift_sum_avx512(x: &mut [f32], shift: f32) -> f32 {
-    exp_shift_sum_loop(x, shift)
+per_isa! {
+    /// `dst[i] = f(src[i])`, vectorised for the instruction set. `f` must be plain arithmetic (see
+    /// `exp`) to vectorise; it is correct either way.
+    fn map<F: Fn(f32) -> f32>(src: &[f32], dst: &mut [f32], f: F) -> () = map_loop, fallback map_loop
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shift_sum_avx2(x: &mut [f32], shift: f32) -> f32 {
-    exp_shift_sum_loop(x, shift)
+per_isa! {
+    /// `dst[i] = f(a[i], b[i])`, vectorised like `map`.
+    fn zip<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], dst: &mut [f32], f: F) -> () = zip_loop, fallback zip_loop
 }
 
-/// `x[i] = e^(x[i] − shift)` in place; returns the sum of the new values (the softmax denominator).
-pub fn exp_shift_sum(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
-    match isa {
-        // SAFETY: see `map`.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { exp_shift_sum_avx512(x, shift) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { exp_shift_sum_avx2(x, shift) },
-        _ => exp_shift_sum_loop(x, shift),
-    }
+per_isa! {
+    /// Sum of a slice with 16 running partial sums.
+    fn sum<>(x: &[f32]) -> f32 = sum_loop, fallback sum_loop
+}
+
+per_isa! {
+    /// Dot product of two equally long slices. (Without FMA hardware `mul_add` is a slow library call,
+    /// so the baseline uses plain multiply-add.)
+    fn dot<>(a: &[f32], b: &[f32]) -> f32 = dot_loop, fallback dot_loop_nofma
+}
+
+per_isa! {
+    /// `y += alpha · x`.
+    fn axpy<>(alpha: f32, x: &[f32], y: &mut [f32]) -> () = axpy_loop, fallback axpy_loop
+}
+
+per_isa! {
+    /// Largest element, ignoring NaNs (−inf for an empty or all-NaN slice). For softmax shifts, where a
+    /// NaN input poisons the result anyway.
+    fn max<>(x: &[f32]) -> f32 = max_loop, fallback max_loop
+}
+
+per_isa! {
+    /// `x[i] = e^(x[i] − shift)` in place; returns the sum of the new values (the softmax denominator).
+    fn exp_shift_sum<>(x: &mut [f32], shift: f32) -> f32 = exp_shift_sum_loop, fallback exp_shift_sum_loop
 }
 
 #[cfg(test)]

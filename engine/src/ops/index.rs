@@ -86,16 +86,7 @@ impl Tensor {
         let op = "gather";
         same_device(op, self, index)?;
         want_int(op, "index", index)?;
-        let d = self.layout().dim_index(op, dim)?;
-        check_gather_shapes(op, self.dims(), index.dims(), d)?;
-        let idx = index.i64_data(op)?;
-        check_indices(
-            op,
-            &format!("index into dim {d} of {}", fmt_shape(self.dims())),
-            &idx,
-            self.dims()[d],
-        )?;
-        let offsets = gather_offsets(self.dims(), index.dims(), &idx, d);
+        let offsets = gather_plan(op, self, dim, index)?;
         // A pure copy: every dtype keeps its exact values.
         fn pick<T: Element>(t: &Tensor, offsets: &[usize]) -> Result<Vec<T>> {
             let x = t.typed_data::<T>("gather")?;
@@ -135,16 +126,7 @@ impl Tensor {
                 ),
             ));
         }
-        let d = self.layout().dim_index(op, dim)?;
-        check_gather_shapes(op, self.dims(), index.dims(), d)?;
-        let idx = index.i64_data(op)?;
-        check_indices(
-            op,
-            &format!("index into dim {d} of {}", fmt_shape(self.dims())),
-            &idx,
-            self.dims()[d],
-        )?;
-        let offsets = gather_offsets(self.dims(), index.dims(), &idx, d);
+        let offsets = gather_plan(op, self, dim, index)?;
         if self.dtype() == DType::I64 {
             let mut out = self.i64_data(op)?.into_owned();
             let s = src.i64_data(op)?;
@@ -209,6 +191,21 @@ impl Tensor {
         dims.extend_from_slice(&[num_segments, c]);
         Ok(Tensor::from_f32_as(out, &dims, self.dtype()))
     }
+}
+
+/// Validates a gather/scatter along `dim` and returns, for every position of `index`, the offset of the
+/// element of (packed) `src` it addresses.
+fn gather_plan(op: &'static str, src: &Tensor, dim: isize, index: &Tensor) -> Result<Vec<usize>> {
+    let d = src.layout().dim_index(op, dim)?;
+    check_gather_shapes(op, src.dims(), index.dims(), d)?;
+    let idx = index.i64_data(op)?;
+    check_indices(
+        op,
+        &format!("index into dim {d} of {}", fmt_shape(src.dims())),
+        &idx,
+        src.dims()[d],
+    )?;
+    Ok(gather_offsets(src.dims(), index.dims(), &idx, d))
 }
 
 /// For every position of `index` (row-major), the offset in a packed tensor of shape `src` of the

@@ -37,6 +37,22 @@ fn channel_vec(op: &'static str, what: &str, t: Option<&Tensor>, n: usize) -> Re
     }
 }
 
+fn check_eps(op: &'static str, eps: f32) -> Result<()> {
+    if eps.is_nan() || eps < 0.0 {
+        return Err(Error::arg(op, format!("eps must be >= 0, got {eps}")));
+    }
+    Ok(())
+}
+
+/// The normalised width (last dim) of `x`, after checking `eps`.
+fn last_dim(op: &'static str, x: &Tensor, eps: f32) -> Result<usize> {
+    check_eps(op, eps)?;
+    x.dims()
+        .last()
+        .copied()
+        .ok_or_else(|| Error::shape(op, "a 0-d tensor has no last dim"))
+}
+
 fn rows_apply(data: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
     if data.len() >= super::PAR_MIN_ELEMS {
         data.par_chunks_mut(width).for_each(f);
@@ -50,15 +66,7 @@ impl Tensor {
     /// (weight and bias optional, each of shape `[last dim]`).
     pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
         let op = "layer_norm";
-        let width = self
-            .layout()
-            .dims()
-            .last()
-            .copied()
-            .ok_or_else(|| Error::shape(op, "a 0-d tensor has no last dim"))?;
-        if eps.is_nan() || eps < 0.0 {
-            return Err(Error::arg(op, format!("eps must be >= 0, got {eps}")));
-        }
+        let width = last_dim(op, self, eps)?;
         let w = channel_vec(op, "weight", weight, width)?;
         let b = channel_vec(op, "bias", bias, width)?;
         let mut data = self.f32_data(op)?.into_owned();
@@ -84,15 +92,7 @@ impl Tensor {
     /// RMS norm over the last dimension: `x / sqrt(mean(x²) + eps) · scale`, scale of shape `[last dim]`.
     pub fn rms_norm(&self, scale: &Tensor, eps: f32) -> Result<Tensor> {
         let op = "rms_norm";
-        let width = self
-            .layout()
-            .dims()
-            .last()
-            .copied()
-            .ok_or_else(|| Error::shape(op, "a 0-d tensor has no last dim"))?;
-        if eps.is_nan() || eps < 0.0 {
-            return Err(Error::arg(op, format!("eps must be >= 0, got {eps}")));
-        }
+        let width = last_dim(op, self, eps)?;
         let s = channel_vec(op, "scale", Some(scale), width)?.unwrap();
         let mut data = self.f32_data(op)?.into_owned();
         if width > 0 {
@@ -133,9 +133,7 @@ impl Tensor {
                 ),
             ));
         }
-        if eps.is_nan() || eps < 0.0 {
-            return Err(Error::arg(op, format!("eps must be >= 0, got {eps}")));
-        }
+        check_eps(op, eps)?;
         let w = channel_vec(op, "weight", weight, c)?;
         let bb = channel_vec(op, "bias", bias, c)?;
         let spatial: usize = self.dims()[2..].iter().product();
