@@ -1,0 +1,120 @@
+//! The `nvg` program end to end: help text, `inspect`, `bench engine` and error reporting.
+
+use nvg_engine::{DType, Device, Tensor};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn nvg(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nvg"))
+        .args(args)
+        .output()
+        .expect("run nvg");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nvg-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn help_lists_every_subcommand_and_each_has_its_own_help() {
+    let (ok, out, _) = nvg(&["--help"]);
+    assert!(ok);
+    for sub in ["inspect", "bench"] {
+        assert!(out.contains(sub), "--help does not mention {sub}:\n{out}");
+    }
+    for args in [
+        &["inspect", "--help"][..],
+        &["bench", "--help"],
+        &["bench", "engine", "--help"],
+    ] {
+        let (ok, out, err) = nvg(args);
+        assert!(ok && out.contains("Usage"), "{args:?}: {out}{err}");
+    }
+    let (_, out, _) = nvg(&["bench", "engine", "--help"]);
+    for flag in [
+        "--threads",
+        "--rounds",
+        "--iters",
+        "--python",
+        "--no-reference",
+        "--filter",
+        "--out",
+    ] {
+        assert!(out.contains(flag), "bench engine --help does not explain {flag}");
+    }
+}
+
+#[test]
+fn inspect_lists_tensors_dtypes_shapes_and_the_parameter_count() {
+    let dir = temp_dir("inspect");
+    let path = dir.join("m.safetensors");
+    let w = Tensor::zeros(&[3, 4], DType::F32, Device::Cpu).unwrap();
+    let e = Tensor::zeros(&[5], DType::BF16, Device::Cpu).unwrap();
+    nvg_engine::io::safetensors::save(&path, [("layer.weight", &w), ("embed", &e)], None).unwrap();
+    let (ok, out, err) = nvg(&["inspect", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("layer.weight") && out.contains("F32") && out.contains("[3, 4]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("embed") && out.contains("BF16") && out.contains("[5]"),
+        "{out}"
+    );
+    assert!(out.contains("2 tensors, 17 parameters"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn inspect_of_a_missing_or_corrupt_file_fails_with_the_path_in_the_message() {
+    let dir = temp_dir("inspect-bad");
+    let missing = dir.join("nope.safetensors");
+    let (ok, _, err) = nvg(&["inspect", missing.to_str().unwrap()]);
+    assert!(!ok && err.contains("nope.safetensors"), "{err}");
+    let corrupt = dir.join("bad.safetensors");
+    std::fs::write(&corrupt, b"not a safetensors file at all").unwrap();
+    let (ok, _, err) = nvg(&["inspect", corrupt.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("bad.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_engine_runs_a_filtered_case_and_writes_the_table() {
+    let dir = temp_dir("bench");
+    let table = dir.join("t.md");
+    let (ok, out, err) = nvg(&[
+        "bench",
+        "engine",
+        "--no-reference",
+        "--rounds",
+        "1",
+        "--iters",
+        "1",
+        "--threads",
+        "1",
+        "--filter",
+        "512->512",
+        "--out",
+        table.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("conv3x3 512->512 16x16") && !out.contains("linear"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&table).unwrap(), out);
+    let (ok, _, err) = nvg(&["bench", "engine", "--rounds", "0"]);
+    assert!(!ok && err.contains("--rounds"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
