@@ -17,13 +17,17 @@ pub struct EngineBenchOptions {
     pub threads: usize,
     /// Alternating rounds per case (the reported time is the median over rounds).
     pub rounds: usize,
-    /// Timed runs per round and side (the round keeps the best).
+    /// Least timed runs per round and side (the round keeps the best); short cases run more, so that
+    /// a round lasts at least 50 ms.
     pub iters: usize,
     /// Python interpreter for the reference, or `None` to skip it.
     pub python: Option<PathBuf>,
     /// Only cases whose name contains this text.
     pub filter: Option<String>,
 }
+
+/// Shortest time one side of a round should take (the per-round iteration count grows to reach it).
+const MIN_ROUND_S: f64 = 0.05;
 
 /// One benchmark case: a name, its floating-point work and a closure that runs it once.
 struct Case {
@@ -208,14 +212,19 @@ pub fn engine_bench(opts: &EngineBenchOptions) -> Result<BenchReport> {
             continue;
         }
         eprint!("{:<34}", case.name);
-        // Warm up both sides (allocators, thread pools, page faults).
+        // Warm up (allocators, thread pools, page faults) and size the rounds: short cases run more
+        // times per round, so that every round spans at least MIN_ROUND and a brief stall of the VM
+        // cannot decide it.
+        let t = Instant::now();
         pool.install(|| (case.run)())?;
+        let once = t.elapsed().as_secs_f64();
+        let iters = opts.iters.max((MIN_ROUND_S / once.max(1e-6)).ceil() as usize).min(1000);
         let numpy_name = format!("{} (numpy)", case.name);
         let (mut ours, mut refs, mut nps) = (Vec::new(), Vec::new(), Vec::new());
         let mut ref_impl = String::new();
         for _ in 0..opts.rounds {
             let mut best = f64::INFINITY;
-            for _ in 0..opts.iters {
+            for _ in 0..iters {
                 let t = Instant::now();
                 pool.install(|| (case.run)())?;
                 best = best.min(t.elapsed().as_secs_f64());
@@ -223,12 +232,12 @@ pub fn engine_bench(opts: &EngineBenchOptions) -> Result<BenchReport> {
             ours.push(best);
             if let Some(r) = reference.as_mut() {
                 if r.has(&case.name) {
-                    let (s, imp) = r.time(&case.name, opts.iters)?;
+                    let (s, imp) = r.time(&case.name, iters)?;
                     refs.push(s);
                     ref_impl = imp;
                 }
                 if r.has(&numpy_name) {
-                    nps.push(r.time(&numpy_name, opts.iters)?.0);
+                    nps.push(r.time(&numpy_name, iters)?.0);
                 }
             }
             ceiling = ceiling.max(microkernel_ceiling(&pool));
@@ -310,14 +319,14 @@ pub fn render_table(report: &BenchReport, opts: &EngineBenchOptions) -> String {
     ));
     match reference {
         Some(r) => s.push_str(&format!(
-            "reference: torch {} / numpy {} (same threads), interleaved, median of {} rounds × best of {}\n\n",
+            "reference: torch {} / numpy {} (same threads), interleaved, median of {} rounds × best of ≥{} (≥50 ms)\n\n",
             r["torch"].as_str().unwrap_or("absent"),
             r["numpy"].as_str().unwrap_or("?"),
             opts.rounds,
             opts.iters
         )),
         None => s.push_str(&format!(
-            "no reference; median of {} rounds × best of {}\n\n",
+            "no reference; median of {} rounds × best of ≥{} (≥50 ms)\n\n",
             opts.rounds, opts.iters
         )),
     }

@@ -41,7 +41,8 @@ enum BenchCommand {
         /// Alternating rounds per case; the median is reported.
         #[arg(long, default_value_t = 7)]
         rounds: usize,
-        /// Timed runs per round and side; each round keeps its best.
+        /// Least timed runs per round and side (more for short cases, so a round lasts >= 50 ms); each round
+        /// keeps its best.
         #[arg(long, default_value_t = 3)]
         iters: usize,
         /// Python interpreter that runs tools/bench_reference.py.
