@@ -692,3 +692,16 @@ fn rope_wrong_table_shape_is_an_error_naming_the_shapes() {
     let m = err_msg(rand(&[4, 8], 1).rope(&rand(&[4, 4], 2), &rand(&[4, 4], 3)));
     assert!(m.contains("rope") && m.contains("[4, 8]"), "{m}");
 }
+
+#[test]
+fn sdpa_of_a_batch_equals_each_element_alone_bit_for_bit() {
+    let (b, h, n, d) = (3, 2, 257, 64);
+    let (q, k, v) = qkv(b, h, n, n, d, d, 77);
+    let all = vals(&sdpa(&q, &k, &v, None, None).unwrap());
+    for i in 0..b {
+        let one = |t: &Tensor| t.narrow(0, i, 1).unwrap();
+        let alone = vals(&sdpa(&one(&q), &one(&k), &one(&v), None, None).unwrap());
+        let per = h * n * d;
+        assert!(alone == all[i * per..(i + 1) * per], "batch element {i}");
+    }
+}

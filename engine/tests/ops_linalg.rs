@@ -851,3 +851,41 @@ fn upsample_nearest2x_of_non_4d_input_is_an_error_naming_the_shape() {
     let m = err_msg(rand(&[3, 5, 7], 1).upsample_nearest2x());
     assert!(m.contains("upsample_nearest2x") && m.contains("[3, 5, 7]"), "{m}");
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Batch invariance: a row's result must not depend on the other rows (an image must come out the same
+// whatever batch it is generated in).
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn linear_rows_are_bit_identical_whatever_the_batch_around_them() {
+    // K = 1100 spans several packed blocks whose depth depends on the row count; every output must
+    // still be the same fused multiply-add chain.
+    for (k, n) in [(40, 70), (600, 37), (1100, 45)] {
+        let big = rand(&[1030, k], 9000 + k as u64);
+        let w = rand(&[n, k], 9100 + k as u64);
+        let b = rand(&[n], 9200 + k as u64);
+        let all = vals(&big.linear(&w, Some(&b)).unwrap());
+        for (start, m) in [(0, 1), (5, 2), (7, 6), (0, 7), (3, 13), (100, 48), (0, 514), (200, 830)] {
+            let part = big.narrow(0, start, m).unwrap();
+            let got = vals(&part.linear(&w, Some(&b)).unwrap());
+            let want = &all[start * n..(start + m) * n];
+            assert!(
+                got == want,
+                "K={k}: rows {start}..{} differ when computed in a batch of {m}",
+                start + m
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_matmul_equals_each_matrix_alone_bit_for_bit() {
+    let a = rand(&[5, 33, 300], 9300);
+    let b = rand(&[5, 300, 21], 9301);
+    let all = vals(&a.matmul(&b).unwrap());
+    for i in 0..5 {
+        let one = vals(&a.narrow(0, i, 1).unwrap().matmul(&b.narrow(0, i, 1).unwrap()).unwrap());
+        assert!(one == all[i * 33 * 21..(i + 1) * 33 * 21], "matrix {i}");
+    }
+}

@@ -13,7 +13,7 @@
 //! straight from where they live without an intermediate copy. The register tile ("micro-kernel") is
 //! chosen per instruction set at run time: 12×32 with AVX-512, 6×16 with AVX2+FMA, 4×16 portable.
 
-use super::simd::{self, Isa};
+use super::simd::Isa;
 use rayon::prelude::*;
 
 /// Largest A block in rows: NVG's CFG batches (514 and 1026 tokens) fit one block, which is cheaper
@@ -180,6 +180,13 @@ fn transpose_rows(src: &[f32], base: usize, stride: usize, rows: usize, len: usi
 type KernelFn = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool);
 
 /// A register-tile kernel and its tile size.
+///
+/// With `acc`, a kernel loads the C tile into its accumulators and continues: every element of C is
+/// one fused multiply-add chain over k in order, starting from C's initial value (0 or a bias), no
+/// matter how K is split into blocks, how many rows A has, or where a row sits in a tile. Products are
+/// therefore batch-invariant: a row of `x·Wᵀ` is bit-identical whether `x` holds 1 row or 1000, which
+/// is what makes an image independent of the batch it is generated in. (The portable kernel has no
+/// FMA and differs from the AVX kernels in the last bits, but is batch-invariant the same way.)
 #[derive(Clone, Copy)]
 pub struct MicroKernel {
     pub mr: usize,
@@ -224,13 +231,20 @@ impl MicroKernel {
             if h == self.mr && w == self.nr {
                 (self.f)(kc, a.as_ptr(), b.as_ptr(), c, ldc, acc);
             } else {
+                // The scratch tile starts from C's valid part, so the arithmetic is exactly that of a full
+                // tile (padding rows and columns are computed and thrown away).
                 let mut tile = [0.0f32; 12 * 32];
-                (self.f)(kc, a.as_ptr(), b.as_ptr(), tile.as_mut_ptr(), self.nr, false);
+                if acc {
+                    for i in 0..h {
+                        for j in 0..w {
+                            tile[i * self.nr + j] = *c.add(i * ldc + j);
+                        }
+                    }
+                }
+                (self.f)(kc, a.as_ptr(), b.as_ptr(), tile.as_mut_ptr(), self.nr, acc);
                 for i in 0..h {
-                    let row = c.add(i * ldc);
                     for j in 0..w {
-                        let v = tile[i * self.nr + j];
-                        *row.add(j) = if acc { *row.add(j) + v } else { v };
+                        *c.add(i * ldc + j) = tile[i * self.nr + j];
                     }
                 }
             }
@@ -238,12 +252,18 @@ impl MicroKernel {
     }
 }
 
-/// Portable kernel (LLVM vectorises it for the baseline target).
+/// Portable kernel (LLVM vectorises it for the baseline target). Uses plain multiply-add: without FMA
+/// hardware `mul_add` is a library call, so its results differ from the FMA kernels in the last bits.
 unsafe fn kernel_portable_4x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
     const MR: usize = 4;
     const NR: usize = 16;
     let mut r = [[0.0f32; NR]; MR];
     unsafe {
+        if acc {
+            for (i, ri) in r.iter_mut().enumerate() {
+                ri.copy_from_slice(std::slice::from_raw_parts(c.add(i * ldc), NR));
+            }
+        }
         let a = std::slice::from_raw_parts(a, kc * MR);
         let b = std::slice::from_raw_parts(b, kc * NR);
         for p in 0..kc {
@@ -256,10 +276,7 @@ unsafe fn kernel_portable_4x16(kc: usize, a: *const f32, b: *const f32, c: *mut 
             }
         }
         for (i, ri) in r.iter().enumerate() {
-            let row = std::slice::from_raw_parts_mut(c.add(i * ldc), NR);
-            for j in 0..NR {
-                row[j] = if acc { row[j] + ri[j] } else { ri[j] };
-            }
+            std::slice::from_raw_parts_mut(c.add(i * ldc), NR).copy_from_slice(ri);
         }
     }
 }
@@ -381,10 +398,10 @@ mod x86 {
         let (mut ap, mut bp) = (a, b);
         unsafe {
             if acc {
-                // The C tile is read at the end; start fetching it now so the loads do not stall then.
-                for i in 0..MR {
-                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
+                // Continue C's fused multiply-add chain (see `MicroKernel`).
+                for (i, ri) in r.iter_mut().enumerate() {
+                    ri[0] = _mm512_loadu_ps(c.add(i * ldc));
+                    ri[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
                 }
             }
             for _ in 0..kc {
@@ -399,14 +416,8 @@ mod x86 {
                 bp = bp.add(32);
             }
             for (i, ri) in r.iter().enumerate() {
-                let cp = c.add(i * ldc);
-                let (mut c0, mut c1) = (ri[0], ri[1]);
-                if acc {
-                    c0 = _mm512_add_ps(c0, _mm512_loadu_ps(cp));
-                    c1 = _mm512_add_ps(c1, _mm512_loadu_ps(cp.add(16)));
-                }
-                _mm512_storeu_ps(cp, c0);
-                _mm512_storeu_ps(cp.add(16), c1);
+                _mm512_storeu_ps(c.add(i * ldc), ri[0]);
+                _mm512_storeu_ps(c.add(i * ldc + 16), ri[1]);
             }
         }
     }
@@ -417,6 +428,12 @@ mod x86 {
         let mut r = [[_mm256_setzero_ps(); 2]; MR];
         let (mut ap, mut bp) = (a, b);
         unsafe {
+            if acc {
+                for (i, ri) in r.iter_mut().enumerate() {
+                    ri[0] = _mm256_loadu_ps(c.add(i * ldc));
+                    ri[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
+                }
+            }
             for _ in 0..kc {
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
@@ -429,14 +446,8 @@ mod x86 {
                 bp = bp.add(16);
             }
             for (i, ri) in r.iter().enumerate() {
-                let cp = c.add(i * ldc);
-                let (mut c0, mut c1) = (ri[0], ri[1]);
-                if acc {
-                    c0 = _mm256_add_ps(c0, _mm256_loadu_ps(cp));
-                    c1 = _mm256_add_ps(c1, _mm256_loadu_ps(cp.add(8)));
-                }
-                _mm256_storeu_ps(cp, c0);
-                _mm256_storeu_ps(cp.add(8), c1);
+                _mm256_storeu_ps(c.add(i * ldc), ri[0]);
+                _mm256_storeu_ps(c.add(i * ldc + 8), ri[1]);
             }
         }
     }
@@ -637,70 +648,10 @@ pub fn gemm(
     }
 }
 
-/// Largest `m` that takes the unpacked small-`m` path.
-const SMALL_M: usize = 6;
-
-/// `C = A·B` (or `C += A·B`) for strided operands, with a packing-free path for a few rows of A
-/// (e.g. the AdaLN modulation, one row per image): packing a large B there would cost more than the
-/// arithmetic.
+/// `C = A·B` (or `C += A·B`) for strided operands.
 pub fn matmul(isa: Isa, a: Strided, b: Strided, c: &mut [f32], ldc: usize, accumulate: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows, "matmul: inner dimensions");
-    if m <= SMALL_M && k > 0 && n > 0 && (b.rs == 1 || b.cs == 1) {
-        small_m(isa, a, b, c, ldc, accumulate);
-    } else {
-        gemm(isa, m, n, k, &a, &b, c, ldc, accumulate);
-    }
-}
-
-fn small_m(isa: Isa, a: Strided, b: Strided, c: &mut [f32], ldc: usize, accumulate: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    // Rows of A, packed.
-    let arows: Vec<Vec<f32>> = (0..m).map(|i| (0..k).map(|p| a.at(i, p)).collect()).collect();
-    let par = m * n * k >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
-    let cptr = SharedPtr::new(c);
-    if b.rs == 1 {
-        // Column j of B is contiguous: C[i, j] = dot(A_i, B_:j).
-        let col = |j: usize| {
-            let bj = &b.data[b.offset + j * b.cs..b.offset + j * b.cs + k];
-            for (i, ai) in arows.iter().enumerate() {
-                let v = simd::dot(isa, ai, bj);
-                // SAFETY: element (i, j) is inside `c` and written by this task only.
-                unsafe {
-                    let dst = cptr.at(i * ldc + j);
-                    *dst = if accumulate { *dst + v } else { v };
-                }
-            }
-        };
-        if par {
-            (0..n).into_par_iter().with_min_len(16).for_each(col);
-        } else {
-            (0..n).for_each(col);
-        }
-    } else {
-        // Rows of B are contiguous: C[i, :] = Σ_p A[i, p]·B[p, :], in column chunks.
-        const CHUNK: usize = 512;
-        let chunk = |j0: usize| {
-            let w = CHUNK.min(n - j0);
-            for (i, ai) in arows.iter().enumerate() {
-                // SAFETY: row i, columns j0..j0+w of C are inside `c` and written by this task only.
-                let ci = unsafe { cptr.slice(i * ldc + j0, w) };
-                if !accumulate {
-                    ci.fill(0.0);
-                }
-                for (p, &ap) in ai.iter().enumerate() {
-                    let base = b.offset + p * b.rs + j0;
-                    simd::axpy(isa, ap, &b.data[base..base + w], ci);
-                }
-            }
-        };
-        let starts: Vec<usize> = (0..n).step_by(CHUNK).collect();
-        if par {
-            starts.into_par_iter().for_each(chunk);
-        } else {
-            starts.into_iter().for_each(chunk);
-        }
-    }
+    assert_eq!(a.cols, b.rows, "matmul: inner dimensions");
+    gemm(isa, a.rows, b.cols, a.cols, &a, &b, c, ldc, accumulate);
 }
 
 #[cfg(test)]
