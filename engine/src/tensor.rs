@@ -452,6 +452,30 @@ impl Tensor {
         Ok(self.with_layout(Layout::new(dims, strides, self.layout.offset())))
     }
 
+    /// Splits dimension `dim` into `sizes` (whose product is its size) as a view — always possible
+    /// without a copy, whatever the strides (e.g. `[B, N, H·D]` → `[B, N, H, D]` on a narrowed tensor).
+    pub fn unflatten(&self, dim: isize, sizes: &[usize]) -> Result<Tensor> {
+        let d = self.layout.dim_index("unflatten", dim)?;
+        if sizes.iter().product::<usize>() != self.dims()[d] {
+            return Err(Error::shape(
+                "unflatten",
+                format!(
+                    "sizes {sizes:?} do not multiply to dim {d} of shape {}",
+                    fmt_shape(self.dims())
+                ),
+            ));
+        }
+        let stride = self.layout.strides()[d];
+        let inner = crate::layout::contiguous_strides(sizes);
+        let mut dims = self.dims()[..d].to_vec();
+        let mut strides = self.layout.strides()[..d].to_vec();
+        dims.extend_from_slice(sizes);
+        strides.extend(inner.iter().map(|s| s * stride));
+        dims.extend_from_slice(&self.dims()[d + 1..]);
+        strides.extend_from_slice(&self.layout.strides()[d + 1..]);
+        Ok(self.with_layout(Layout::new(dims, strides, self.layout.offset())))
+    }
+
     /// Flattens dims `start..=end` into one.
     pub fn flatten(&self, start: usize, end: usize) -> Result<Tensor> {
         if start > end || end >= self.rank() {

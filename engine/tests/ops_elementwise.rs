@@ -1196,3 +1196,19 @@ fn clamp_with_min_greater_than_max_is_an_error_naming_both_bounds() {
         "{msg}"
     );
 }
+
+#[test]
+fn div_scalar_is_a_true_division_not_a_reciprocal_multiply() {
+    // 1.608 has no exact reciprocal: x / 1.608 and x * (1 / 1.608) differ in the last bit for some x.
+    let x = rand(&[4096], 77).mul_scalar(10.0).unwrap();
+    let got = vals(&x.div_scalar(1.608).unwrap());
+    let want: Vec<f32> = vals(&x).iter().map(|v| v / 1.608).collect();
+    assert_eq!(got, want);
+    let recip: Vec<f32> = vals(&x).iter().map(|v| v * (1.0 / 1.608f32)).collect();
+    assert_ne!(
+        got, recip,
+        "test data should tell division from multiplication by the reciprocal"
+    );
+    let msg = err_msg(Tensor::arange(0, 3).div_scalar(2.0));
+    assert!(msg.contains("div_scalar") && msg.contains("i64"), "{msg}");
+}

@@ -1262,3 +1262,28 @@ fn rng_gumbel_has_mean_euler_gamma_and_variance_pi_squared_over_six() {
         "P(x <= 0) = {below}"
     );
 }
+
+#[test]
+fn unflatten_splits_a_dim_of_any_view_without_copying() {
+    let base = Tensor::from_vec((0..2 * 5 * 12).map(|i| i as f32).collect::<Vec<_>>(), &[2, 5, 12]).unwrap();
+    // A narrowed last dim (row stride 12, width 6) split into [2, 3], then permuted like attention heads.
+    let q = base.narrow(2, 6, 6).unwrap().unflatten(2, &[2, 3]).unwrap();
+    assert_eq!(q.dims(), &[2, 5, 2, 3]);
+    assert!(q.shares_storage(&base));
+    let got = q.to_f32_vec().unwrap();
+    let mut want = Vec::new();
+    for b in 0..2 {
+        for n in 0..5 {
+            for h in 0..2 {
+                for d in 0..3 {
+                    want.push((b * 60 + n * 12 + 6 + h * 3 + d) as f32);
+                }
+            }
+        }
+    }
+    assert_eq!(got, want);
+    let t = q.permute(&[0, 2, 1, 3]).unwrap().unflatten(-1, &[3, 1]).unwrap();
+    assert_eq!(t.dims(), &[2, 2, 5, 3, 1]);
+    let msg = err_msg(base.unflatten(1, &[2, 3]));
+    assert!(msg.contains("unflatten") && msg.contains("[2, 5, 12]"), "{msg}");
+}

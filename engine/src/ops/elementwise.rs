@@ -412,6 +412,16 @@ impl Tensor {
         self.affine_named("mul_scalar", v, 0.0)
     }
 
+    /// `self / v` element-wise (a true division, not a multiplication by 1/v, which rounds differently).
+    pub fn div_scalar(&self, v: f32) -> Result<Tensor> {
+        let x = self.f32_data("div_scalar")?;
+        Ok(Tensor::from_f32_as(
+            par_map(&x, move |a| a / v),
+            self.dims(),
+            self.dtype(),
+        ))
+    }
+
     /// `self^e` element-wise (float tensors).
     pub fn powf(&self, e: f32) -> Result<Tensor> {
         let x = self.f32_data("powf")?;
