@@ -1,0 +1,386 @@
+//! The stage-by-stage NVG sampler (NVG-SPEC §5.1): for every stage, the content transformer picks one
+//! code per cluster and the canvas grows by that stage's `Phi` increment; then the structure flow
+//! splits every cluster in two (a random balanced split at the second-to-last stage, none at the last).
+//!
+//! Every image's randomness comes from its own counter-based streams (`ImageNoise`), and the engine's
+//! arithmetic is batch-invariant, so an image is the same whatever batch it is generated in.
+
+pub mod codes;
+pub mod flow;
+pub mod schedule;
+
+use crate::config::Grid;
+use crate::model::Generator;
+use crate::quantizer::Quantizer;
+use crate::structure_map::{cluster_split, structure_features};
+use anyhow::{Result, bail};
+use codes::{CodeSampling, sample_code};
+use nvg_engine::rng::{Distribution, RngStream};
+use nvg_engine::{DType, Device, Tensor};
+use schedule::{Schedule, round_bf16};
+
+/// Sampling settings, per stage where the official code has per-stage schedules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerConfig {
+    /// Content classifier-free-guidance scale per stage; `None` runs no unconditional pass.
+    pub content_cfg: Option<Vec<f32>>,
+    /// Structure guidance scale per stage (entries of stages without a flow are unused).
+    pub structure_cfg: Option<Vec<f32>>,
+    pub temperature: f32,
+    /// Per stage: 1 = greedy, 0 = off.
+    pub top_k: Vec<usize>,
+    /// Per stage: 1 = off.
+    pub top_p: Vec<f32>,
+    /// Euler steps of the structure flow at every stage that has one.
+    pub structure_steps: usize,
+    /// Rank split scores with Gumbel noise instead of deterministically.
+    pub gumbel_split: bool,
+    /// Keep each stage's (guided) code logits in the result: large, for tests and inspection.
+    pub keep_logits: bool,
+}
+
+impl SamplerConfig {
+    /// The official README sampling settings (NVG-SPEC §5.2): content CFG `1-3.5`, structure CFG
+    /// `1-2.5`, top-p `1-0.5` (negative-log schedule), no top-k, temperature 1, 25 flow steps.
+    pub fn official(grid: &Grid) -> SamplerConfig {
+        let n = grid.stages();
+        let parse = |s: &str| Schedule::parse(s).expect("built-in schedule");
+        SamplerConfig {
+            content_cfg: Some(guidance(&parse("1-3.5"), n).expect("9 stages")),
+            structure_cfg: Some(guidance(&parse("1-2.5"), n).expect("9 stages")),
+            temperature: 1.0,
+            top_k: vec![0; n],
+            top_p: parse("1-0.5").negative_log(n).expect("9 stages"),
+            structure_steps: 25,
+            gumbel_split: false,
+            keep_logits: false,
+        }
+    }
+
+    /// Greedy codes (top-k = 1), no guidance.
+    pub fn greedy(grid: &Grid, structure_steps: usize) -> SamplerConfig {
+        let n = grid.stages();
+        SamplerConfig {
+            content_cfg: None,
+            structure_cfg: None,
+            temperature: 1.0,
+            top_k: vec![1; n],
+            top_p: vec![1.0; n],
+            structure_steps,
+            gumbel_split: false,
+            keep_logits: false,
+        }
+    }
+
+    fn validate(&self, grid: &Grid) -> Result<()> {
+        let n = grid.stages();
+        let lens = [
+            ("content CFG", self.content_cfg.as_ref().map_or(n, Vec::len)),
+            ("structure CFG", self.structure_cfg.as_ref().map_or(n, Vec::len)),
+            ("top-k", self.top_k.len()),
+            ("top-p", self.top_p.len()),
+        ];
+        for (what, len) in lens {
+            if len != n {
+                bail!("the {what} schedule has {len} values; the model has {n} stages");
+            }
+        }
+        if self.structure_steps == 0 {
+            bail!("the structure flow needs at least one step");
+        }
+        if let Some(p) = self.top_p.iter().find(|p| !(**p > 0.0 && **p <= 1.0)) {
+            bail!("top-p must be in (0, 1], got {p}");
+        }
+        if self.temperature.is_nan() || self.temperature < 0.0 {
+            bail!("temperature must be >= 0, got {}", self.temperature);
+        }
+        Ok(())
+    }
+}
+
+/// Guidance scales for `n` stages from a schedule (linear ranges), rounded to bf16 as the official
+/// sampler does.
+pub fn guidance(s: &Schedule, n: usize) -> Result<Vec<f32>> {
+    Ok(s.linear(n)?.into_iter().map(round_bf16).collect())
+}
+
+/// The randomness of one image: its structure noise `[T, bits]` (channel s seeds the split after
+/// stage s; the second-to-last split uses its channel directly) and its streams for code draws and
+/// Gumbel split noise.
+#[derive(Debug, Clone)]
+pub struct ImageNoise {
+    pub structure: Vec<f32>,
+    pub codes: RngStream,
+    pub gumbel: RngStream,
+}
+
+/// Stream ids per image: `index · 4 + purpose`.
+const STREAM_STRUCTURE: u64 = 0;
+const STREAM_CODES: u64 = 1;
+const STREAM_GUMBEL: u64 = 2;
+
+impl ImageNoise {
+    /// The noise of image `index` under `seed`: a pure function of the two.
+    pub fn for_image(grid: &Grid, seed: u64, index: u64) -> ImageNoise {
+        let stream = |purpose: u64| RngStream::new(seed, index.wrapping_mul(4).wrapping_add(purpose));
+        let mut structure = vec![0.0f32; grid.tokens() * grid.bits()];
+        stream(STREAM_STRUCTURE).fill(Distribution::Normal, 0, &mut structure);
+        ImageNoise {
+            structure,
+            codes: stream(STREAM_CODES),
+            gumbel: stream(STREAM_GUMBEL),
+        }
+    }
+
+    /// Given structure noise (e.g. from a fixture) and streams for the rest.
+    pub fn with_structure(structure: Vec<f32>, seed: u64, index: u64) -> ImageNoise {
+        let stream = |purpose: u64| RngStream::new(seed, index.wrapping_mul(4).wrapping_add(purpose));
+        ImageNoise {
+            structure,
+            codes: stream(STREAM_CODES),
+            gumbel: stream(STREAM_GUMBEL),
+        }
+    }
+
+    /// Counter of the draw for (stage, item): stages never share counters.
+    fn counter(stage: usize, item: usize) -> u64 {
+        ((stage as u64) << 32) | item as u64
+    }
+}
+
+/// What one stage did, for a batch of B images.
+pub struct StageRecord {
+    /// Labels the stage used `[B, T]` (i64).
+    pub labels: Tensor,
+    /// Chosen code of every cluster `[B, 2^s]` (i64).
+    pub codes: Tensor,
+    /// The cluster's code at every token `[B, T]` (i64).
+    pub codes_per_token: Tensor,
+    /// The canvas after this stage's content `[B, T, C]`.
+    pub canvas: Tensor,
+    /// The content branch's predicted final canvas `[R, T, C]` (R = 2B with content guidance: rows
+    /// B..2B are the unconditional pass).
+    pub x0_hat: Tensor,
+    /// The scores the split after this stage ranked `[B, T]` (channel s of the flow state, or the raw
+    /// noise for the random split); `None` at the last stage.
+    pub split_scores: Option<Tensor>,
+    /// The (guided) code logits `[B, 2^s, V]`, when `SamplerConfig::keep_logits`.
+    pub logits: Option<Tensor>,
+}
+
+/// The result of sampling B images.
+pub struct Generation {
+    /// The final canvas `[B, T, C]` (token-major), ready for the tokenizer's decoder.
+    pub canvas: Tensor,
+    pub stages: Vec<StageRecord>,
+}
+
+/// Rows `[cond; uncond]` of a per-image tensor when guiding, else the tensor itself.
+fn rows(t: &Tensor, guided: bool) -> Result<Tensor> {
+    Ok(if guided { Tensor::cat(&[t, t], 0)? } else { t.clone() })
+}
+
+/// `uncond + scale·(cond − uncond)` over the two halves of `v` (`[2B·n]` → `[B·n]`), or `v` unguided.
+fn guide(v: Vec<f32>, scale: Option<f32>) -> Vec<f32> {
+    match scale {
+        None => v,
+        Some(s) => {
+            let half = v.len() / 2;
+            let (cond, uncond) = v.split_at(half);
+            cond.iter().zip(uncond).map(|(&c, &u)| u + s * (c - u)).collect()
+        }
+    }
+}
+
+/// Samples one image per entry of `classes` (class ids; the generator's null class gives
+/// unconditional samples) with the randomness in `noise`.
+pub fn generate(
+    generator: &Generator,
+    quant: &Quantizer,
+    cfg: &SamplerConfig,
+    classes: &[usize],
+    noise: &[ImageNoise],
+) -> Result<Generation> {
+    let gc = &generator.config;
+    let grid = gc.grid;
+    cfg.validate(&grid)?;
+    let (b, t, bits, c) = (classes.len(), grid.tokens(), grid.bits(), gc.latent_channels);
+    if noise.len() != b {
+        bail!("{} noise entries for {b} images", noise.len());
+    }
+    if let Some(n) = noise.iter().find(|n| n.structure.len() != t * bits) {
+        bail!("structure noise has {} values, expected {t}×{bits}", n.structure.len());
+    }
+    if let Some(&bad) = classes.iter().find(|&&k| k > gc.null_class()) {
+        bail!(
+            "class id {bad} is out of range 0..={} ({} is the null class)",
+            gc.null_class(),
+            gc.null_class()
+        );
+    }
+    if quant.channels() != c || quant.codebook_size() != gc.vocab_size {
+        bail!(
+            "the tokenizer's codebook is {}×{}, the generator expects {}×{c}",
+            quant.codebook_size(),
+            quant.channels(),
+            gc.vocab_size
+        );
+    }
+    let with_null = |guided: bool| -> Vec<usize> {
+        let mut r = classes.to_vec();
+        if guided {
+            r.extend(std::iter::repeat_n(gc.null_class(), b));
+        }
+        r
+    };
+    let (content_rows, structure_rows) = (
+        with_null(cfg.content_cfg.is_some()),
+        with_null(cfg.structure_cfg.is_some()),
+    );
+    let times = flow::flow_timesteps(cfg.structure_steps, t);
+
+    let mut canvas = Tensor::zeros(&[b, t, c], DType::F32, Device::Cpu)?;
+    let mut labels = vec![0i64; b * t];
+    let mut stages = Vec::with_capacity(grid.stages());
+    for s in 0..grid.stages() {
+        let labels_t = Tensor::from_vec(labels.clone(), &[b, t])?;
+        // Content: one code per cluster, then the canvas update.
+        let guided = cfg.content_cfg.is_some();
+        let out = generator.content.forward(
+            &rows(&canvas, guided)?,
+            &rows(&labels_t, guided)?,
+            &content_rows,
+            s,
+            None,
+        )?;
+        let logits = guide(out.logits.to_f32_vec()?, cfg.content_cfg.as_ref().map(|v| v[s]));
+        let (clusters, vocab) = (grid.clusters(s), gc.vocab_size);
+        let sampling = CodeSampling {
+            temperature: cfg.temperature,
+            top_k: cfg.top_k[s],
+            top_p: cfg.top_p[s],
+        };
+        let mut codes = Vec::with_capacity(b * clusters);
+        for (i, image) in logits.chunks(clusters * vocab).enumerate() {
+            for (k, row) in image.chunks(vocab).enumerate() {
+                let u = noise[i].codes.sample(Distribution::Uniform, ImageNoise::counter(s, k));
+                codes.push(sample_code(row, sampling, u));
+            }
+        }
+        let codes_t = Tensor::from_vec(codes, &[b, clusters])?;
+        let codes_per_token = codes_t.gather(1, &labels_t)?;
+        canvas = quant.next_canvas(&canvas, &codes_per_token, s)?;
+
+        // Structure: split every cluster in two for the next stage.
+        let split_scores = if s < grid.flow_stages() {
+            Some(structure_flow(
+                generator,
+                cfg,
+                &times,
+                &canvas,
+                &labels_t,
+                &labels,
+                noise,
+                &structure_rows,
+                s,
+            )?)
+        } else if s == grid.flow_stages() {
+            // The last split is random: the raw noise channel decides it.
+            Some(
+                noise
+                    .iter()
+                    .flat_map(|n| (0..t).map(move |l| n.structure[l * bits + s]))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        if let Some(scores) = &split_scores {
+            let mut next = Vec::with_capacity(b * t);
+            for i in 0..b {
+                let gumbel: Option<Vec<f32>> = cfg.gumbel_split.then(|| {
+                    (0..t)
+                        .map(|l| {
+                            let u = noise[i].gumbel.sample(Distribution::Uniform, ImageNoise::counter(s, l));
+                            -(-(u + 1e-8).ln() + 1e-8).ln()
+                        })
+                        .collect()
+                });
+                let row = &labels[i * t..(i + 1) * t];
+                next.extend(cluster_split(
+                    &grid,
+                    row,
+                    &scores[i * t..(i + 1) * t],
+                    s,
+                    gumbel.as_deref(),
+                ));
+            }
+            labels = next;
+        }
+        stages.push(StageRecord {
+            labels: labels_t,
+            codes: codes_t,
+            codes_per_token,
+            canvas: canvas.clone(),
+            x0_hat: out.x0_hat,
+            split_scores: split_scores.map(|v| Tensor::from_vec(v, &[b, t])).transpose()?,
+            logits: if cfg.keep_logits {
+                Some(Tensor::from_vec(logits, &[b, clusters, vocab])?)
+            } else {
+                None
+            },
+        });
+    }
+    Ok(Generation { canvas, stages })
+}
+
+/// Runs the structure flow after stage `s` and returns channel s of the final flow state `[B·T]`.
+#[allow(clippy::too_many_arguments)]
+fn structure_flow(
+    generator: &Generator,
+    cfg: &SamplerConfig,
+    times: &[f32],
+    canvas: &Tensor,
+    labels_t: &Tensor,
+    labels: &[i64],
+    noise: &[ImageNoise],
+    row_classes: &[usize],
+    s: usize,
+) -> Result<Vec<f32>> {
+    let grid = generator.config.grid;
+    let (b, t, bits) = (noise.len(), grid.tokens(), grid.bits());
+    // Known bits (k < s) are ±1 and stay clamped; the unknown ones start from the image's noise.
+    let mut z = Vec::with_capacity(b * t * bits);
+    let mut known = Vec::with_capacity(b * t * bits);
+    for (i, n) in noise.iter().enumerate() {
+        let features = structure_features(&grid, &labels[i * t..(i + 1) * t], s);
+        for (j, &f) in features.iter().enumerate() {
+            known.push(f - 1.0);
+            z.push(if j % bits < s { f - 1.0 } else { n.structure[j] });
+        }
+    }
+    let guided = cfg.structure_cfg.is_some();
+    let (canvas_rows, label_rows) = (rows(canvas, guided)?, rows(labels_t, guided)?);
+    for pair in times.windows(2) {
+        let (t_cur, t_next) = (pair[0], pair[1]);
+        let z_t = Tensor::from_vec(z.clone(), &[b, t, bits])?;
+        let row_t = vec![t_cur; row_classes.len()];
+        let v = generator.structure.forward(
+            &rows(&z_t, guided)?,
+            &row_t,
+            &canvas_rows,
+            &label_rows,
+            row_classes,
+            s,
+            None,
+        )?;
+        let v = guide(v.to_f32_vec()?, cfg.structure_cfg.as_ref().map(|c| c[s]));
+        // Euler step; the step is the f64 difference of the two times, rounded once (as in the official
+        // loop over Python floats).
+        let dt = (t_next as f64 - t_cur as f64) as f32;
+        for (j, (zj, vj)) in z.iter_mut().zip(&v).enumerate() {
+            *zj = if j % bits < s { known[j] } else { *zj + dt * vj };
+        }
+    }
+    Ok(z.chunks(bits).map(|tok| tok[s]).collect())
+}

@@ -1,0 +1,161 @@
+//! Structure maps: the binary cluster tree of a stage, the per-token structure features that position
+//! tokens in RoPE, and the balanced split that turns a structure score into the next stage's labels.
+//!
+//! Labels: at stage s every token carries a cluster id in `0..2^s`; cluster p splits into `2p` and
+//! `2p + 1`, so `labels_s = labels_leaf >> (bits − s)` and bit k (MSB first) of a token's path is
+//! `(labels_s >> (s − 1 − k)) & 1`.
+
+use crate::config::Grid;
+use anyhow::{Result, bail};
+use nvg_engine::Tensor;
+use std::cmp::Ordering;
+
+/// Structure features of stage-`stage` labels (NVG-SPEC §3.3): per token `bits` values, `2·bit_k` for
+/// the `stage` known bits and 1 ("unknown") for the rest. Row-major `[tokens, bits]`.
+pub fn structure_features(grid: &Grid, labels: &[i64], stage: usize) -> Vec<f32> {
+    let bits = grid.bits();
+    let mut out = Vec::with_capacity(labels.len() * bits);
+    for &label in labels {
+        for k in 0..bits {
+            out.push(if k < stage {
+                2.0 * ((label >> (stage - 1 - k)) & 1) as f32
+            } else {
+                1.0
+            });
+        }
+    }
+    out
+}
+
+/// RoPE positions `[1 + Σ groups tokens, 3 + bits]` of one sequence: the class token (all ones), then one
+/// group of image tokens per entry of `groups`, each `[type, features.., row, col]` with the entry's
+/// token type (0 for content and noisy-structure tokens, 2 for canvas-condition tokens).
+pub fn rope_positions(grid: &Grid, features: &[f32], groups: &[f32]) -> Vec<f32> {
+    let (t, bits) = (grid.tokens(), grid.bits());
+    let axes = 3 + bits;
+    let mut pos = Vec::with_capacity((1 + groups.len() * t) * axes);
+    pos.extend(std::iter::repeat_n(1.0, axes));
+    for &kind in groups {
+        for l in 0..t {
+            let (r, c) = grid.row_col(l);
+            pos.push(kind);
+            pos.extend_from_slice(&features[l * bits..(l + 1) * bits]);
+            pos.push(r as f32);
+            pos.push(c as f32);
+        }
+    }
+    pos
+}
+
+/// Labels of stage `stage` as a `[rows, tokens]` i64 tensor's rows, checked: every value in
+/// `0..2^stage` and every cluster exactly `tokens / 2^stage` tokens (the tree is balanced).
+pub fn check_labels(grid: &Grid, labels: &Tensor, stage: usize) -> Result<Vec<i64>> {
+    let t = grid.tokens();
+    if labels.rank() != 2 || labels.dims()[1] != t {
+        bail!("stage-{stage} labels must be [batch, {t}], got {:?}", labels.dims());
+    }
+    let v = labels.to_i64_vec()?;
+    let (clusters, size) = (grid.clusters(stage), grid.cluster_size(stage));
+    for (row, chunk) in v.chunks(t).enumerate() {
+        let mut count = vec![0usize; clusters];
+        for &l in chunk {
+            if l < 0 || l as usize >= clusters {
+                bail!("stage-{stage} label {l} in row {row} is outside 0..{clusters}");
+            }
+            count[l as usize] += 1;
+        }
+        if let Some(p) = count.iter().position(|&c| c != size) {
+            bail!(
+                "stage-{stage} cluster {p} of row {row} has {} tokens, expected {size} (a balanced tree)",
+                count[p]
+            );
+        }
+    }
+    Ok(v)
+}
+
+/// Ranks split scores: a NaN counts as larger than every number and equal values keep their order
+/// (the stable order of tokens inside their parent).
+fn score_order(a: f32, b: f32) -> Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => a.partial_cmp(&b).unwrap(),
+    }
+}
+
+/// The balanced cluster split (`cluster` in the official code, NVG-SPEC §3.5), for one image.
+///
+/// Tokens are grouped by their stage-`stage` cluster (raster order inside a cluster). In every
+/// cluster, `p = (clamp(score, −1, 1) + 1) / Σ(clamp + 1)`; with Gumbel noise `g` the ranking key is
+/// `ln(p + 1e−8) + g`, else `p`. The top half of each cluster gets bit 1: `label' = 2·label + bit`.
+///
+/// Deterministic tie rule (the official `torch.topk` order is implementation-defined): among equal
+/// keys the token earlier in the cluster's raster order ranks higher, and a NaN key (a cluster whose
+/// scores all clamp to −1 gives 0/0) counts as larger than any number — so an all-NaN cluster keeps
+/// its first half. The split is exactly balanced whatever the scores.
+pub fn cluster_split(grid: &Grid, labels: &[i64], scores: &[f32], stage: usize, gumbel: Option<&[f32]>) -> Vec<i64> {
+    let t = grid.tokens();
+    assert!(
+        labels.len() == t && scores.len() == t,
+        "cluster_split: one label and score per token"
+    );
+    let (clusters, size) = (grid.clusters(stage), grid.cluster_size(stage));
+    // Tokens grouped by cluster, raster order inside (a stable counting sort).
+    let mut members: Vec<Vec<usize>> = vec![Vec::with_capacity(size); clusters];
+    for (l, &c) in labels.iter().enumerate() {
+        members[c as usize].push(l);
+    }
+    let mut next = vec![0i64; t];
+    for (cluster, toks) in members.iter().enumerate() {
+        let clamped: Vec<f32> = toks.iter().map(|&l| scores[l].clamp(-1.0, 1.0) + 1.0).collect();
+        let sum: f32 = clamped.iter().sum();
+        let key: Vec<f32> = clamped
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let p = c / sum;
+                match gumbel {
+                    Some(g) => (p + 1e-8).ln() + g[toks[i]],
+                    None => p,
+                }
+            })
+            .collect();
+        let mut rank: Vec<usize> = (0..toks.len()).collect();
+        rank.sort_by(|&a, &b| score_order(key[b], key[a])); // stable: ties keep raster order
+        for (r, &i) in rank.iter().enumerate() {
+            let bit = (r < toks.len() / 2) as i64;
+            next[toks[i]] = 2 * cluster as i64 + bit;
+        }
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_mark_known_bits_msb_first_and_unknown_as_one() {
+        let g = Grid::official();
+        // Label 5 at stage 3 is path 101.
+        let f = structure_features(&g, &[5], 3);
+        assert_eq!(f, vec![2.0, 0.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(structure_features(&g, &[0], 0), vec![1.0; 8]);
+    }
+
+    #[test]
+    fn split_is_balanced_and_nests_under_the_parent() {
+        let g = Grid::official();
+        let labels: Vec<i64> = (0..256).map(|l| (l % 4) as i64).collect();
+        let scores: Vec<f32> = (0..256).map(|l| ((l * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let next = cluster_split(&g, &labels, &scores, 2, None);
+        for c in 0..8 {
+            assert_eq!(next.iter().filter(|&&x| x == c).count(), 32);
+        }
+        for (l, &n) in next.iter().enumerate() {
+            assert_eq!(n >> 1, labels[l]);
+        }
+    }
+}
