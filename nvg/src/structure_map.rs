@@ -145,6 +145,60 @@ mod tests {
         assert_eq!(structure_features(&g, &[0], 0), vec![1.0; 8]);
     }
 
+    /// Bits (label & 1) of the tokens of cluster 0 of a stage-`stage` labelling where cluster c holds
+    /// tokens c·size..(c+1)·size.
+    fn split_bits(stage: usize, scores: &[f32]) -> Vec<i64> {
+        let g = Grid::official();
+        let labels: Vec<i64> = (0..256).map(|l| (l / g.cluster_size(stage)) as i64).collect();
+        cluster_split(&g, &labels, scores, stage, None)
+            .iter()
+            .map(|l| l & 1)
+            .collect()
+    }
+
+    #[test]
+    fn tied_scores_send_the_earlier_tokens_of_a_cluster_to_the_first_half() {
+        // Every score clamps to +1: all p are equal; the first 128 tokens in raster order win.
+        let bits = split_bits(0, &[1.5; 256]);
+        assert!(bits[..128].iter().all(|&b| b == 1) && bits[128..].iter().all(|&b| b == 0));
+        // A tie straddling the split: in a 4-token cluster (stage 6), three scores clamp to +1 (2.0, 1.0,
+        // 9.0) for two places; the two earlier tokens win.
+        let mut scores = vec![0.0f32; 256];
+        scores[..4].copy_from_slice(&[2.0, 1.0, 9.0, -0.5]);
+        assert_eq!(split_bits(6, &scores)[..4], [1, 1, 0, 0]);
+        // Stage 7 pairs tied at +1 or at −1: the first token of the pair gets bit 1 (what CPU PyTorch does).
+        let bits = split_bits(7, &[1.0; 256]);
+        assert!(bits.chunks(2).all(|p| p == [1, 0]));
+    }
+
+    #[test]
+    fn a_cluster_whose_scores_all_clamp_to_minus_one_splits_as_all_equal() {
+        // p = 0/0 = NaN for every token: ranked as all equal, so the first half of the cluster wins.
+        let mut scores: Vec<f32> = (0..256).map(|l| (l as f32 * 0.37).sin()).collect();
+        scores[64..128].fill(-3.0); // cluster 1 of stage 2
+        let bits = split_bits(2, &scores);
+        assert!(bits[64..96].iter().all(|&b| b == 1) && bits[96..128].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn the_split_stays_exactly_balanced_whatever_the_scores() {
+        let g = Grid::official();
+        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0, -1.0, 0.0, 5.0, -5.0];
+        for stage in 0..8 {
+            let labels: Vec<i64> = (0..256).map(|l| ((l * 97) % 256 >> (8 - stage)) as i64).collect();
+            let scores: Vec<f32> = (0..256).map(|l| specials[(l * 31 + stage) % specials.len()]).collect();
+            let next = cluster_split(&g, &labels, &scores, stage, None);
+            for c in 0..g.clusters(stage + 1) {
+                assert_eq!(
+                    next.iter().filter(|&&x| x == c as i64).count(),
+                    g.cluster_size(stage + 1),
+                    "stage {stage}"
+                );
+            }
+            assert!(next.iter().zip(&labels).all(|(n, l)| n >> 1 == *l));
+        }
+    }
+
     #[test]
     fn split_is_balanced_and_nests_under_the_parent() {
         let g = Grid::official();

@@ -121,12 +121,13 @@ fn infer_config(w: &WeightMap) -> Result<GeneratorConfig> {
         }
         cfg.num_classes = rows - 1;
     }
-    if let Some(&[1, t, _]) = w.dims("content_start_embed") {
+    if let Some(&[1, t, c]) = w.dims("content_start_embed") {
         let side = (t as f64).sqrt() as usize;
         if side * side != t {
             bail!("content_start_embed has {t} tokens, not a square grid");
         }
         cfg.grid = Grid::new(side)?;
+        cfg.latent_channels = c;
     }
     Ok(cfg)
 }
