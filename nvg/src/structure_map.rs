@@ -185,7 +185,7 @@ mod tests {
         let g = Grid::official();
         let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0, -1.0, 0.0, 5.0, -5.0];
         for stage in 0..8 {
-            let labels: Vec<i64> = (0..256).map(|l| ((l * 97) % 256 >> (8 - stage)) as i64).collect();
+            let labels: Vec<i64> = (0..256).map(|l| (((l * 97) % 256) >> (8 - stage)) as i64).collect();
             let scores: Vec<f32> = (0..256).map(|l| specials[(l * 31 + stage) % specials.len()]).collect();
             let next = cluster_split(&g, &labels, &scores, stage, None);
             for c in 0..g.clusters(stage + 1) {
