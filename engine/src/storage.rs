@@ -8,7 +8,7 @@ use memmap2::Mmap;
 use std::sync::Arc;
 
 /// An element type the CPU backend stores natively.
-pub trait Element: bytemuck::Pod + Send + Sync + 'static {
+pub trait Element: bytemuck::Pod + Default + Send + Sync + 'static {
     const DTYPE: DType;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;

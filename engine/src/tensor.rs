@@ -7,6 +7,7 @@ use crate::layout::Layout;
 use crate::storage::{CpuStorage, Element, Storage};
 use crate::{DType, Device};
 use half::{bf16, f16};
+use rayon::prelude::*;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
@@ -19,17 +20,45 @@ pub struct Tensor {
 }
 
 /// Copies the elements of a strided view into a packed row-major vector.
-pub(crate) fn gather_strided<T: Copy>(src: &[T], layout: &Layout) -> Vec<T> {
-    let mut out = Vec::with_capacity(layout.numel());
-    layout.for_each_row(|start, len, stride| {
+pub(crate) fn gather_strided<T: Copy + Default + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
+    let n = layout.numel();
+    let copy_row = |dst: &mut [T], start: usize, stride: usize| {
         if stride == 1 {
-            out.extend_from_slice(&src[start..start + len]);
+            dst.copy_from_slice(&src[start..start + dst.len()]);
         } else {
-            out.extend((0..len).map(|i| src[start + i * stride]));
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src[start + i * stride];
+            }
         }
+    };
+    if n < PAR_COPY_ELEMS {
+        let mut out = Vec::with_capacity(n);
+        layout.for_each_row(|start, len, stride| {
+            if stride == 1 {
+                out.extend_from_slice(&src[start..start + len]);
+            } else {
+                out.extend((0..len).map(|i| src[start + i * stride]));
+            }
+        });
+        return out;
+    }
+    // Large copies run in parallel, row by row (rows all have the same length and stride).
+    let (mut starts, mut row_len, mut row_stride) = (Vec::new(), 0, 0);
+    layout.for_each_row(|start, len, stride| {
+        starts.push(start);
+        (row_len, row_stride) = (len, stride);
     });
+    let mut out = vec![T::default(); n];
+    let min_rows = (4096 / row_len.max(1)).max(1);
+    out.par_chunks_mut(row_len)
+        .zip(starts.par_iter())
+        .with_min_len(min_rows)
+        .for_each(|(dst, &start)| copy_row(dst, start, row_stride));
     out
 }
+
+/// Element count above which copies are split across threads.
+const PAR_COPY_ELEMS: usize = 1 << 16;
 
 fn convert_slice<S: Element, D: Element>(src: &[S]) -> Vec<D> {
     src.iter().map(|&x| D::from_f32(x.to_f32())).collect()
@@ -528,11 +557,19 @@ impl Tensor {
         fn cat_typed<T: Element>(ts: &[&Tensor], d: usize, outer: usize) -> Result<Vec<T>> {
             let parts: Vec<Cow<[T]>> = ts.iter().map(|t| t.typed_data::<T>("cat")).collect::<Result<_>>()?;
             let rows: Vec<usize> = ts.iter().map(|t| t.dims()[d..].iter().product()).collect();
-            let mut out = Vec::with_capacity(rows.iter().sum::<usize>() * outer);
-            for o in 0..outer {
+            let total: usize = rows.iter().sum();
+            let mut out = vec![T::default(); total * outer];
+            let fill = |(o, dst): (usize, &mut [T])| {
+                let mut at = 0;
                 for (p, &r) in parts.iter().zip(&rows) {
-                    out.extend_from_slice(&p[o * r..(o + 1) * r]);
+                    dst[at..at + r].copy_from_slice(&p[o * r..(o + 1) * r]);
+                    at += r;
                 }
+            };
+            if total > 0 && total * outer >= PAR_COPY_ELEMS {
+                out.par_chunks_mut(total).enumerate().for_each(fill);
+            } else if total > 0 {
+                out.chunks_mut(total).enumerate().for_each(fill);
             }
             Ok(out)
         }

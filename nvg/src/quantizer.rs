@@ -34,7 +34,16 @@ impl Quantizer {
         let Some(&[v, c]) = w.dims("embedding.weight") else {
             bail!("no codebook (quantize.embedding.weight [V, C]): is this a tokenizer file?");
         };
-        let codebook = w.take("embedding.weight", &[v, c]);
+        Ok(Quantizer::take(w, grid, v, c))
+    }
+
+    /// A quantiser with made-up weights (see `WeightMap::synthetic`).
+    pub fn synthetic(grid: Grid, vocab: usize, channels: usize, seed: u64) -> Quantizer {
+        Quantizer::take(&mut WeightMap::synthetic(seed), grid, vocab, channels)
+    }
+
+    fn take(w: &mut WeightMap, grid: Grid, vocab: usize, c: usize) -> Quantizer {
+        let codebook = w.take("embedding.weight", &[vocab, c]);
         let phi = (0..grid.stages())
             .map(|s| {
                 (
@@ -43,7 +52,7 @@ impl Quantizer {
                 )
             })
             .collect();
-        Ok(Quantizer { grid, codebook, phi })
+        Quantizer { grid, codebook, phi }
     }
 
     pub fn codebook(&self) -> &Tensor {

@@ -36,6 +36,8 @@ pub struct WeightMap {
     taken: BTreeSet<String>,
     missing: Vec<String>,
     misshaped: Vec<String>,
+    /// When set, absent tensors are made up (deterministically from this seed) instead of missing.
+    synthetic_seed: Option<u64>,
 }
 
 impl WeightMap {
@@ -48,7 +50,39 @@ impl WeightMap {
             taken: BTreeSet::new(),
             missing: Vec::new(),
             misshaped: Vec::new(),
+            synthetic_seed: None,
         }
+    }
+
+    /// An empty map that makes up every tensor a model takes, with seeded random values of a sensible
+    /// scale (weights N(0, 1/fan_in), biases 0, norm scales and scale factors 1): full-size models for
+    /// benchmarks and tests without a checkpoint.
+    pub fn synthetic(seed: u64) -> WeightMap {
+        WeightMap {
+            synthetic_seed: Some(seed),
+            ..WeightMap::new("synthetic weights", BTreeMap::new())
+        }
+    }
+
+    fn synthesize(seed: u64, name: &str, dims: &[usize]) -> Tensor {
+        use nvg_engine::rng::{Distribution, RngStream};
+        let n: usize = dims.iter().product();
+        if name.ends_with("bias") {
+            return Tensor::zeros(dims, DType::F32, Device::Cpu).expect("CPU zeros");
+        }
+        if name.ends_with("scale") || name.ends_with("scale_factors") {
+            return Tensor::ones(dims, DType::F32, Device::Cpu).expect("CPU ones");
+        }
+        // A stream per tensor name (FNV-1a), so adding a tensor does not change the others.
+        let stream = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        let fan_in: usize = if dims.len() > 1 { dims[1..].iter().product() } else { 1 };
+        let std = 1.0 / (fan_in as f32).sqrt();
+        let mut v = vec![0.0f32; n];
+        RngStream::new(seed, stream).fill(Distribution::Normal, 0, &mut v);
+        v.iter_mut().for_each(|x| *x *= std);
+        Tensor::from_vec(v, dims).expect("sized")
     }
 
     /// The generator's tensors from a safetensors file: official Lightning key names with the
@@ -135,6 +169,7 @@ impl WeightMap {
         self.taken.insert(name.to_string());
         let placeholder = || Tensor::zeros(dims, DType::F32, Device::Cpu).expect("CPU zeros");
         match self.tensors.get(name) {
+            None if self.synthetic_seed.is_some() => WeightMap::synthesize(self.synthetic_seed.unwrap(), name, dims),
             None => {
                 self.missing.push(format!("{name} (expected shape {dims:?})"));
                 placeholder()

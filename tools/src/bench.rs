@@ -357,3 +357,140 @@ pub fn render_table(report: &BenchReport, opts: &EngineBenchOptions) -> String {
     }
     s
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Model benchmark
+// ---------------------------------------------------------------------------------------------------
+
+/// Options of `nvg bench model`.
+#[derive(Debug, Clone)]
+pub struct ModelBenchOptions {
+    /// Generator configuration (`d16`, `d20`, `d24` or `depth=N`).
+    pub config: String,
+    pub threads: usize,
+    /// Timed repetitions of each forward (the best is reported).
+    pub iters: usize,
+    /// Also time one full sample with the official README settings.
+    pub full_sample: bool,
+}
+
+fn best_of<T>(iters: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..iters {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Times the content and structure forwards of a full-size generator with synthetic weights (one image
+/// with classifier-free guidance: 2 rows), the engine's GEMMs at the same shapes, and optionally one
+/// whole sample. Returns a Markdown report.
+pub fn model_bench(opts: &ModelBenchOptions) -> Result<String> {
+    use nvg::model::{Generator, content_flops, structure_flops};
+    use nvg::quantizer::Quantizer;
+    use nvg::sampler::{ImageNoise, SamplerConfig, generate};
+    let cfg = nvg::config::GeneratorConfig::preset(&opts.config)?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads).build()?;
+    let grid = cfg.grid;
+    let (t, c, bits, rows) = (grid.tokens(), cfg.latent_channels, grid.bits(), 2usize);
+    eprintln!(
+        "building {} with synthetic weights ({:.1} M parameters)",
+        opts.config,
+        cfg.parameter_count() as f64 / 1e6
+    );
+    let generator = Generator::synthetic(&cfg, 1);
+    let classes = vec![7usize, cfg.null_class()];
+    let canvas = randn(&[rows, t, c], 100).mul_scalar(0.3)?;
+    let leaf: Vec<i64> = (0..rows * t).map(|i| (i % t) as i64).collect();
+    let (content_stage, structure_stage) = (4usize, 3usize);
+    let labels_at = |s: usize| Tensor::from_vec(leaf.iter().map(|l| l >> (bits - s)).collect::<Vec<_>>(), &[rows, t]);
+    let (content_labels, structure_labels) = (labels_at(content_stage)?, labels_at(structure_stage)?);
+    let z = randn(&[rows, t, bits], 101);
+
+    let mut report = String::new();
+    report.push_str(&format!(
+        "machine: {}, {} threads; model {} (width {}, {} heads; structure width {}, {} heads), synthetic weights, f32\n\n",
+        cpu_name(),
+        opts.threads,
+        opts.config,
+        cfg.width,
+        cfg.heads,
+        cfg.structure_width,
+        cfg.structure_heads
+    ));
+    report.push_str("| pass | rows × tokens | ms | tokens/s | GFLOP | GFLOP/s | GEMM-only GFLOP/s at the same shapes | model / GEMM |\n");
+    report.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for (name, width, n, mlp) in [
+        ("content forward", cfg.width, t + 1, cfg.mlp_width()),
+        (
+            "structure forward (one flow step)",
+            cfg.structure_width,
+            2 * t + 1,
+            cfg.mlp_ratio * cfg.structure_width,
+        ),
+    ] {
+        eprintln!("timing {name}");
+        let is_content = name.starts_with("content");
+        let (secs, flops) = pool.install(|| -> Result<(f64, f64)> {
+            if is_content {
+                let s = best_of(opts.iters, || {
+                    generator
+                        .content
+                        .forward(&canvas, &content_labels, &classes, content_stage, None)
+                })?;
+                Ok((s, content_flops(&cfg, rows, content_stage)))
+            } else {
+                let s = best_of(opts.iters, || {
+                    generator.structure.forward(
+                        &z,
+                        &[0.5; 2],
+                        &canvas,
+                        &structure_labels,
+                        &classes,
+                        structure_stage,
+                        None,
+                    )
+                })?;
+                Ok((s, structure_flops(&cfg, rows)))
+            }
+        })?;
+        // The two big GEMMs of a block at this pass's shapes, timed alone.
+        let x1 = randn(&[rows * n, width], 200);
+        let w1 = randn(&[3 * width + mlp, width], 201);
+        let x2 = randn(&[rows * n, width + mlp], 202);
+        let w2 = randn(&[width, width + mlp], 203);
+        let gemm_flops = 2.0 * (rows * n) as f64 * width as f64 * ((3 * width + mlp) + (width + mlp)) as f64;
+        let gemm_secs = pool.install(|| best_of(opts.iters, || Ok((x1.linear(&w1, None)?, x2.linear(&w2, None)?))))?;
+        let (model_gf, gemm_gf) = (flops / secs / 1e9, gemm_flops / gemm_secs / 1e9);
+        report.push_str(&format!(
+            "| {name} | {rows} × {n} | {:.1} | {:.0} | {:.1} | {model_gf:.1} | {gemm_gf:.1} | {:.0}% |\n",
+            secs * 1e3,
+            (rows * n) as f64 / secs,
+            flops / 1e9,
+            100.0 * model_gf / gemm_gf
+        ));
+    }
+    if opts.full_sample {
+        eprintln!("timing one full sample (README settings: CFG 1-3.5 / 1-2.5, top-p 1-0.5, 25 flow steps)");
+        let quant = Quantizer::synthetic(grid, cfg.vocab_size, c, 2);
+        let sc = SamplerConfig::official(&grid);
+        let noise = vec![ImageNoise::for_image(&grid, 0, 0)];
+        let t0 = Instant::now();
+        pool.install(|| generate(&generator, &quant, &sc, &[7], &noise))?;
+        let secs = t0.elapsed().as_secs_f64();
+        let flops: f64 = (0..grid.stages()).map(|s| content_flops(&cfg, 2, s)).sum::<f64>()
+            + (grid.flow_stages() * sc.structure_steps) as f64 * structure_flops(&cfg, 2);
+        report.push_str(&format!(
+            "\nOne full sample, README settings (9 content passes and {}×{} flow steps, all with CFG): {:.1} s per image, \
+             {:.2} TFLOP, {:.1} GFLOP/s.\n",
+            grid.flow_stages(),
+            sc.structure_steps,
+            secs,
+            flops / 1e12,
+            flops / secs / 1e9
+        ));
+    }
+    Ok(report)
+}

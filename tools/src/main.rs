@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use nvg_tools::bench::{EngineBenchOptions, engine_bench, render_table};
+use nvg_tools::bench::{EngineBenchOptions, ModelBenchOptions, engine_bench, render_table};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -58,6 +58,27 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Throughput of the NVG generator on the CPU: the content and structure forwards of a full-size
+    /// model with synthetic weights (one image with classifier-free guidance, i.e. 2 rows), next to the
+    /// engine's GEMMs at the same shapes (how much of the matmul speed survives in the whole model), and
+    /// optionally one whole sample with the official README settings.
+    Model {
+        /// Generator size: d16, d20, d24 or depth=N.
+        #[arg(long, default_value = "d16")]
+        config: String,
+        /// Worker threads (default: all CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed repetitions of each forward; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Also time one whole sample (9 stages, 7×25 flow steps, CFG): minutes on a CPU.
+        #[arg(long)]
+        full_sample: bool,
+        /// Also write the report (Markdown) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -89,6 +110,28 @@ fn main() -> Result<()> {
             print!("{table}");
             if let Some(path) = out {
                 nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, table.as_bytes()))?;
+            }
+        }
+        Command::Bench(BenchCommand::Model {
+            config,
+            threads,
+            iters,
+            full_sample,
+            out,
+        }) => {
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if threads == 0 || iters == 0 {
+                anyhow::bail!("--threads and --iters must be at least 1");
+            }
+            let report = nvg_tools::bench::model_bench(&ModelBenchOptions {
+                config,
+                threads,
+                iters,
+                full_sample,
+            })?;
+            print!("{report}");
+            if let Some(path) = out {
+                nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, report.as_bytes()))?;
             }
         }
     }

@@ -256,7 +256,18 @@ impl Tensor {
     /// Applies a unary float op element-wise.
     pub fn unary(&self, op: Unary) -> Result<Tensor> {
         let x = self.f32_data(op.name())?;
-        let out = par_map(&x, move |v| op.apply(v));
+        // One monomorphised loop per op: a closure that matches on `op` per element is too big to
+        // inline into the vectorised loop and runs scalar, a call per element.
+        macro_rules! each {
+            ($($variant:ident),*) => {
+                match op {
+                    $(Unary::$variant => par_map(&x, |v| Unary::$variant.apply(v)),)*
+                }
+            };
+        }
+        let out = each!(
+            Neg, Abs, Exp, Log, Sqrt, Rsqrt, Recip, Sqr, Tanh, Sin, Cos, Sigmoid, Silu, GeluTanh, Relu
+        );
         Ok(Tensor::from_f32_as(out, self.dims(), self.dtype()))
     }
 

@@ -78,6 +78,19 @@ impl Generator {
         Generator::from_weights(weights)
     }
 
+    /// A generator of configuration `cfg` with made-up weights (`WeightMap::synthetic`), for benchmarks
+    /// and tests that need full-size models without a checkpoint.
+    pub fn synthetic(cfg: &GeneratorConfig, seed: u64) -> Generator {
+        let mut w = WeightMap::synthetic(seed);
+        let content = ContentTransformer::load(&mut w, cfg);
+        let structure = StructureTransformer::load(&mut w, cfg);
+        Generator {
+            config: cfg.clone(),
+            content,
+            structure,
+        }
+    }
+
     /// Builds the generator from a weight map (see `load`).
     pub fn from_weights(mut w: WeightMap) -> Result<Generator> {
         let config = infer_config(&w)?;
@@ -130,4 +143,61 @@ fn infer_config(w: &WeightMap) -> Result<GeneratorConfig> {
         cfg.latent_channels = c;
     }
     Ok(cfg)
+}
+
+/// Floating-point work (2 per multiply-add, matrix products and attention) of one block over `rows`
+/// sequences of `n` tokens at width `w`.
+fn block_flops(rows: usize, n: usize, w: usize, mlp: usize) -> f64 {
+    let (r, n, w, mlp) = (rows as f64, n as f64, w as f64, mlp as f64);
+    r * (2.0 * n * w * (3.0 * w + mlp) + 2.0 * n * (w + mlp) * w + 2.0 * w * 3.0 * w + 4.0 * n * n * w)
+}
+
+/// Work of one content forward over `rows` rows at stage `stage`.
+pub fn content_flops(cfg: &GeneratorConfig, rows: usize, stage: usize) -> f64 {
+    let (t, c, h, r) = (
+        cfg.grid.tokens() as f64,
+        cfg.latent_channels as f64,
+        cfg.width as f64,
+        rows as f64,
+    );
+    let blocks = cfg.depth as f64 * block_flops(rows, cfg.grid.tokens() + 1, cfg.width, cfg.mlp_width());
+    let heads =
+        r * (2.0 * h * 2.0 * h + 2.0 * t * h * c + 2.0 * cfg.grid.clusters(stage) as f64 * c * cfg.vocab_size as f64);
+    r * 2.0 * t * c * h + blocks + heads
+}
+
+/// Work of one structure forward (one flow step) over `rows` rows.
+pub fn structure_flops(cfg: &GeneratorConfig, rows: usize) -> f64 {
+    let (t, c, hs, bits, r) = (
+        cfg.grid.tokens() as f64,
+        cfg.latent_channels as f64,
+        cfg.structure_width as f64,
+        cfg.grid.bits() as f64,
+        rows as f64,
+    );
+    let embed = r * (2.0 * t * (bits + c) * hs + 2.0 * (64.0 * hs + hs * hs));
+    let blocks = cfg.depth as f64
+        * block_flops(
+            rows,
+            2 * cfg.grid.tokens() + 1,
+            cfg.structure_width,
+            cfg.mlp_ratio * cfg.structure_width,
+        );
+    let head = r * (2.0 * hs * 2.0 * hs + 2.0 * t * hs * bits);
+    embed + blocks + head
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_flops_match_the_spec_table_for_d16() {
+        // NVG-SPEC §5.4: 107.9 GF per content forward, 60.3 GF per structure forward (one image).
+        let d16 = GeneratorConfig::preset("d16").unwrap();
+        let content = content_flops(&d16, 1, 4) / 1e9;
+        let structure = structure_flops(&d16, 1) / 1e9;
+        assert!((content - 107.9).abs() < 0.5, "{content}");
+        assert!((structure - 60.3).abs() < 0.5, "{structure}");
+    }
 }
