@@ -1,0 +1,106 @@
+//! The sampler is a pure function of (seed, class, image index): the same at any batch size, in any
+//! order, on any thread count; different seeds give different images.
+
+use nvg::model::Generator;
+use nvg::quantizer::Quantizer;
+use nvg::sampler::{Generation, ImageNoise, SamplerConfig, generate};
+use nvg::weights::WeightSet;
+use nvg_testkit::Fixtures;
+
+struct Setup {
+    generator: Generator,
+    quantizer: Quantizer,
+}
+
+fn setup() -> Setup {
+    let fx = Fixtures::open();
+    let generator = Generator::load(&fx.path("generator.safetensors"), WeightSet::Raw).unwrap();
+    let quantizer = Quantizer::load(&fx.path("tokenizer.safetensors"), generator.config.grid).unwrap();
+    Setup { generator, quantizer }
+}
+
+/// Official settings with fewer flow steps (the test runs many samples) and random (not greedy) codes.
+fn sampling_config(s: &Setup, gumbel: bool) -> SamplerConfig {
+    let mut cfg = SamplerConfig::official(&s.generator.config.grid);
+    cfg.structure_steps = 4;
+    cfg.temperature = 1.3;
+    cfg.gumbel_split = gumbel;
+    cfg
+}
+
+fn run(s: &Setup, cfg: &SamplerConfig, seed: u64, images: &[(usize, u64)]) -> Generation {
+    let grid = s.generator.config.grid;
+    let classes: Vec<usize> = images.iter().map(|&(c, _)| c).collect();
+    let noise: Vec<ImageNoise> = images
+        .iter()
+        .map(|&(_, i)| ImageNoise::for_image(&grid, seed, i))
+        .collect();
+    generate(&s.generator, &s.quantizer, cfg, &classes, &noise).unwrap()
+}
+
+/// Final canvas, and codes and labels of every stage, of image `k` of a generation.
+fn image(g: &Generation, k: usize) -> (Vec<f32>, Vec<i64>) {
+    let canvas = g.canvas.narrow(0, k, 1).unwrap().to_f32_vec().unwrap();
+    let mut ints = Vec::new();
+    for st in &g.stages {
+        ints.extend(st.codes.narrow(0, k, 1).unwrap().to_i64_vec().unwrap());
+        ints.extend(st.labels.narrow(0, k, 1).unwrap().to_i64_vec().unwrap());
+    }
+    (canvas, ints)
+}
+
+#[test]
+fn an_image_is_the_same_alone_or_in_any_batch() {
+    let s = setup();
+    for gumbel in [false, true] {
+        let cfg = sampling_config(&s, gumbel);
+        let images = [(207usize, 0u64), (360, 1), (1000, 2)];
+        let batch = run(&s, &cfg, 42, &images);
+        let reversed = run(&s, &cfg, 42, &[images[2], images[1], images[0]]);
+        for (k, &img) in images.iter().enumerate() {
+            let alone = run(&s, &cfg, 42, &[img]);
+            assert!(
+                image(&alone, 0) == image(&batch, k),
+                "image {k} alone vs in a batch of 3 (gumbel {gumbel})"
+            );
+            assert!(
+                image(&reversed, 2 - k) == image(&batch, k),
+                "image {k} at another batch position"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_thread_count_does_not_change_an_image() {
+    let s = setup();
+    let cfg = sampling_config(&s, false);
+    let images = [(5usize, 7u64), (6, 8)];
+    let with = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| run(&s, &cfg, 9, &images))
+    };
+    let (one, three) = (with(1), with(3));
+    for k in 0..2 {
+        assert!(image(&one, k) == image(&three, k), "image {k}: 1 thread vs 3 threads");
+    }
+}
+
+#[test]
+fn seeds_and_indices_select_different_images_and_repeat_exactly() {
+    let s = setup();
+    let cfg = sampling_config(&s, false);
+    let a = run(&s, &cfg, 1, &[(207, 0)]);
+    assert!(
+        image(&a, 0) == image(&run(&s, &cfg, 1, &[(207, 0)]), 0),
+        "a rerun differs"
+    );
+    assert!(
+        image(&a, 0) != image(&run(&s, &cfg, 2, &[(207, 0)]), 0),
+        "another seed gives the same image"
+    );
+    assert!(
+        image(&a, 0) != image(&run(&s, &cfg, 1, &[(207, 1)]), 0),
+        "another index gives the same image"
+    );
+}
