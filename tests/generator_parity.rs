@@ -13,8 +13,8 @@
 
 use nvg::config::Grid;
 use nvg::model::{Generator, Trace};
-use nvg::quantizer::Quantizer;
 use nvg::sampler::{ImageNoise, SamplerConfig, generate, guidance, schedule::Schedule};
+use nvg::tokenizer::Quantizer;
 use nvg::weights::WeightSet;
 use nvg_engine::Tensor;
 use nvg_testkit::{Fixtures, assert_close, assert_same_ints, errors};

@@ -2,8 +2,8 @@
 //! not fit (missing, mis-shaped, unexpected tensors; bad class ids; the wrong kind of file).
 
 use nvg::model::Generator;
-use nvg::quantizer::Quantizer;
 use nvg::sampler::{ImageNoise, SamplerConfig, generate};
+use nvg::tokenizer::Quantizer;
 use nvg::weights::WeightSet;
 use nvg_engine::io::safetensors::{SafetensorsFile, save};
 use nvg_engine::{DType, Device, Tensor};

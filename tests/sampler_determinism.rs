@@ -2,8 +2,8 @@
 //! order, on any thread count; different seeds give different images.
 
 use nvg::model::Generator;
-use nvg::quantizer::Quantizer;
 use nvg::sampler::{Generation, ImageNoise, SamplerConfig, generate};
+use nvg::tokenizer::Quantizer;
 use nvg::weights::WeightSet;
 use nvg_testkit::Fixtures;
 

@@ -29,3 +29,8 @@ pub use ops::elementwise::{Binary, Unary};
 pub use ops::rope::rope_tables;
 pub use storage::{CpuStorage, Element};
 pub use tensor::Tensor;
+
+/// The bytes of a slice of plain values (little-endian on the platforms we support).
+pub fn bytemuck_cast<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}

@@ -2,14 +2,15 @@
 //!
 //! NVG — Next Visual Granularity generation — on the nvg-rs engine: the model configuration
 //! (`config`), weight loading by official key names (`weights`), the structure maps (`structure_map`),
-//! the content and structure transformers (`model`), the sampling-side quantiser (`quantizer`) and the
-//! stage-by-stage sampler (`sampler`).
+//! the content and structure transformers (`model`), the tokenizer (`tokenizer`: VQ autoencoder,
+//! clustering, quantiser), the stage-by-stage sampler (`sampler`) and image I/O (`image`).
 
 pub mod config;
+pub mod image;
 pub mod model;
-pub mod quantizer;
 pub mod sampler;
 pub mod structure_map;
+pub mod tokenizer;
 pub mod weights;
 
 pub use nvg_engine as engine;

@@ -169,7 +169,11 @@ impl WeightMap {
         self.taken.insert(name.to_string());
         let placeholder = || Tensor::zeros(dims, DType::F32, Device::Cpu).expect("CPU zeros");
         match self.tensors.get(name) {
-            None if self.synthetic_seed.is_some() => WeightMap::synthesize(self.synthetic_seed.unwrap(), name, dims),
+            None if self.synthetic_seed.is_some() => {
+                let t = WeightMap::synthesize(self.synthetic_seed.unwrap(), name, dims);
+                self.tensors.insert(name.to_string(), t.clone());
+                t
+            }
             None => {
                 self.missing.push(format!("{name} (expected shape {dims:?})"));
                 placeholder()
@@ -192,6 +196,23 @@ impl WeightMap {
     /// Takes a float vector of length `len` (a buffer such as `scale_factors`).
     pub fn take_vec(&mut self, name: &str, len: usize) -> Vec<f32> {
         self.take(name, &[len]).to_f32_vec().expect("f32 tensor")
+    }
+
+    /// A 64-bit fingerprint of every tensor taken so far (names, shapes and f32 values, in name order):
+    /// identifies the weights a derived artefact (a tokenized dataset) was made with.
+    pub fn hash_taken(&self) -> Result<u64> {
+        let mut h = nvg_engine::io::Hasher64::new();
+        for name in &self.taken {
+            if let Some(t) = self.tensors.get(name) {
+                h.update(name.as_bytes());
+                for &d in t.dims() {
+                    h.update(&(d as u64).to_le_bytes());
+                }
+                let v = t.to_f32_vec()?;
+                h.update(nvg_engine::bytemuck_cast(&v));
+            }
+        }
+        Ok(h.finish())
     }
 
     /// Reports every missing, mis-shaped and unexpected tensor in one error.

@@ -389,8 +389,8 @@ fn best_of<T>(iters: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
 /// whole sample. Returns a Markdown report.
 pub fn model_bench(opts: &ModelBenchOptions) -> Result<String> {
     use nvg::model::{Generator, content_flops, structure_flops};
-    use nvg::quantizer::Quantizer;
     use nvg::sampler::{ImageNoise, SamplerConfig, generate};
+    use nvg::tokenizer::Quantizer;
     let cfg = nvg::config::GeneratorConfig::preset(&opts.config)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads).build()?;
     let grid = cfg.grid;

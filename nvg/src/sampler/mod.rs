@@ -11,8 +11,8 @@ pub mod schedule;
 
 use crate::config::Grid;
 use crate::model::Generator;
-use crate::quantizer::Quantizer;
 use crate::structure_map::{cluster_split, structure_features};
+use crate::tokenizer::Quantizer;
 use anyhow::{Result, bail};
 use codes::{CodeSampling, sample_code};
 use nvg_engine::rng::{Distribution, RngStream};

@@ -1,0 +1,130 @@
+//! The NVG tokenizer: a convolutional VQ autoencoder (`vqae`), granularity clustering (`clustering`) and
+//! the residual multi-stage quantiser (`quantizer`). Images become NVG's granularity sequence (per stage:
+//! structure map, codes, canvas) and canvases become images again.
+
+pub mod clustering;
+pub mod quantizer;
+pub mod vqae;
+
+pub use quantizer::{Quantized, Quantizer};
+pub use vqae::{Decoder, Encoder, TokenizerConfig};
+
+use crate::config::Grid;
+use crate::weights::WeightMap;
+use anyhow::{Context, Result, bail};
+use nvg_engine::Tensor;
+use rayon::prelude::*;
+use std::path::Path;
+
+/// Prefix of the tokenizer inside official generator checkpoints.
+const GENERATOR_COPY_PREFIX: &str = "first_stage_model.";
+
+/// An image as NVG sees it: per stage its structure map and codes, plus every stage's canvas and the
+/// final latent (batched over B images).
+pub struct Tokens {
+    /// `[B][stages][T]`: stage-s labels in `0..2^s`.
+    pub labels: Vec<Vec<Vec<i64>>>,
+    pub quantized: Quantized,
+}
+
+/// The whole tokenizer.
+pub struct Tokenizer {
+    pub config: TokenizerConfig,
+    pub encoder: Encoder,
+    pub decoder: Decoder,
+    pub quantizer: Quantizer,
+    /// Hash of the weights (identifies the tokenizer a dataset was made with).
+    pub hash: u64,
+}
+
+impl Tokenizer {
+    /// Loads a tokenizer from a safetensors file with the official VQAE key names (as in `ae.ckpt`, or
+    /// prefixed `first_stage_model.` as inside generator checkpoints). `grid_side` is the latent grid the
+    /// images will be encoded to (16 for 256-pixel images with the official f16 tokenizer); the
+    /// configuration is read off the weights.
+    pub fn load(path: &Path, grid_side: usize) -> Result<Tokenizer> {
+        let file = nvg_engine::io::safetensors::SafetensorsFile::open(path)?;
+        let prefixed =
+            file.names().any(|n| n.starts_with(GENERATOR_COPY_PREFIX)) && !file.contains("encoder.conv_in.conv.weight");
+        let prefix = if prefixed { GENERATOR_COPY_PREFIX } else { "" };
+        let mut w =
+            WeightMap::from_file(path, prefix).with_context(|| format!("loading tokenizer {}", path.display()))?;
+        // EMA copy, loss networks and usage counters of tokenizer training are not needed.
+        w.allow_unused(&[
+            "ema_model.",
+            "loss.",
+            "total_visited_codes",
+            "nvgformer.",
+            "repa_encoder.",
+            "first_stage_model.",
+        ]);
+        let config = TokenizerConfig::infer(&w)?;
+        let tok = Tokenizer::build(&mut w, config, Grid::new(grid_side)?)?;
+        w.finish()?;
+        Ok(tok)
+    }
+
+    /// A tokenizer with made-up weights (benchmarks, tests).
+    pub fn synthetic(config: TokenizerConfig, grid_side: usize, seed: u64) -> Result<Tokenizer> {
+        Tokenizer::build(&mut WeightMap::synthetic(seed), config, Grid::new(grid_side)?)
+    }
+
+    fn build(w: &mut WeightMap, config: TokenizerConfig, grid: Grid) -> Result<Tokenizer> {
+        let encoder = Encoder::load(w, &config);
+        let decoder = Decoder::load(w, &config);
+        let quantizer = Quantizer::from_weights(w, grid)?;
+        let hash = w.hash_taken()?;
+        Ok(Tokenizer {
+            config,
+            encoder,
+            decoder,
+            quantizer,
+            hash,
+        })
+    }
+
+    pub fn grid(&self) -> Grid {
+        self.quantizer.grid()
+    }
+
+    /// Image resolution that maps onto the latent grid.
+    pub fn resolution(&self) -> usize {
+        self.grid().side() * self.config.downsample()
+    }
+
+    /// Encoder features `[B, C, side, side]` of images `[B, 3, R, R]` in [−1, 1].
+    pub fn encode(&self, images: &Tensor) -> Result<Tensor> {
+        let r = self.resolution();
+        if images.rank() != 4 || images.dims()[1..] != [3, r, r] {
+            bail!(
+                "images must be [B, 3, {r}, {r}] for this tokenizer and grid, got {:?}",
+                images.dims()
+            );
+        }
+        self.encoder.forward(images)
+    }
+
+    /// Structure maps of every image (parallel across images) and the multi-stage quantisation, from
+    /// encoder features `[B, C, side, side]`.
+    pub fn tokenize(&self, features: &Tensor) -> Result<Tokens> {
+        let grid = self.grid();
+        let (t, c) = (grid.tokens(), self.config.latent_channels);
+        let b = features.dims()[0];
+        let tok_major = features.reshape(&[b, c, t])?.transpose(1, 2)?.contiguous()?;
+        let flat = tok_major.to_f32_vec()?;
+        let labels = flat
+            .par_chunks(t * c)
+            .map(|f| clustering::cluster(f, t, c))
+            .collect::<Result<Vec<_>>>()?;
+        let quantized = self.quantizer.quantize(&tok_major, &labels)?;
+        Ok(Tokens { labels, quantized })
+    }
+
+    /// Images `[B, 3, R, R]` in [−1, 1] from latents `[B, T, C]` (token-major).
+    pub fn decode(&self, latent: &Tensor) -> Result<Tensor> {
+        let (side, c) = (self.grid().side(), self.config.latent_channels);
+        let b = latent.dims()[0];
+        let z = latent.transpose(1, 2)?.reshape(&[b, c, side, side])?;
+        self.decoder.forward(&z)
+    }
+}
