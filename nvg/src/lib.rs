@@ -6,6 +6,7 @@
 //! clustering, quantiser), the stage-by-stage sampler (`sampler`) and image I/O (`image`).
 
 pub mod config;
+pub mod dataset;
 pub mod image;
 pub mod model;
 pub mod sampler;

@@ -3,3 +3,6 @@
 
 pub mod bench;
 pub mod inspect;
+pub mod progress;
+pub mod reconstruct;
+pub mod tokenize;

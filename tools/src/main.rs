@@ -23,6 +23,57 @@ enum Command {
         /// The .safetensors file.
         file: PathBuf,
     },
+    /// Turn an image folder into a pre-tokenized dataset for `nvg train`: every image is preprocessed as
+    /// the official code does (shorter side to 1.125× the resolution, Lanczos-4, then a crop), encoded,
+    /// clustered into its 9 structure maps and quantised; the file keeps class, structure and codes.
+    Tokenize {
+        /// ImageFolder: one sub-folder per class (sorted names become class ids 0, 1, ...) of
+        /// .png/.jpg/.jpeg files.
+        #[arg(long)]
+        images: PathBuf,
+        /// Tokenizer weights (.safetensors, official VQAE key names).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Dataset file to write (written atomically; OUT.classes.json maps class ids to folder names and
+        /// OUT.skipped.txt lists unreadable images, if any).
+        #[arg(long)]
+        out: PathBuf,
+        /// Crops per image: 1 takes the centre crop; N > 1 takes N random crops (seeded by --seed).
+        #[arg(long, default_value_t = 1)]
+        crops: usize,
+        /// Image side after preprocessing (256 for the official tokenizer's 16×16 grid).
+        #[arg(long, default_value_t = 256)]
+        resolution: usize,
+        /// Only the first N images (in folder order).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Seed of the random crops.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Images encoded together.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+    },
+    /// Encode → quantise → decode one image and write the reconstruction as PNG; with --stages, a strip of
+    /// the image decoded after every granularity stage above that stage's structure map (one colour per
+    /// cluster) — the picture that explains NVG.
+    Reconstruct {
+        /// Tokenizer weights (.safetensors).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Input image (PNG or JPEG).
+        #[arg(long)]
+        image: PathBuf,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Draw every stage (decoded image over structure map) instead of the final reconstruction.
+        #[arg(long)]
+        stages: bool,
+        /// Image side after preprocessing (centre crop).
+        #[arg(long, default_value_t = 256)]
+        resolution: usize,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -81,10 +132,76 @@ enum BenchCommand {
     },
 }
 
-fn main() -> Result<()> {
+fn main() {
+    // Errors print as a readable chain ("error: what: why"), never as a backtrace.
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { file } => print!("{}", nvg_tools::inspect::inspect(&file)?),
+        Command::Tokenize {
+            images,
+            tokenizer,
+            out,
+            crops,
+            resolution,
+            limit,
+            seed,
+            batch,
+        } => {
+            let opts = nvg_tools::tokenize::TokenizeOptions {
+                images,
+                tokenizer,
+                out,
+                crops,
+                resolution,
+                limit,
+                seed,
+                batch,
+            };
+            let r = nvg_tools::tokenize::tokenize(&opts)?;
+            println!(
+                "{} records from {} images of {} classes in {:.1} s ({:.2} images/s; encoder {:.1} s, clustering {:.1} s, quantisation {:.1} s)",
+                r.records,
+                r.images,
+                r.classes.len(),
+                r.seconds,
+                r.images as f64 / r.seconds,
+                r.encode_seconds,
+                r.cluster_seconds,
+                r.quantize_seconds
+            );
+            if !r.skipped.is_empty() {
+                println!(
+                    "skipped {} unreadable image(s) (listed in {}.skipped.txt):",
+                    r.skipped.len(),
+                    opts.out.display()
+                );
+                for (p, e) in r.skipped.iter().take(10) {
+                    println!("  {}: {e}", p.display());
+                }
+                if r.skipped.len() > 10 {
+                    println!("  ... and {} more", r.skipped.len() - 10);
+                }
+            }
+        }
+        Command::Reconstruct {
+            tokenizer,
+            image,
+            out,
+            stages,
+            resolution,
+        } => {
+            println!(
+                "{}",
+                nvg_tools::reconstruct::reconstruct(&tokenizer, &image, &out, stages, resolution)?
+            );
+        }
         Command::Bench(BenchCommand::Engine {
             threads,
             rounds,

@@ -104,18 +104,31 @@ impl Tokenizer {
         self.encoder.forward(images)
     }
 
-    /// Structure maps of every image (parallel across images) and the multi-stage quantisation, from
-    /// encoder features `[B, C, side, side]`.
-    pub fn tokenize(&self, features: &Tensor) -> Result<Tokens> {
-        let grid = self.grid();
-        let (t, c) = (grid.tokens(), self.config.latent_channels);
+    /// Encoder features `[B, C, side, side]` as token-major `[B, T, C]`.
+    pub fn token_major(&self, features: &Tensor) -> Result<Tensor> {
+        let (t, c) = (self.grid().tokens(), self.config.latent_channels);
         let b = features.dims()[0];
-        let tok_major = features.reshape(&[b, c, t])?.transpose(1, 2)?.contiguous()?;
-        let flat = tok_major.to_f32_vec()?;
-        let labels = flat
-            .par_chunks(t * c)
-            .map(|f| clustering::cluster(f, t, c))
-            .collect::<Result<Vec<_>>>()?;
+        if features.dims() != [b, c, self.grid().side(), self.grid().side()] {
+            bail!(
+                "features must be [B, {c}, {s}, {s}], got {:?}",
+                features.dims(),
+                s = self.grid().side()
+            );
+        }
+        Ok(features.reshape(&[b, c, t])?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// The structure maps `[B][stages][T]` of token-major features `[B, T, C]` (parallel across images).
+    pub fn structure_maps(&self, tokens: &Tensor) -> Result<Vec<Vec<Vec<i64>>>> {
+        let (t, c) = (self.grid().tokens(), self.config.latent_channels);
+        let flat = tokens.to_f32_vec()?;
+        flat.par_chunks(t * c).map(|f| clustering::cluster(f, t, c)).collect()
+    }
+
+    /// Structure maps and the multi-stage quantisation of encoder features `[B, C, side, side]`.
+    pub fn tokenize(&self, features: &Tensor) -> Result<Tokens> {
+        let tok_major = self.token_major(features)?;
+        let labels = self.structure_maps(&tok_major)?;
         let quantized = self.quantizer.quantize(&tok_major, &labels)?;
         Ok(Tokens { labels, quantized })
     }

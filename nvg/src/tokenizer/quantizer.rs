@@ -50,7 +50,13 @@ impl Quantizer {
 
     fn take(w: &mut WeightMap, grid: Grid, vocab: usize, c: usize) -> Quantizer {
         let codebook = w.take("quantize.embedding.weight", &[vocab, c]);
-        let phi = (0..grid.stages())
+        // As many Phi convolutions as the weights have (the official tokenizer has 9); stages map onto
+        // them as the official code does (see `phi_index`).
+        let n_phi = match w.count_indexed("quantize.quant_resi.") {
+            0 => grid.stages(),
+            n => n,
+        };
+        let phi = (0..n_phi)
             .map(|s| {
                 let name = format!("quantize.quant_resi.{s}");
                 (
@@ -80,7 +86,7 @@ impl Quantizer {
 
     /// `Phi_s(h) = h + 0.5·conv_s(h)` on channels-first maps `[B, C, side, side]`.
     pub fn phi(&self, stage: usize, h: &Tensor) -> Result<Tensor> {
-        let (w, b) = &self.phi[stage];
+        let (w, b) = &self.phi[phi_index(stage, self.grid.stages(), self.phi.len())];
         let conv = h.conv2d(w, Some(b), 1, Padding::uniform(1))?;
         Ok(h.add(&conv.mul_scalar(PHI_RATIO)?)?)
     }
@@ -206,6 +212,36 @@ impl Quantizer {
     }
 }
 
+/// Which of `n_phi` convolutions stage `stage` of `stages` uses — VAR's `PhiPartiallyShared`, which the
+/// official code inherits: `argmin |ticks − stage/(stages − 1)|` with `ticks = linspace(1/(2K), 1 − 1/(2K),
+/// K)` (`1/(3K)` margins when K = 4), evaluated in f64 like NumPy, the first index on a tie. With as many
+/// convolutions as stages this is the identity.
+pub fn phi_index(stage: usize, stages: usize, n_phi: usize) -> usize {
+    let k = n_phi as f64;
+    let margin = if n_phi == 4 { 1.0 / 3.0 / k } else { 1.0 / 2.0 / k };
+    let (start, stop) = (margin, 1.0 - margin);
+    let step = if n_phi > 1 { (stop - start) / (k - 1.0) } else { 0.0 };
+    let at = if stages > 1 {
+        stage as f64 / (stages - 1) as f64
+    } else {
+        0.0
+    };
+    let mut best = (0, f64::INFINITY);
+    for i in 0..n_phi {
+        // numpy.linspace: i·step + start, with the last value set to `stop` exactly.
+        let tick = if i + 1 == n_phi && n_phi > 1 {
+            stop
+        } else {
+            i as f64 * step + start
+        };
+        let d = (tick - at).abs();
+        if d < best.1 {
+            best = (i, d);
+        }
+    }
+    best.0
+}
+
 /// The quantisation of a batch of B images.
 pub struct Quantized {
     /// Per stage: the code of every cluster `[B, 2^s]`.
@@ -216,4 +252,23 @@ pub struct Quantized {
     pub canvases: Tensor,
     /// The final latent `[B, T, C]` (the generator's regression target; what the decoder reconstructs).
     pub latent: Tensor,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phi_index;
+
+    #[test]
+    fn stages_map_onto_phi_convolutions_like_the_official_code() {
+        assert_eq!(
+            (0..9).map(|s| phi_index(s, 9, 9)).collect::<Vec<_>>(),
+            (0..9).collect::<Vec<_>>()
+        );
+        // 7 stages (an 8×8 grid) over the official 9 convolutions; the expected values are NumPy's
+        // `np.argmin(np.abs(np.linspace(1/18, 17/18, 9) - s/6))` (s = 2 is a tie that rounding decides).
+        assert_eq!(
+            (0..7).map(|s| phi_index(s, 7, 9)).collect::<Vec<_>>(),
+            vec![0, 1, 2, 4, 5, 7, 8]
+        );
+    }
 }

@@ -1,0 +1,211 @@
+//! `nvg tokenize` and `nvg reconstruct` end to end on an image folder made by the test (PNG and JPEG
+//! images, an unreadable file, a non-image file), with the fixture tokenizer.
+
+use nvg::dataset::Dataset;
+use nvg::image::{Crop, decode_image, from_tensor, preprocess, read_image, to_tensor, write_png};
+use nvg::tokenizer::Tokenizer;
+use nvg_engine::Tensor;
+use nvg_testkit::Fixtures;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn nvg(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nvg"))
+        .args(args)
+        .output()
+        .expect("run nvg");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn asset(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/assets")
+        .join(name)
+}
+
+/// A class folder tree: `cat/` with the two fixture images as PNG, `dog/` with the JPEG asset, an
+/// unreadable `.png` and a text file.
+fn image_folder(dir: &Path, fx: &Fixtures) -> Vec<(PathBuf, usize)> {
+    let images = fx.file("tokenizer_io.safetensors").get("images");
+    std::fs::create_dir_all(dir.join("cat")).unwrap();
+    std::fs::create_dir_all(dir.join("dog")).unwrap();
+    let mut files = Vec::new();
+    for i in 0..2 {
+        let p = dir.join("cat").join(format!("{i}.png"));
+        write_png(
+            &p,
+            &from_tensor(&images.narrow(0, i, 1).unwrap().squeeze(0).unwrap()).unwrap(),
+        )
+        .unwrap();
+        files.push((p, 0));
+    }
+    let jpg = dir.join("dog").join("a.jpg");
+    std::fs::copy(asset("gradient_disc.jpg"), &jpg).unwrap();
+    files.push((jpg, 1));
+    std::fs::write(
+        dir.join("dog").join("broken.png"),
+        b"\x89PNG\r\n\x1a\nthis is not a png",
+    )
+    .unwrap();
+    std::fs::write(dir.join("dog").join("notes.txt"), b"not an image").unwrap();
+    files
+}
+
+#[test]
+fn jpeg_decoding_matches_a_reference_decoder() {
+    let ours = read_image(&asset("gradient_disc.jpg")).unwrap();
+    let pillow = read_image(&asset("gradient_disc_jpg_decoded_by_pillow.png")).unwrap();
+    assert_eq!((ours.width, ours.height), (300, 200));
+    let diffs: Vec<i32> = ours
+        .data
+        .iter()
+        .zip(&pillow.data)
+        .map(|(&a, &b)| (a as i32 - b as i32).abs())
+        .collect();
+    let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+    // Decoders differ in IDCT rounding and chroma upsampling, by a level or two.
+    assert!(
+        mean < 1.0 && *diffs.iter().max().unwrap() <= 12,
+        "mean {mean}, max {:?}",
+        diffs.iter().max()
+    );
+    assert!(
+        decode_image(b"GIF89a...")
+            .unwrap_err()
+            .to_string()
+            .contains("not a PNG or JPEG")
+    );
+    let truncated = std::fs::read(asset("gradient_disc.jpg")).unwrap()[..400].to_vec();
+    assert!(decode_image(&truncated).is_err());
+}
+
+#[test]
+fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the_stages() {
+    let fx = Fixtures::open();
+    let dir = std::env::temp_dir().join(format!("nvg-tokenize-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let files = image_folder(&dir.join("images"), &fx);
+    let tokenizer = fx.path("tokenizer.safetensors");
+    let out = dir.join("data.nvgtok");
+    let (ok, stdout, stderr) = nvg(&[
+        "tokenize",
+        "--images",
+        dir.join("images").to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "2",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("3 records from 3 images of 2 classes"), "{stdout}");
+    assert!(
+        stdout.contains("skipped 1") && stdout.contains("broken.png"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("tokenize") && stderr.contains("images/s"),
+        "progress line: {stderr}"
+    );
+    let skipped = std::fs::read_to_string(dir.join("data.nvgtok.skipped.txt")).unwrap();
+    assert!(skipped.contains("broken.png") && !skipped.contains("notes.txt"));
+    let classes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("data.nvgtok.classes.json")).unwrap()).unwrap();
+    assert_eq!(classes["classes"], serde_json::json!(["cat", "dog"]));
+
+    // The records equal what the library computes for the same preprocessing.
+    let tok = Tokenizer::load(&tokenizer, 16).unwrap();
+    let ds = Dataset::open(&out, Some(tok.hash)).unwrap();
+    assert_eq!(ds.len(), 3);
+    let inputs: Vec<Tensor> = files
+        .iter()
+        .map(|(p, _)| to_tensor(&preprocess(&read_image(p).unwrap(), 256, Crop::Center).unwrap()).unwrap())
+        .collect();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let tokens = tok
+        .tokenize(&tok.encode(&Tensor::stack(&refs, 0).unwrap()).unwrap())
+        .unwrap();
+    for (i, (_, class)) in files.iter().enumerate() {
+        let r = ds.record(i).unwrap();
+        assert_eq!(r.class, *class);
+        assert_eq!(r.leaf_labels, tokens.labels[i][8]);
+        for s in 0..9 {
+            assert_eq!(
+                r.codes[s],
+                tokens.quantized.codes[s].to_i64_vec().unwrap()[i << s..(i + 1) << s],
+                "image {i} stage {s}"
+            );
+        }
+    }
+
+    // Reconstruction, plain and stage by stage.
+    let png = dir.join("recon.png");
+    let (ok, stdout, stderr) = nvg(&[
+        "reconstruct",
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--image",
+        files[2].0.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(ok && stdout.contains("PSNR"), "{stdout}{stderr}");
+    assert_eq!(
+        (read_image(&png).unwrap().width, read_image(&png).unwrap().height),
+        (256, 256)
+    );
+    let strip = dir.join("stages.png");
+    let (ok, stdout, stderr) = nvg(&[
+        "reconstruct",
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--image",
+        files[0].0.to_str().unwrap(),
+        "--out",
+        strip.to_str().unwrap(),
+        "--stages",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    let s = read_image(&strip).unwrap();
+    assert_eq!((s.width, s.height), (9 * 256 + 8 * 2, 2 * 256 + 2));
+
+    // Errors: a missing folder, a folder without class sub-folders, a resolution the tokenizer cannot grid.
+    let (ok, _, err) = nvg(&[
+        "tokenize",
+        "--images",
+        dir.join("nope").to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("nope"), "{err}");
+    let (ok, _, err) = nvg(&[
+        "tokenize",
+        "--images",
+        dir.join("images/cat").to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("no class sub-folders"), "{err}");
+    let (ok, _, err) = nvg(&[
+        "tokenize",
+        "--images",
+        dir.join("images").to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resolution",
+        "200",
+    ]);
+    assert!(!ok && err.contains("--resolution 200"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
