@@ -42,11 +42,7 @@ impl Progress {
     /// Records `n` more units done.
     pub fn add(&mut self, n: usize) {
         self.done += n;
-        let decile = if self.total > 0 {
-            self.done * 10 / self.total
-        } else {
-            10
-        };
+        let decile = (self.done * 10).checked_div(self.total).unwrap_or(10);
         if self.tty && self.last_draw.elapsed() >= Duration::from_millis(200) {
             self.draw(false);
         } else if !self.tty && decile > self.last_decile {
@@ -64,11 +60,7 @@ impl Progress {
             0.0
         };
         let width = 24;
-        let filled = if self.total > 0 {
-            (self.done * width / self.total).min(width)
-        } else {
-            width
-        };
+        let filled = (self.done * width).checked_div(self.total).unwrap_or(width).min(width);
         format!(
             "{} [{}{}] {}/{} {} {:.2} {}/s, {} elapsed, {} left",
             self.label,

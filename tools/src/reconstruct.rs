@@ -1,7 +1,7 @@
 //! `nvg reconstruct`: encode → quantise → decode one image; with `--stages`, the picture that explains
 //! NVG — the image decoded after every stage, above that stage's structure map.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use nvg::image::{
     Crop, RgbImage, from_tensor, preprocess, read_image, structure_map_image, tile, to_tensor, write_png,
 };
@@ -27,15 +27,8 @@ pub fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
 
 /// Reconstructs `image` with the tokenizer and writes a PNG to `out`; returns a one-line summary.
 pub fn reconstruct(tokenizer: &Path, image: &Path, out: &Path, stages: bool, resolution: usize) -> Result<String> {
-    let probe = nvg::weights::WeightMap::from_file(tokenizer, "")?;
-    let f = nvg::tokenizer::TokenizerConfig::infer(&probe)?.downsample();
-    drop(probe);
-    if resolution % f != 0 || !(resolution / f).is_power_of_two() || resolution / f < 2 {
-        bail!(
-            "--resolution {resolution} does not map onto a power-of-two latent grid with this tokenizer (downsampling ×{f})"
-        );
-    }
-    let tok = Tokenizer::load(tokenizer, resolution / f)?;
+    let tok = Tokenizer::load_for_resolution(tokenizer, resolution)
+        .with_context(|| format!("--resolution {}", resolution))?;
     let input = preprocess(&read_image(image)?, resolution, Crop::Center)?;
     let x = to_tensor(&input)?.unsqueeze(0)?;
     let tokens = tok.tokenize(&tok.encode(&x)?)?;

@@ -48,8 +48,14 @@ fn is_image(p: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
+/// An ImageFolder: class names by id, and every image file with its class id.
+pub struct ImageFolder {
+    pub classes: Vec<String>,
+    pub files: Vec<(PathBuf, usize)>,
+}
+
 /// Class folders (sorted names → class ids) and their image files (sorted).
-pub fn image_folder(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)> {
+pub fn image_folder(root: &Path) -> Result<ImageFolder> {
     let mut classes: Vec<String> = std::fs::read_dir(root)
         .with_context(|| format!("reading image folder {}", root.display()))?
         .filter_map(|e| e.ok())
@@ -73,7 +79,7 @@ pub fn image_folder(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)>
         imgs.sort();
         files.extend(imgs.into_iter().map(|p| (p, id)));
     }
-    Ok((classes, files))
+    Ok(ImageFolder { classes, files })
 }
 
 pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
@@ -81,7 +87,7 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
     if opts.crops == 0 || opts.batch == 0 {
         bail!("--crops and --batch must be at least 1");
     }
-    let (classes, mut files) = image_folder(&opts.images)?;
+    let ImageFolder { classes, mut files } = image_folder(&opts.images)?;
     if let Some(n) = opts.limit {
         files.truncate(n);
     }
@@ -91,17 +97,8 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
             opts.images.display()
         );
     }
-    // The tokenizer's grid follows from the resolution and its downsampling factor.
-    let probe = nvg::weights::WeightMap::from_file(&opts.tokenizer, "")?;
-    let f = nvg::tokenizer::TokenizerConfig::infer(&probe)?.downsample();
-    drop(probe);
-    if opts.resolution % f != 0 || !(opts.resolution / f).is_power_of_two() || opts.resolution / f < 2 {
-        bail!(
-            "--resolution {} does not map onto a power-of-two latent grid with this tokenizer (downsampling ×{f})",
-            opts.resolution
-        );
-    }
-    let tok = Tokenizer::load(&opts.tokenizer, opts.resolution / f)?;
+    let tok = Tokenizer::load_for_resolution(&opts.tokenizer, opts.resolution)
+        .with_context(|| format!("--resolution {}", opts.resolution))?;
     let grid = tok.grid();
     let header = DatasetHeader {
         grid_side: grid.side(),

@@ -64,6 +64,20 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// Loads a tokenizer for images of `resolution × resolution` pixels: the latent grid side is the
+    /// resolution over the tokenizer's downsampling factor and must be a power of two.
+    pub fn load_for_resolution(path: &Path, resolution: usize) -> Result<Tokenizer> {
+        let f = TokenizerConfig::infer(&WeightMap::from_file(path, "")?)?.downsample();
+        let side = resolution / f;
+        if !resolution.is_multiple_of(f) || !side.is_power_of_two() || side < 2 {
+            bail!(
+                "{resolution} px does not map onto a power-of-two latent grid with this tokenizer (downsampling ×{f}; try {})",
+                16 * f
+            );
+        }
+        Tokenizer::load(path, side)
+    }
+
     /// A tokenizer with made-up weights (benchmarks, tests).
     pub fn synthetic(config: TokenizerConfig, grid_side: usize, seed: u64) -> Result<Tokenizer> {
         Tokenizer::build(&mut WeightMap::synthetic(seed), config, Grid::new(grid_side)?)
