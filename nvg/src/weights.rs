@@ -135,6 +135,11 @@ impl WeightMap {
         Ok(WeightMap::new(path.display().to_string(), tensors))
     }
 
+    /// The tensors (for a synthetic map: every tensor made up so far), by name.
+    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+        self.tensors
+    }
+
     /// Declares names (or prefixes ending in `.`) that may stay untaken without being "unexpected".
     pub fn allow_unused(&mut self, names: &[&str]) {
         self.optional.extend(names.iter().map(|s| s.to_string()));

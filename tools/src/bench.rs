@@ -494,3 +494,75 @@ pub fn model_bench(opts: &ModelBenchOptions) -> Result<String> {
     }
     Ok(report)
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Tokenizer benchmark
+// ---------------------------------------------------------------------------------------------------
+
+/// Runs `nvg tokenize` on `images` synthetic 320×320 PNGs with an official-size tokenizer (synthetic
+/// weights), reporting images/s split into encoder, clustering and quantisation, and the decoder's time
+/// per image. Returns a Markdown report.
+pub fn tokenizer_bench(images: usize, threads: usize) -> Result<String> {
+    use nvg::image::{RgbImage, write_png};
+    use nvg::tokenizer::{Tokenizer, TokenizerConfig};
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let dir = std::env::temp_dir().join(format!("nvg-bench-tokenizer-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("images/class0"))?;
+    let config = TokenizerConfig::official();
+    eprintln!("writing an official-size tokenizer with synthetic weights");
+    let weights = Tokenizer::synthetic_weights(&config, 3)?;
+    let tok_path = dir.join("tokenizer.safetensors");
+    nvg_engine::io::safetensors::save(&tok_path, weights.iter().map(|(k, v)| (k.as_str(), v)), None)?;
+    for i in 0..images {
+        let mut img = RgbImage::new(320, 320);
+        for y in 0..320 {
+            for x in 0..320 {
+                let v =
+                    |f: f64| (127.0 + 120.0 * ((x as f64 * f + y as f64 * (1.0 - f) + i as f64) / 17.0).sin()) as u8;
+                img.set(x, y, [v(0.3), v(0.6), v(0.9)]);
+            }
+        }
+        write_png(&dir.join(format!("images/class0/{i:04}.png")), &img)?;
+    }
+    let opts = crate::tokenize::TokenizeOptions {
+        images: dir.join("images"),
+        tokenizer: tok_path.clone(),
+        out: dir.join("data.nvgtok"),
+        crops: 1,
+        resolution: 256,
+        limit: None,
+        seed: 0,
+        batch: 4,
+    };
+    let r = pool.install(|| crate::tokenize::tokenize(&opts))?;
+    let tok = Tokenizer::load(&tok_path, 16)?;
+    let latent = randn(&[1, 256, 32], 7);
+    let decode = pool.install(|| best_of(1, || tok.decode(&latent)))?;
+    let other = r.seconds - r.encode_seconds - r.cluster_seconds - r.quantize_seconds;
+    let mut s = format!(
+        "machine: {}, {threads} threads; official-size tokenizer (f16, base 128, [1,2,4,4,4], 2 blocks; synthetic weights), {images} images of 320×320 → 256×256\n\n",
+        cpu_name()
+    );
+    s.push_str("| stage | seconds | per image | share |\n|---|---:|---:|---:|\n");
+    for (name, secs) in [
+        ("encoder", r.encode_seconds),
+        ("clustering", r.cluster_seconds),
+        ("quantisation", r.quantize_seconds),
+        ("reading, preprocessing, writing", other),
+    ] {
+        s.push_str(&format!(
+            "| {name} | {secs:.2} | {:.3} s | {:.1}% |\n",
+            secs / r.images as f64,
+            100.0 * secs / r.seconds
+        ));
+    }
+    s.push_str(&format!(
+        "| **total** | {:.2} | {:.3} s | {:.2} images/s |\n\nDecoder (latent → 256×256 image): {:.2} s per image.\n",
+        r.seconds,
+        r.seconds / r.images as f64,
+        r.images as f64 / r.seconds,
+        decode
+    ));
+    std::fs::remove_dir_all(&dir)?;
+    Ok(s)
+}

@@ -109,6 +109,19 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Images/s of `nvg tokenize` with an official-size tokenizer (synthetic weights) on synthetic images,
+    /// split into encoder, clustering and quantisation time, and the decoder's time per image.
+    Tokenizer {
+        /// Number of images to tokenize.
+        #[arg(long, default_value_t = 8)]
+        images: usize,
+        /// Worker threads (default: all CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Also write the report (Markdown) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Throughput of the NVG generator on the CPU: the content and structure forwards of a full-size
     /// model with synthetic weights (one image with classifier-free guidance, i.e. 2 rows), next to the
     /// engine's GEMMs at the same shapes (how much of the matmul speed survives in the whole model), and
@@ -227,6 +240,17 @@ fn run() -> Result<()> {
             print!("{table}");
             if let Some(path) = out {
                 nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, table.as_bytes()))?;
+            }
+        }
+        Command::Bench(BenchCommand::Tokenizer { images, threads, out }) => {
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if threads == 0 || images == 0 {
+                anyhow::bail!("--threads and --images must be at least 1");
+            }
+            let report = nvg_tools::bench::tokenizer_bench(images, threads)?;
+            print!("{report}");
+            if let Some(path) = out {
+                nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, report.as_bytes()))?;
             }
         }
         Command::Bench(BenchCommand::Model {

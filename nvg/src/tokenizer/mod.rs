@@ -83,10 +83,21 @@ impl Tokenizer {
         Tokenizer::build(&mut WeightMap::synthetic(seed), config, Grid::new(grid_side)?)
     }
 
+    /// Made-up weights of a tokenizer of `config` under the official key names (e.g. to write an
+    /// official-size tokenizer file for benchmarks).
+    pub fn synthetic_weights(
+        config: &TokenizerConfig,
+        seed: u64,
+    ) -> Result<std::collections::BTreeMap<String, Tensor>> {
+        let mut w = WeightMap::synthetic(seed);
+        Tokenizer::build(&mut w, config.clone(), Grid::official())?;
+        Ok(w.into_tensors())
+    }
+
     fn build(w: &mut WeightMap, config: TokenizerConfig, grid: Grid) -> Result<Tokenizer> {
         let encoder = Encoder::load(w, &config);
         let decoder = Decoder::load(w, &config);
-        let quantizer = Quantizer::from_weights(w, grid)?;
+        let quantizer = Quantizer::take(w, grid, config.codebook_size, config.latent_channels);
         let hash = w.hash_taken()?;
         Ok(Tokenizer {
             config,

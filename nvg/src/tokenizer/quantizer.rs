@@ -48,7 +48,7 @@ impl Quantizer {
         Quantizer::take(&mut WeightMap::synthetic(seed), grid, vocab, channels)
     }
 
-    fn take(w: &mut WeightMap, grid: Grid, vocab: usize, c: usize) -> Quantizer {
+    pub(crate) fn take(w: &mut WeightMap, grid: Grid, vocab: usize, c: usize) -> Quantizer {
         let codebook = w.take("quantize.embedding.weight", &[vocab, c]);
         // As many Phi convolutions as the weights have (the official tokenizer has 9); stages map onto
         // them as the official code does (see `phi_index`).
