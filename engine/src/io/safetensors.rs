@@ -11,8 +11,7 @@ use crate::error::{Error, Result, fmt_shape};
 use crate::storage::{CpuStorage, MappedBytes};
 use crate::{DType, Tensor};
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
-use std::borrow::Cow;
+use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -165,28 +164,11 @@ pub fn load(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>> {
     SafetensorsFile::open(path)?.load_all()
 }
 
-struct OutTensor<'a> {
-    dtype: StDtype,
-    shape: Vec<usize>,
-    data: Cow<'a, [u8]>,
-}
-
-impl View for OutTensor<'_> {
-    fn dtype(&self) -> StDtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
 /// Writes `tensors` (name → tensor) to `path` atomically, with optional header metadata.
+///
+/// The file is streamed tensor by tensor (no second copy of the data in memory). Tensors are laid out
+/// by element size, largest first, then by name, and the header is padded to 8 bytes, so every tensor
+/// starts aligned for its type and loads zero-copy.
 pub fn save<'a>(
     path: impl AsRef<Path>,
     tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
@@ -194,36 +176,62 @@ pub fn save<'a>(
 ) -> Result<()> {
     let path = path.as_ref();
     let name = path.display().to_string();
-    let mut out: Vec<(String, OutTensor)> = Vec::new();
-    for (tname, t) in tensors {
-        let t = t.contiguous()?;
-        let dtype = match t.dtype() {
-            DType::F32 => StDtype::F32,
-            DType::BF16 => StDtype::BF16,
-            DType::F16 => StDtype::F16,
-            DType::I64 => StDtype::I64,
-            DType::U8 => StDtype::U8,
-        };
-        let st = t.cpu_storage("save")?;
-        let es = t.dtype().size();
-        let off = t.layout().offset() * es;
-        let bytes = st.bytes()[off..off + t.numel() * es].to_vec();
-        out.push((
-            tname.to_string(),
-            OutTensor {
-                dtype,
-                shape: t.dims().to_vec(),
-                data: Cow::Owned(bytes),
-            },
-        ));
-    }
+    let mut items: Vec<(String, Tensor)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    if let Some((dup, _)) = out.iter().find(|(n, _)| !seen.insert(n.clone())) {
-        return Err(Error::format(&name, format!("tensor name `{dup}` given twice")));
+    for (tname, t) in tensors {
+        if !seen.insert(tname.to_string()) {
+            return Err(Error::format(&name, format!("tensor name `{tname}` given twice")));
+        }
+        if tname == "__metadata__" {
+            return Err(Error::format(
+                &name,
+                "`__metadata__` is reserved and cannot name a tensor",
+            ));
+        }
+        items.push((tname.to_string(), t.contiguous()?));
     }
-    let bytes = safetensors::tensor::serialize(out, metadata)
-        .map_err(|e| Error::format(&name, format!("cannot serialise: {e}")))?;
-    atomic_write(path, |f| f.write_all(&bytes))
+    items.sort_by(|(an, a), (bn, b)| b.dtype().size().cmp(&a.dtype().size()).then_with(|| an.cmp(bn)));
+    let mut header = serde_json::Map::new();
+    if let Some(meta) = metadata {
+        let mut m = serde_json::Map::new();
+        let mut keys: Vec<_> = meta.into_iter().collect();
+        keys.sort();
+        for (k, v) in keys {
+            m.insert(k, serde_json::Value::String(v));
+        }
+        header.insert("__metadata__".into(), serde_json::Value::Object(m));
+    }
+    let mut offset = 0usize;
+    for (tname, t) in &items {
+        let len = t.numel() * t.dtype().size();
+        let dtype = match t.dtype() {
+            DType::F32 => "F32",
+            DType::BF16 => "BF16",
+            DType::F16 => "F16",
+            DType::I64 => "I64",
+            DType::U8 => "U8",
+        };
+        header.insert(
+            tname.clone(),
+            serde_json::json!({ "dtype": dtype, "shape": t.dims(), "data_offsets": [offset, offset + len] }),
+        );
+        offset += len;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| Error::format(&name, format!("cannot write the header: {e}")))?;
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    atomic_write(path, |f| {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        w.write_all(&(json.len() as u64).to_le_bytes())?;
+        w.write_all(&json)?;
+        for (_, t) in &items {
+            let st = t.cpu_storage("save").map_err(std::io::Error::other)?;
+            let es = t.dtype().size();
+            let off = t.layout().offset() * es;
+            w.write_all(&st.bytes()[off..off + t.numel() * es])?;
+        }
+        w.flush()
+    })
 }
 
 /// A short description of a tensor for listings: `name  dtype  [shape]`.
