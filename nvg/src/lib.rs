@@ -5,6 +5,7 @@
 //! the content and structure transformers (`model`), the tokenizer (`tokenizer`: VQ autoencoder,
 //! clustering, quantiser), the stage-by-stage sampler (`sampler`) and image I/O (`image`).
 
+pub mod checkpoint;
 pub mod config;
 pub mod dataset;
 pub mod image;

@@ -1,39 +1,116 @@
-//! `nvg inspect`: what a safetensors file holds.
+//! `nvg inspect`: what a safetensors file or a PyTorch checkpoint holds, and which model it is.
 
 use anyhow::Result;
+use nvg::checkpoint::{ModelKind, TorchCheckpoint, detect_kind};
 use nvg_engine::io::safetensors::SafetensorsFile;
 use std::fmt::Write;
 use std::path::Path;
 
-/// A listing of every tensor (name, dtype, shape, elements), the total parameter count and the
-/// header metadata.
+/// Is this a ZIP archive (a `torch.save` checkpoint) rather than safetensors?
+fn is_zip(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(n == 4 && magic == *b"PK\x03\x04")
+}
+
+/// A listing of every tensor (name, dtype, shape, elements), the parameter count, the header metadata,
+/// and the detected model kind with its configuration.
 pub fn inspect(path: &Path) -> Result<String> {
-    let f = SafetensorsFile::open(path)?;
     let mut out = String::new();
-    let width = f.names().map(str::len).max().unwrap_or(0);
-    let mut total = 0usize;
-    for name in f.names() {
-        let info = f.info(name).expect("listed name");
-        let n: usize = info.shape.iter().product();
-        total += n;
+    let names: Vec<String> = if is_zip(path)? {
+        let ckpt = TorchCheckpoint::open(path)?;
+        let entries = ckpt.state_dict()?;
+        let width = entries.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+        let mut total = 0usize;
+        for (name, r) in &entries {
+            let n: usize = r.size.iter().product();
+            total += n;
+            writeln!(
+                out,
+                "{name:<width$}  {:<5}  {:<20}  {n}",
+                format!("{:?}", r.dtype),
+                format!("{:?}", r.size)
+            )?;
+        }
         writeln!(
             out,
-            "{name:<width$}  {:<5}  {:<20}  {n}",
-            format!("{:?}", info.dtype),
-            format!("{:?}", info.shape)
+            "PyTorch checkpoint: {} tensors in its state dict, {total} parameters ({:.2} M)",
+            entries.len(),
+            total as f64 / 1e6
         )?;
-    }
-    writeln!(
-        out,
-        "{} tensors, {} parameters ({:.2} M)",
-        f.len(),
-        total,
-        total as f64 / 1e6
-    )?;
-    let mut meta: Vec<_> = f.metadata().iter().collect();
-    meta.sort();
-    for (k, v) in meta {
-        writeln!(out, "metadata {k} = {v}")?;
+        entries.into_iter().map(|(n, _)| n).collect()
+    } else {
+        let f = SafetensorsFile::open(path)?;
+        let width = f.names().map(str::len).max().unwrap_or(0);
+        let mut total = 0usize;
+        for name in f.names() {
+            let info = f.info(name).expect("listed name");
+            let n: usize = info.shape.iter().product();
+            total += n;
+            writeln!(
+                out,
+                "{name:<width$}  {:<5}  {:<20}  {n}",
+                format!("{:?}", info.dtype),
+                format!("{:?}", info.shape)
+            )?;
+        }
+        writeln!(
+            out,
+            "{} tensors, {} parameters ({:.2} M)",
+            f.len(),
+            total,
+            total as f64 / 1e6
+        )?;
+        let mut meta: Vec<_> = f.metadata().iter().collect();
+        meta.sort();
+        for (k, v) in meta {
+            writeln!(out, "metadata {k} = {v}")?;
+        }
+        f.names().map(str::to_string).collect()
+    };
+    match detect_kind(names.iter().map(String::as_str)) {
+        None => writeln!(out, "kind: unknown (neither an NVG generator nor an NVG tokenizer)")?,
+        Some(kind) if is_zip(path)? => writeln!(
+            out,
+            "kind: NVG {} checkpoint — convert it with `nvg convert`",
+            kind.name()
+        )?,
+        Some(ModelKind::Generator) => {
+            let w = nvg::weights::WeightMap::generator(path, nvg::weights::WeightSet::Raw)?;
+            let c = nvg::model::infer_config(&w)?;
+            writeln!(
+                out,
+                "kind: NVG generator — depth {}, width {} ({} heads), structure width {} ({} heads), {}×{} grid ({} stages), {} codes × {} channels, {} classes; {:.2} M inference parameters",
+                c.depth,
+                c.width,
+                c.heads,
+                c.structure_width,
+                c.structure_heads,
+                c.grid.side(),
+                c.grid.side(),
+                c.grid.stages(),
+                c.vocab_size,
+                c.latent_channels,
+                c.num_classes,
+                c.parameter_count() as f64 / 1e6
+            )?;
+        }
+        Some(ModelKind::Tokenizer) => {
+            let c = nvg::tokenizer::TokenizerConfig::infer(&nvg::weights::WeightMap::from_file(path, "")?)?;
+            writeln!(
+                out,
+                "kind: NVG tokenizer — f{} (base width {}, multipliers {:?}, {} blocks per level), {} codes × {} channels",
+                c.downsample(),
+                c.base_channels,
+                c.channel_mult,
+                c.res_blocks,
+                c.codebook_size,
+                c.latent_channels
+            )?;
+        }
     }
     Ok(out)
 }

@@ -18,10 +18,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the tensors of a safetensors file: names, dtypes, shapes, parameter count, metadata.
+    /// List the tensors of a safetensors file or PyTorch checkpoint and name the model they make.
+    ///
+    /// Prints every tensor (name, dtype, shape, elements), the parameter count, the safetensors metadata,
+    /// and the detected kind — NVG generator or tokenizer — with its configuration.
     Inspect {
-        /// The .safetensors file.
+        /// A .safetensors file or a PyTorch (Lightning) .ckpt.
         file: PathBuf,
+    },
+    /// Convert an official PyTorch Lightning checkpoint (.ckpt) to safetensors.
+    ///
+    /// The checkpoint is read by a restricted unpickler that understands only tensors and containers and
+    /// refuses everything else, so converting never executes code from the file. Generator checkpoints
+    /// (d16.ckpt, ...) and tokenizer checkpoints (ae.ckpt) are recognised automatically; only what
+    /// inference needs is kept (no AE copy, DINOv2 or REPA projector in generators; no losses or usage
+    /// counters in tokenizers), under the official names without prefix.
+    Convert {
+        /// The PyTorch checkpoint.
+        #[arg(long)]
+        input: PathBuf,
+        /// The safetensors file to write (atomically).
+        #[arg(long)]
+        output: PathBuf,
+        /// Take the EMA weights (`ema_model.*`): what the paper's samples use.
+        #[arg(long)]
+        ema: bool,
     },
     /// Turn an image folder into a pre-tokenized dataset for `nvg train`: every image is preprocessed as
     /// the official code does (shorter side to 1.125× the resolution, Lanczos-4, then a crop), encoded,
@@ -157,6 +178,29 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { file } => print!("{}", nvg_tools::inspect::inspect(&file)?),
+        Command::Convert { input, output, ema } => {
+            let c = nvg::checkpoint::convert(&input, ema)?;
+            let params: usize = c.tensors.values().map(|t| t.numel()).sum();
+            let meta = std::collections::HashMap::from([
+                ("nvg.kind".to_string(), c.kind.name().to_string()),
+                ("nvg.weights".to_string(), if ema { "ema" } else { "raw" }.to_string()),
+                (
+                    "nvg.source".to_string(),
+                    input.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                ),
+            ]);
+            nvg_engine::io::safetensors::save(&output, c.tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))?;
+            println!(
+                "{}: NVG {} ({} weights): kept {} tensors ({:.2} M parameters), left out {} → {}",
+                input.display(),
+                c.kind.name(),
+                if ema { "EMA" } else { "raw" },
+                c.tensors.len(),
+                params as f64 / 1e6,
+                c.dropped,
+                output.display()
+            );
+        }
         Command::Tokenize {
             images,
             tokenizer,

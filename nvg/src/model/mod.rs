@@ -108,7 +108,7 @@ impl Generator {
 }
 
 /// The configuration implied by a generator's weights.
-fn infer_config(w: &WeightMap) -> Result<GeneratorConfig> {
+pub fn infer_config(w: &WeightMap) -> Result<GeneratorConfig> {
     let depth = w.count_indexed("content_blocks.");
     if depth == 0 {
         bail!(
