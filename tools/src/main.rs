@@ -44,6 +44,75 @@ enum Command {
         #[arg(long)]
         ema: bool,
     },
+    /// Generate class-conditional images (the main job): resumable, shardable, deterministic per image.
+    ///
+    /// Every image is a pure function of (seed, class, index) — the same at any --batch, in any shard, on
+    /// any thread count — and is written atomically as OUT/CCCC_IIIII.png (class, index). Re-running the
+    /// same command skips the images that exist, so an interrupted job resumes where it stopped. The
+    /// defaults are the official README sampling settings (CFG 1-3.5, structure CFG 1-2.5, top-p 1-0.5,
+    /// 25 flow steps). OUT/job.json records the settings; a re-run with other settings is refused.
+    Generate {
+        /// Generator weights (.safetensors from `nvg convert`, official key names).
+        #[arg(long)]
+        generator: PathBuf,
+        /// Tokenizer weights (.safetensors from `nvg convert` of ae.ckpt): its decoder turns canvases into
+        /// images.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Use the generator file's EMA weights (`ema_model.nvgformer.*`) when it holds both sets.
+        #[arg(long)]
+        ema: bool,
+        /// Classes: ids and ranges (`207,360`, `0-9`), `all`, or `null` for unconditional samples.
+        #[arg(long)]
+        classes: String,
+        /// Images per class (indices 0..N).
+        #[arg(long, default_value_t = 1)]
+        per_class: usize,
+        /// Seed: with the class and the index, it determines an image.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Content guidance per stage: a constant, a range `a-b` over the stages, or a list. A schedule
+        /// that is 1 everywhere turns guidance off (no unconditional pass).
+        #[arg(long, default_value = "1-3.5")]
+        cfg: String,
+        /// Structure-flow guidance per stage (same forms as --cfg).
+        #[arg(long, default_value = "1-2.5")]
+        structure_cfg: String,
+        /// Nucleus sampling per stage: a constant, a range `a-b` (the official negative-log schedule), or a
+        /// list; 1 keeps every code.
+        #[arg(long, default_value = "1-0.5")]
+        top_p: String,
+        /// Keep only the K most likely codes (0: all; 1: greedy).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Softmax temperature of the code draws.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Euler steps of the structure flow at each stage that has one.
+        #[arg(long, default_value_t = 25)]
+        structure_steps: usize,
+        /// Images generated together (does not change any image).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write a grid of the job's images (up to 32 classes × 16 images) to this PNG.
+        #[arg(long)]
+        grid: Option<PathBuf>,
+        /// Also write each image's stage-by-stage strip (decoded after every stage, over its structure
+        /// map) as OUT/CCCC_IIIII_stages.png.
+        #[arg(long)]
+        progressive: bool,
+        /// Generate only part i of n of the job (image j when j mod n = i), e.g. for a job array; run
+        /// every shard into the same --out.
+        #[arg(long, default_value = "0/1")]
+        shard: String,
+        /// Also write every image of the job (all shards must be done) as an ADM-evaluator batch: uint8
+        /// N×H×W×3 under key arr_0.
+        #[arg(long)]
+        npz: Option<PathBuf>,
+    },
     /// Turn an image folder into a pre-tokenized dataset for `nvg train`: every image is preprocessed as
     /// the official code does (shorter side to 1.125× the resolution, Lanczos-4, then a crop), encoded,
     /// clustered into its 9 structure maps and quantised; the file keeps class, structure and codes.
@@ -178,6 +247,57 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { file } => print!("{}", nvg_tools::inspect::inspect(&file)?),
+        Command::Generate {
+            generator,
+            tokenizer,
+            ema,
+            classes,
+            per_class,
+            seed,
+            cfg,
+            structure_cfg,
+            top_p,
+            top_k,
+            temperature,
+            structure_steps,
+            batch,
+            out,
+            grid,
+            progressive,
+            shard,
+            npz,
+        } => {
+            let opts = nvg_tools::generate::GenerateOptions {
+                generator,
+                tokenizer,
+                ema,
+                classes,
+                per_class,
+                seed,
+                cfg,
+                structure_cfg,
+                top_p,
+                top_k,
+                temperature,
+                structure_steps,
+                batch,
+                out,
+                grid,
+                progressive,
+                shard: nvg_tools::generate::parse_shard(&shard)?,
+                npz,
+            };
+            let r = nvg_tools::generate::run(&opts)?;
+            println!(
+                "{} new images ({} already there) of the {} in this shard ({} in the job) in {:.1} s → {}",
+                r.generated,
+                r.skipped_existing,
+                r.shard_images,
+                r.job_images,
+                r.seconds,
+                opts.out.display()
+            );
+        }
         Command::Convert { input, output, ema } => {
             let c = nvg::checkpoint::convert(&input, ema)?;
             let params: usize = c.tensors.values().map(|t| t.numel()).sum();

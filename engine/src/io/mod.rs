@@ -1,6 +1,8 @@
 //! File I/O: atomic writes and the safetensors format.
 
+pub mod npz;
 pub mod safetensors;
+pub mod zip;
 
 use crate::error::{Error, Result};
 use std::fs::File;

@@ -2,14 +2,13 @@
 //! they hold, and convert to safetensors with only what inference needs (`nvg convert`).
 
 pub mod pickle;
-pub mod zip;
 
 use anyhow::{Context, Result, bail, ensure};
 use nvg_engine::Tensor;
+use nvg_engine::io::zip::ZipArchive;
 use pickle::{StorageType, TensorRef, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use zip::ZipArchive;
 
 /// A `torch.save` archive: its pickle, read without executing anything, and its storages.
 pub struct TorchCheckpoint {

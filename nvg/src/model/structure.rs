@@ -52,19 +52,15 @@ impl StructureTransformer {
         }
     }
 
-    /// The fused granularity embedding of the structure branch: tokens `[R, 1 + 2T, hs]` = class token,
-    /// the canvas condition (the canvas after stage s's content, unscaled), the embedded flow state
-    /// `z`; the AdaLN vector = class + time + stage embedding; RoPE tables with the stage-s structure
-    /// bits (condition tokens typed 2, noisy tokens 0).
-    pub fn embed(
+    /// What stays fixed over the flow steps of one stage: the class-token and canvas-condition
+    /// embeddings and the RoPE tables (NVG-SPEC §5.3). Computed once per stage, used by every `step`.
+    pub fn prepare(
         &self,
-        z: &Tensor,
-        t: &[f32],
         canvas_next: &Tensor,
         labels: &Tensor,
         classes: &[usize],
         stage: usize,
-    ) -> Result<BlockInputs> {
+    ) -> Result<FlowContext> {
         let (grid, r) = (&self.cfg.grid, classes.len());
         if stage >= grid.flow_stages() {
             bail!(
@@ -72,49 +68,62 @@ impl StructureTransformer {
                 grid.flow_stages()
             );
         }
-        let (tk, bits, c) = (grid.tokens(), grid.bits(), self.cfg.latent_channels);
-        if z.dims() != [r, tk, bits] || canvas_next.dims() != [r, tk, c] || t.len() != r {
+        let (tk, c) = (grid.tokens(), self.cfg.latent_channels);
+        if canvas_next.dims() != [r, tk, c] {
             bail!(
-                "structure inputs for {r} rows: z {:?} (want [{r}, {tk}, {bits}]), canvas {:?} (want [{r}, {tk}, {c}]), {} times",
-                z.dims(),
-                canvas_next.dims(),
-                t.len()
+                "the structure canvas for {r} rows must be [{r}, {tk}, {c}], got {:?}",
+                canvas_next.dims()
             );
         }
         let label_rows = check_labels(grid, labels, stage)?;
         let ctx = class_rows(&self.class_embed, classes, self.cfg.num_classes)?; // [R, hs]
         let cond = self.canvas_embed.forward(canvas_next)?;
-        let zt = self.embed.forward(z)?;
-        let x = Tensor::cat(&[&ctx.unsqueeze(1)?, &cond, &zt], 1)?;
-        let time = self.time_embed.forward(&timestep_embedding(t, TIME_FEATURES)?)?;
-        let vec = ctx.add(&time)?.add(&self.stage_embed.narrow(0, stage, 1)?)?;
         let mut positions = Vec::new();
         for row in label_rows.chunks(tk) {
             let features = structure_features(grid, row, stage);
             positions.extend(rope_positions(grid, &features, &[CONDITION_TOKEN, NOISY_TOKEN]));
         }
         let (cos, sin) = rope_from_positions(grid, positions, r, 1 + 2 * tk)?;
-        Ok(BlockInputs {
-            tokens: x,
-            vec,
+        Ok(FlowContext {
+            stage,
+            rows: r,
+            ctx,
+            cond,
             cos,
             sin,
         })
     }
 
+    /// The fused granularity embedding of the structure branch for one flow step: tokens
+    /// `[R, 1 + 2T, hs]` = class token, the canvas condition (the canvas after stage s's content,
+    /// unscaled), the embedded flow state `z`; the AdaLN vector = class + time + stage embedding; RoPE
+    /// tables with the stage-s structure bits (condition tokens typed 2, noisy tokens 0).
+    pub fn embed(&self, fc: &FlowContext, z: &Tensor, t: &[f32]) -> Result<BlockInputs> {
+        let (grid, r) = (&self.cfg.grid, fc.rows);
+        let (tk, bits) = (grid.tokens(), grid.bits());
+        if z.dims() != [r, tk, bits] || t.len() != r {
+            bail!(
+                "structure step for {r} rows: z {:?} (want [{r}, {tk}, {bits}]) and {} times",
+                z.dims(),
+                t.len()
+            );
+        }
+        let zt = self.embed.forward(z)?;
+        let x = Tensor::cat(&[&fc.ctx.unsqueeze(1)?, &fc.cond, &zt], 1)?;
+        let time = self.time_embed.forward(&timestep_embedding(t, TIME_FEATURES)?)?;
+        // (class + time) + stage, the official order of the additions.
+        let vec = fc.ctx.add(&time)?.add(&self.stage_embed.narrow(0, fc.stage, 1)?)?;
+        Ok(BlockInputs {
+            tokens: x,
+            vec,
+            cos: fc.cos.clone(),
+            sin: fc.sin.clone(),
+        })
+    }
+
     /// Predicted velocity `[R, T, bits]` of the flow state `z` at times `t` (one per row).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        z: &Tensor,
-        t: &[f32],
-        canvas_next: &Tensor,
-        labels: &Tensor,
-        classes: &[usize],
-        stage: usize,
-        mut trace: Option<&mut Trace>,
-    ) -> Result<Tensor> {
-        let inputs = self.embed(z, t, canvas_next, labels, classes, stage)?;
+    pub fn step(&self, fc: &FlowContext, z: &Tensor, t: &[f32], mut trace: Option<&mut Trace>) -> Result<Tensor> {
+        let inputs = self.embed(fc, z, t)?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.record("tokens_in", &inputs.tokens);
             tr.record("vec", &inputs.vec);
@@ -132,4 +141,31 @@ impl StructureTransformer {
         let tk = self.cfg.grid.tokens();
         self.head.forward(&x.narrow(1, 1 + tk, tk)?, &vec_silu)
     }
+
+    /// `prepare` and one `step`: the velocity of `z` at times `t`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        z: &Tensor,
+        t: &[f32],
+        canvas_next: &Tensor,
+        labels: &Tensor,
+        classes: &[usize],
+        stage: usize,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        self.step(&self.prepare(canvas_next, labels, classes, stage)?, z, t, trace)
+    }
+}
+
+/// The per-stage constants of the structure flow (see `StructureTransformer::prepare`).
+pub struct FlowContext {
+    stage: usize,
+    rows: usize,
+    /// Class-token embeddings `[R, hs]`.
+    ctx: Tensor,
+    /// Canvas-condition tokens `[R, T, hs]`.
+    cond: Tensor,
+    cos: Tensor,
+    sin: Tensor,
 }

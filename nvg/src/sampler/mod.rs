@@ -360,20 +360,14 @@ fn structure_flow(
         }
     }
     let guided = cfg.structure_cfg.is_some();
-    let (canvas_rows, label_rows) = (rows(canvas, guided)?, rows(labels_t, guided)?);
+    let flow = generator
+        .structure
+        .prepare(&rows(canvas, guided)?, &rows(labels_t, guided)?, row_classes, s)?;
     for pair in times.windows(2) {
         let (t_cur, t_next) = (pair[0], pair[1]);
         let z_t = Tensor::from_vec(z.clone(), &[b, t, bits])?;
         let row_t = vec![t_cur; row_classes.len()];
-        let v = generator.structure.forward(
-            &rows(&z_t, guided)?,
-            &row_t,
-            &canvas_rows,
-            &label_rows,
-            row_classes,
-            s,
-            None,
-        )?;
+        let v = generator.structure.step(&flow, &rows(&z_t, guided)?, &row_t, None)?;
         let v = guide(v.to_f32_vec()?, cfg.structure_cfg.as_ref().map(|c| c[s]));
         // Euler step; the step is the f64 difference of the two times, rounded once (as in the official
         // loop over Python floats).

@@ -1,0 +1,330 @@
+//! `nvg generate`: class-conditional images at scale — resumable, shardable, deterministic per image.
+//!
+//! The job is the list of (class, index) pairs, class by class. Image (c, i) is a pure function of
+//! (seed, c, i): its randomness comes from its own counter-based streams and the engine is
+//! batch-invariant, so it comes out the same in any batch, shard, or run. Each image is written
+//! atomically as `CCCC_IIIII.png`; a re-run skips images that exist, so an interrupted job resumes.
+
+use crate::progress::Progress;
+use anyhow::{Context, Result, bail, ensure};
+use nvg::image::{from_tensor, read_image, structure_map_image, tile, write_png};
+use nvg::model::Generator;
+use nvg::sampler::schedule::Schedule;
+use nvg::sampler::{ImageNoise, SamplerConfig, generate, guidance};
+use nvg::tokenizer::Tokenizer;
+use nvg::weights::WeightSet;
+use nvg_engine::Tensor;
+use std::path::{Path, PathBuf};
+
+/// Options of `nvg generate` (see the command's help for each).
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub generator: PathBuf,
+    pub tokenizer: PathBuf,
+    pub ema: bool,
+    /// `207,360`, ranges `0-9`, `all`, or `null` (unconditional).
+    pub classes: String,
+    pub per_class: usize,
+    pub seed: u64,
+    pub cfg: String,
+    pub structure_cfg: String,
+    pub top_p: String,
+    pub top_k: usize,
+    pub temperature: f32,
+    pub structure_steps: usize,
+    pub batch: usize,
+    pub out: PathBuf,
+    pub grid: Option<PathBuf>,
+    pub progressive: bool,
+    /// `(i, n)`: this run does image j of the job when `j % n == i`.
+    pub shard: (usize, usize),
+    pub npz: Option<PathBuf>,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct GenerateReport {
+    pub job_images: usize,
+    pub shard_images: usize,
+    pub generated: usize,
+    pub skipped_existing: usize,
+    pub seconds: f64,
+}
+
+/// Parses `--shard i/n`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let (i, n) = s
+        .split_once('/')
+        .with_context(|| format!("--shard `{s}`: expected i/n, e.g. 0/4"))?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().context("--shard index")?,
+        n.trim().parse().context("--shard count")?,
+    );
+    ensure!(n > 0 && i < n, "--shard {i}/{n}: the index must be in 0..{n}");
+    Ok((i, n))
+}
+
+/// Parses `--classes` against a model with `num_classes` classes (null class = `num_classes`).
+pub fn parse_classes(s: &str, num_classes: usize) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part {
+            "all" => out.extend(0..num_classes),
+            "null" | "uncond" => out.push(num_classes),
+            _ => {
+                let (a, b) = match part.split_once('-') {
+                    Some((a, b)) => (a, b),
+                    None => (part, part),
+                };
+                let parse = |x: &str| {
+                    x.trim()
+                        .parse::<usize>()
+                        .with_context(|| format!("--classes: `{x}` is not a class id"))
+                };
+                let (a, b) = (parse(a)?, parse(b)?);
+                ensure!(a <= b, "--classes: empty range {part}");
+                ensure!(
+                    b < num_classes,
+                    "--classes: class {b} is out of range (the model has classes 0..{}; use `null` for unconditional)",
+                    num_classes - 1
+                );
+                out.extend(a..=b);
+            }
+        }
+    }
+    ensure!(!out.is_empty(), "--classes: no class given");
+    Ok(out)
+}
+
+/// File name of image (class, index).
+pub fn image_name(class: usize, index: usize) -> String {
+    format!("{class:04}_{index:05}.png")
+}
+
+/// Guidance scales, or `None` when the schedule is 1 at every stage (no unconditional pass needed).
+fn guidance_or_none(s: &str, stages: usize, flag: &str) -> Result<Option<Vec<f32>>> {
+    let v =
+        guidance(&Schedule::parse(s).with_context(|| flag.to_string())?, stages).with_context(|| flag.to_string())?;
+    Ok(if v.iter().all(|&x| x == 1.0) { None } else { Some(v) })
+}
+
+/// The settings that define the job's images; a re-run into the same directory must match them.
+fn job_description(o: &GenerateOptions, classes: &[usize], generator_hash: u64) -> serde_json::Value {
+    serde_json::json!({
+        "generator": o.generator.file_name().map(|f| f.to_string_lossy().into_owned()),
+        "generator_fingerprint": format!("{generator_hash:016x}"),
+        "ema": o.ema,
+        "classes": classes,
+        "per_class": o.per_class,
+        "seed": o.seed,
+        "cfg": o.cfg,
+        "structure_cfg": o.structure_cfg,
+        "top_p": o.top_p,
+        "top_k": o.top_k,
+        "temperature": o.temperature,
+        "structure_steps": o.structure_steps,
+    })
+}
+
+/// A cheap fingerprint of a weights file (size and the first and last MiB), to tell jobs apart.
+fn file_fingerprint(path: &Path) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let len = f.metadata()?.len();
+    let mut h = nvg_engine::io::Hasher64::new();
+    h.update(&len.to_le_bytes());
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    f.read_exact(&mut buf)?;
+    h.update(&buf);
+    f.seek(SeekFrom::End(-(buf.len() as i64)))?;
+    f.read_exact(&mut buf)?;
+    h.update(&buf);
+    Ok(h.finish())
+}
+
+pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
+    let t0 = std::time::Instant::now();
+    ensure!(
+        o.per_class > 0 && o.batch > 0 && o.structure_steps > 0,
+        "--per-class, --batch and --structure-steps must be at least 1"
+    );
+    let set = if o.ema { WeightSet::Ema } else { WeightSet::Raw };
+    let generator = Generator::load(&o.generator, set)?;
+    let gc = &generator.config;
+    let grid = gc.grid;
+    let classes = parse_classes(&o.classes, gc.num_classes)?;
+    let tok =
+        Tokenizer::load(&o.tokenizer, grid.side()).with_context(|| format!("tokenizer {}", o.tokenizer.display()))?;
+    let stages = grid.stages();
+    let mut cfg = SamplerConfig::official(&grid);
+    cfg.content_cfg = guidance_or_none(&o.cfg, stages, "--cfg")?;
+    cfg.structure_cfg = guidance_or_none(&o.structure_cfg, stages, "--structure-cfg")?;
+    cfg.top_p = Schedule::parse(&o.top_p)
+        .context("--top-p")?
+        .negative_log(stages)
+        .context("--top-p")?;
+    cfg.top_k = vec![o.top_k; stages];
+    cfg.temperature = o.temperature;
+    cfg.structure_steps = o.structure_steps;
+
+    // The job, in canonical order; this shard's part; what is already done.
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let job_file = o.out.join("job.json");
+    let job = job_description(o, &classes, file_fingerprint(&o.generator)?);
+    if job_file.exists() {
+        let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&job_file)?)
+            .with_context(|| job_file.display().to_string())?;
+        if old != job {
+            bail!(
+                "{} holds images of another job ({} differs from these settings); use another --out",
+                o.out.display(),
+                job_file.display()
+            );
+        }
+    } else {
+        let text = serde_json::to_string_pretty(&job)?;
+        nvg_engine::io::atomic_write(&job_file, |f| std::io::Write::write_all(f, text.as_bytes()))?;
+    }
+    let all: Vec<(usize, usize)> = classes
+        .iter()
+        .flat_map(|&c| (0..o.per_class).map(move |i| (c, i)))
+        .collect();
+    let (si, sn) = o.shard;
+    let mine: Vec<(usize, usize)> = all
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| j % sn == si)
+        .map(|(_, &ci)| ci)
+        .collect();
+    let done = |c: usize, i: usize| {
+        o.out.join(image_name(c, i)).exists() && (!o.progressive || o.out.join(strip_name(c, i)).exists())
+    };
+    let todo: Vec<(usize, usize)> = mine.iter().copied().filter(|&(c, i)| !done(c, i)).collect();
+    eprintln!(
+        "{} images in the job, {} in shard {si}/{sn}, {} already there, {} to generate ({} stages, {} flow steps, CFG {}, batch {})",
+        all.len(),
+        mine.len(),
+        mine.len() - todo.len(),
+        todo.len(),
+        stages,
+        o.structure_steps,
+        if cfg.content_cfg.is_some() { &o.cfg } else { "off" },
+        o.batch
+    );
+    let mut progress = Progress::new("generate", "images", todo.len());
+    for batch in todo.chunks(o.batch) {
+        let noise: Vec<ImageNoise> = batch
+            .iter()
+            .map(|&(c, i)| ImageNoise::for_image(&grid, o.seed, image_key(c, i)))
+            .collect();
+        let batch_classes: Vec<usize> = batch.iter().map(|&(c, _)| c).collect();
+        let g = generate(&generator, &tok.quantizer, &cfg, &batch_classes, &noise)?;
+        let images = tok.decode(&g.canvas)?;
+        for (k, &(c, i)) in batch.iter().enumerate() {
+            if o.progressive {
+                write_strip(&tok, &g, k, &o.out.join(strip_name(c, i)))?;
+            }
+            write_png(
+                &o.out.join(image_name(c, i)),
+                &from_tensor(&images.narrow(0, k, 1)?.squeeze(0)?)?,
+            )?;
+        }
+        progress.add(batch.len());
+    }
+    progress.finish();
+
+    if let Some(grid_path) = &o.grid {
+        write_grid(o, &classes, grid_path)?;
+    }
+    if let Some(npz) = &o.npz {
+        write_npz(o, &all, tok.resolution(), npz)?;
+    }
+    Ok(GenerateReport {
+        job_images: all.len(),
+        shard_images: mine.len(),
+        generated: todo.len(),
+        skipped_existing: mine.len() - todo.len(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The 64-bit id that (with the seed) determines image `index` of `class`.
+pub fn image_key(class: usize, index: usize) -> u64 {
+    ((class as u64) << 32) | index as u64
+}
+
+fn strip_name(class: usize, index: usize) -> String {
+    format!("{class:04}_{index:05}_stages.png")
+}
+
+/// Image `k` of a generation decoded after every stage, above that stage's structure map.
+fn write_strip(tok: &Tokenizer, g: &nvg::sampler::Generation, k: usize, path: &Path) -> Result<()> {
+    let n = g.stages.len();
+    let side = tok.grid().side();
+    let latents: Vec<Tensor> = g
+        .stages
+        .iter()
+        .map(|st| st.canvas.narrow(0, k, 1))
+        .collect::<nvg_engine::Result<_>>()?;
+    let refs: Vec<&Tensor> = latents.iter().collect();
+    let decoded = tok.decode(&Tensor::cat(&refs, 0)?)?;
+    let res = tok.resolution();
+    let mut tiles = Vec::with_capacity(2 * n);
+    for s in 0..n {
+        tiles.push(from_tensor(&decoded.narrow(0, s, 1)?.squeeze(0)?)?);
+    }
+    for (s, st) in g.stages.iter().enumerate() {
+        tiles.push(structure_map_image(
+            &st.labels.narrow(0, k, 1)?.to_i64_vec()?,
+            side,
+            s,
+            res,
+        ));
+    }
+    write_png(path, &tile(&tiles, n, 2))
+}
+
+/// A grid of the job's images (at most 32 classes as rows × 16 images as columns).
+fn write_grid(o: &GenerateOptions, classes: &[usize], path: &Path) -> Result<()> {
+    let cols = o.per_class.min(16);
+    let mut tiles = Vec::new();
+    for &c in classes.iter().take(32) {
+        for i in 0..cols {
+            let p = o.out.join(image_name(c, i));
+            tiles.push(
+                read_image(&p).with_context(|| {
+                    format!("{} is missing for the grid (not generated in this shard?)", p.display())
+                })?,
+            );
+        }
+    }
+    write_png(path, &tile(&tiles, cols, 2))
+}
+
+/// Every image of the job (all shards) as one ADM-evaluator batch.
+fn write_npz(o: &GenerateOptions, all: &[(usize, usize)], res: usize, path: &Path) -> Result<()> {
+    let missing = all
+        .iter()
+        .filter(|&&(c, i)| !o.out.join(image_name(c, i)).exists())
+        .count();
+    ensure!(
+        missing == 0,
+        "--npz: {missing} of the job's {} images are not in {} yet (run the other shards first)",
+        all.len(),
+        o.out.display()
+    );
+    eprintln!("writing {} images to {}", all.len(), path.display());
+    nvg_engine::io::npz::write_images_npz(path, all.len(), res, res, |k| {
+        let (c, i) = all[k];
+        let img = read_image(&o.out.join(image_name(c, i)))
+            .map_err(|e| nvg_engine::Error::format(image_name(c, i), format!("{e:#}")))?;
+        if (img.width, img.height) != (res, res) {
+            return Err(nvg_engine::Error::format(
+                image_name(c, i),
+                format!("is {}×{}, expected {res}×{res}", img.width, img.height),
+            ));
+        }
+        Ok(img.data)
+    })?;
+    Ok(())
+}
