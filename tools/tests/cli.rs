@@ -125,13 +125,31 @@ fn convert_and_inspect_recognise_the_official_checkpoint() {
     let dir = temp_dir("convert");
     let out = dir.join("g.safetensors");
     let ckpt = fx.path("generator_lightning.ckpt");
-    let (ok, stdout, stderr) = nvg(&["convert", "--input", ckpt.to_str().unwrap(), "--output", out.to_str().unwrap()]);
-    assert!(ok && stdout.contains("NVG generator (raw weights)") && stdout.contains("kept 59 tensors"), "{stdout}{stderr}");
+    let (ok, stdout, stderr) = nvg(&[
+        "convert",
+        "--input",
+        ckpt.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && stdout.contains("NVG generator (raw weights)") && stdout.contains("kept 59 tensors"),
+        "{stdout}{stderr}"
+    );
     let (ok, stdout, _) = nvg(&["inspect", out.to_str().unwrap()]);
-    assert!(ok && stdout.contains("kind: NVG generator — depth 2") && stdout.contains("nvg.weights = raw"), "{stdout}");
+    assert!(
+        ok && stdout.contains("kind: NVG generator — depth 2") && stdout.contains("nvg.weights = raw"),
+        "{stdout}"
+    );
     let (ok, stdout, _) = nvg(&["inspect", ckpt.to_str().unwrap()]);
     assert!(ok && stdout.contains("convert it with `nvg convert`"), "{stdout}");
-    let (ok, _, stderr) = nvg(&["convert", "--input", fx.path("generator.safetensors").to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let (ok, _, stderr) = nvg(&[
+        "convert",
+        "--input",
+        fx.path("generator.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(!ok && stderr.contains("ZIP"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

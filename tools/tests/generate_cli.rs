@@ -1,0 +1,279 @@
+//! `nvg generate` end to end with the fixture generator and tokenizer: every image is a pure function of
+//! (seed, class, index) — byte-identical PNGs at any batch size and shard split — the job resumes after an
+//! interruption, `--npz` holds exactly the PNGs, and wrong use is refused with a clear message.
+//!
+//! The jobs are tiny (two flow steps, a handful of images) to keep CI fast; the sampler's numerics are
+//! covered by the parity tests.
+
+use nvg::image::read_image;
+use nvg_engine::io::zip::ZipArchive;
+use nvg_testkit::Fixtures;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn nvg(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nvg"))
+        .args(args)
+        .output()
+        .expect("run nvg");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nvg-generate-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `nvg generate` on the fixture models with a tiny job; `extra` holds `--flag value` pairs that add to
+/// or replace the job's defaults.
+fn generate(fx: &Fixtures, out: &Path, extra: &[&str]) -> (bool, String) {
+    let generator = fx.path("generator.safetensors");
+    let tokenizer = fx.path("tokenizer.safetensors");
+    let mut flags: Vec<(&str, &str)> = vec![
+        ("--generator", generator.to_str().unwrap()),
+        ("--tokenizer", tokenizer.to_str().unwrap()),
+        ("--classes", "3,7"),
+        ("--per-class", "2"),
+        ("--seed", "11"),
+        ("--structure-steps", "2"),
+        ("--out", out.to_str().unwrap()),
+    ];
+    for pair in extra.chunks(2) {
+        match flags.iter_mut().find(|(f, _)| *f == pair[0]) {
+            Some(slot) => slot.1 = pair[1],
+            None => flags.push((pair[0], pair[1])),
+        }
+    }
+    let mut args = vec!["generate"];
+    args.extend(flags.iter().flat_map(|&(f, v)| [f, v]));
+    let (ok, stdout, stderr) = nvg(&args);
+    (ok, format!("{stdout}{stderr}"))
+}
+
+/// The PNGs of a directory by name (other files ignored).
+fn pngs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+const JOB: [&str; 4] = ["0003_00000.png", "0003_00001.png", "0007_00000.png", "0007_00001.png"];
+
+#[test]
+fn images_are_identical_at_any_batch_size_and_shard_split_and_the_job_resumes() {
+    let fx = Fixtures::open();
+    let a = temp_dir("batch3");
+    let npz = a.join("samples.npz");
+    let grid = a.join("grid.png");
+    let (ok, log) = generate(
+        &fx,
+        &a,
+        &[
+            "--batch",
+            "3",
+            "--npz",
+            npz.to_str().unwrap(),
+            "--grid",
+            grid.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{log}");
+    let reference = pngs(&a);
+    for name in JOB {
+        assert!(
+            reference.contains_key(name),
+            "{name} missing after the batch-3 run:\n{log}"
+        );
+    }
+    assert!(log.contains("4 to generate"), "{log}");
+    assert!(grid.exists());
+    // Different seeds of the job give different images (the test would pass trivially otherwise).
+    assert_ne!(reference["0003_00000.png"], reference["0003_00001.png"]);
+    assert_ne!(reference["0003_00000.png"], reference["0007_00000.png"]);
+
+    // The same job one image at a time, split over two shards into one directory.
+    let b = temp_dir("shards");
+    let (ok, log0) = generate(&fx, &b, &["--batch", "1", "--shard", "0/2"]);
+    assert!(ok && log0.contains("2 in shard 0/2"), "{log0}");
+    assert_eq!(pngs(&b).len(), 2, "shard 0/2 should write half the job");
+    let (ok, log1) = generate(&fx, &b, &["--batch", "1", "--shard", "1/2"]);
+    assert!(ok, "{log1}");
+    let sharded = pngs(&b);
+    for name in JOB {
+        assert!(
+            sharded[name] == reference[name],
+            "{name} differs between batch 3 and sharded batch 1"
+        );
+    }
+
+    // An interrupted run: two images gone, a temp file left behind by a killed write.
+    std::fs::remove_file(a.join(JOB[1])).unwrap();
+    std::fs::remove_file(a.join(JOB[2])).unwrap();
+    let leftover = a.join(format!(".{}.tmp-999-0", JOB[1]));
+    std::fs::write(&leftover, b"half a png").unwrap();
+    let before: BTreeMap<_, _> = JOB
+        .iter()
+        .filter_map(|n| std::fs::metadata(a.join(n)).ok().map(|m| (*n, m.modified().unwrap())))
+        .collect();
+    let (ok, log) = generate(&fx, &a, &["--batch", "2"]);
+    assert!(ok && log.contains("2 already there, 2 to generate"), "{log}");
+    let resumed = pngs(&a);
+    for name in JOB {
+        assert!(resumed[name] == reference[name], "{name} differs after resuming");
+    }
+    for (name, modified) in before {
+        assert_eq!(
+            std::fs::metadata(a.join(name)).unwrap().modified().unwrap(),
+            modified,
+            "{name} existed and should not have been rewritten"
+        );
+    }
+
+    // The npz batch holds the job's images in job order, equal to the PNGs.
+    let zip = ZipArchive::open(&npz).unwrap();
+    let npy = zip.get("arr_0.npy").expect("arr_0.npy in the npz");
+    assert!(npy.starts_with(b"\x93NUMPY"), "not an .npy entry");
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let header = std::str::from_utf8(&npy[10..10 + header_len]).unwrap();
+    let first = read_image(&a.join(JOB[0])).unwrap();
+    let (h, w) = (first.height, first.width);
+    assert!(header.contains("'descr': '|u1'"), "{header}");
+    assert!(header.contains(&format!("'shape': (4, {h}, {w}, 3)")), "{header}");
+    let data = &npy[10 + header_len..];
+    assert_eq!(data.len(), 4 * h * w * 3);
+    for (k, name) in JOB.iter().enumerate() {
+        let img = read_image(&a.join(name)).unwrap();
+        assert!(
+            img.data == data[k * h * w * 3..(k + 1) * h * w * 3],
+            "npz image {k} is not {name}"
+        );
+    }
+
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}
+
+#[test]
+fn progressive_strips_sit_beside_the_images() {
+    let fx = Fixtures::open();
+    let dir = temp_dir("progressive");
+    let generator = fx.path("generator.safetensors");
+    let tokenizer = fx.path("tokenizer.safetensors");
+    let (ok, out, err) = nvg(&[
+        "generate",
+        "--generator",
+        generator.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--classes",
+        "5",
+        "--structure-steps",
+        "1",
+        "--cfg",
+        "1",
+        "--structure-cfg",
+        "1",
+        "--progressive",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let image = read_image(&dir.join("0005_00000.png")).unwrap();
+    let strip = read_image(&dir.join("0005_00000_stages.png")).unwrap();
+    let stages = fx.manifest["generator_config"]["params"]["num_tokens"]
+        .as_array()
+        .unwrap()
+        .len();
+    // One column per stage, two rows (decoded canvas over structure map), tiles of the image's size.
+    assert!(
+        strip.width >= stages * image.width && strip.height >= 2 * image.height,
+        "{}x{}",
+        strip.width,
+        strip.height
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn wrong_use_is_refused_with_a_clear_message() {
+    let fx = Fixtures::open();
+    let dir = temp_dir("refused");
+    // An out-of-range class, a bad shard, a bad schedule: refused before anything is generated.
+    for (flags, expect) in [
+        (&["--classes", "3,5000"][..], "class 5000 is out of range"),
+        (&["--shard", "2/2"], "--shard 2/2"),
+        (&["--shard", "x"], "expected i/n"),
+        (&["--cfg", "1-abc"], "--cfg"),
+        (&["--batch", "0"], "at least 1"),
+    ] {
+        let (ok, log) = generate(&fx, &dir, flags);
+        assert!(!ok && log.contains(expect), "{flags:?}: expected `{expect}` in:\n{log}");
+        assert!(pngs(&dir).is_empty(), "{flags:?} wrote images");
+    }
+    // --npz from one shard of an unfinished job.
+    let npz = dir.join("x.npz");
+    let (ok, log) = generate(&fx, &dir, &["--shard", "0/4", "--npz", npz.to_str().unwrap()]);
+    assert!(!ok && log.contains("not in") && log.contains("other shards"), "{log}");
+    assert!(!npz.exists());
+    // The directory now belongs to seed 11's job; another seed is refused instead of mixing images.
+    let (ok, log) = generate(&fx, &dir, &["--shard", "0/4", "--seed", "12"]);
+    assert!(!ok && log.contains("job.json"), "{log}");
+    // A tokenizer that is not a tokenizer.
+    let (ok, out, err) = nvg(&[
+        "generate",
+        "--generator",
+        fx.path("generator.safetensors").to_str().unwrap(),
+        "--tokenizer",
+        fx.path("generator.safetensors").to_str().unwrap(),
+        "--classes",
+        "1",
+        "--out",
+        dir.join("other").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("tokenizer"), "{out}{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let (ok, out, _) = nvg(&["generate", "--help"]);
+    assert!(ok);
+    for flag in [
+        "--generator",
+        "--tokenizer",
+        "--ema",
+        "--classes",
+        "--per-class",
+        "--seed",
+        "--cfg",
+        "--structure-cfg",
+        "--top-p",
+        "--top-k",
+        "--temperature",
+        "--structure-steps",
+        "--batch",
+        "--out",
+        "--grid",
+        "--progressive",
+        "--shard",
+        "--npz",
+    ] {
+        assert!(out.contains(flag), "generate --help does not explain {flag}");
+    }
+    assert!(out.contains("resum"), "--help should say the job resumes");
+}
