@@ -169,6 +169,60 @@ fn images_are_identical_at_any_batch_size_and_shard_split_and_the_job_resumes() 
 }
 
 #[test]
+fn a_killed_job_completes_on_rerun_without_redoing_finished_images() {
+    let fx = Fixtures::open();
+    let dir = temp_dir("killed");
+    let generator = fx.path("generator.safetensors");
+    let tokenizer = fx.path("tokenizer.safetensors");
+    let args = [
+        "generate",
+        "--generator",
+        generator.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--classes",
+        "0-3",
+        "--per-class",
+        "2",
+        "--structure-steps",
+        "2",
+        "--batch",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvg"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while pngs(&dir).is_empty() && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let finished: BTreeMap<String, std::time::SystemTime> = pngs(&dir)
+        .keys()
+        .map(|n| (n.clone(), std::fs::metadata(dir.join(n)).unwrap().modified().unwrap()))
+        .collect();
+    assert!(!finished.is_empty(), "no image within 120 s");
+    let (ok, out, err) = nvg(&args);
+    assert!(ok, "{out}{err}");
+    assert!(err.contains(&format!("{} already there", finished.len())), "{err}");
+    assert_eq!(pngs(&dir).len(), 8, "the re-run should complete the job");
+    for (name, modified) in finished {
+        let now = std::fs::metadata(dir.join(&name)).unwrap().modified().unwrap();
+        assert_eq!(
+            now, modified,
+            "{name} was finished before the kill and should not be redone"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn progressive_strips_sit_beside_the_images() {
     let fx = Fixtures::open();
     let dir = temp_dir("progressive");
