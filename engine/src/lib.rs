@@ -16,6 +16,7 @@ mod error;
 pub mod io;
 pub mod layout;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 mod storage;
 mod tensor;

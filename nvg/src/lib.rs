@@ -13,6 +13,7 @@ pub mod model;
 pub mod sampler;
 pub mod structure_map;
 pub mod tokenizer;
+pub mod trainer;
 pub mod weights;
 
 pub use nvg_engine as engine;

@@ -1,0 +1,1 @@
+//! The training data loader over a memory-mapped `.nvgtok` dataset.

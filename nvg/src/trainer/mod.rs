@@ -1,0 +1,4 @@
+//! NVG training: the data loader over pre-tokenized datasets, the teacher-forced training forward and
+//! losses, and the training loop.
+
+pub mod loader;
