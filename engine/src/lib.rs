@@ -8,6 +8,7 @@
 //! dispatch, grouped by family), `cpu` the CPU kernels, `rng` the Philox generator, `io` the file
 //! formats. See docs/architecture.md.
 
+pub mod autograd;
 pub mod cpu;
 pub mod cuda;
 mod device;
@@ -21,6 +22,7 @@ pub mod rng;
 mod storage;
 mod tensor;
 
+pub use autograd::Gradients;
 pub use device::Device;
 pub use dtype::DType;
 pub use error::{Error, Result};

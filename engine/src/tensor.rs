@@ -1,6 +1,7 @@
 //! The `Tensor` type: shared storage plus a strided view of it. Cloning a tensor is cheap (the storage
 //! is reference counted); views share storage; ops return new tensors and never mutate their inputs.
 
+use crate::autograd::{Node, Op};
 use crate::cuda;
 use crate::error::{Error, Result, fmt_shape};
 use crate::layout::Layout;
@@ -17,6 +18,8 @@ use std::sync::Arc;
 pub struct Tensor {
     storage: Arc<Storage>,
     layout: Layout,
+    /// How the tensor was computed, when it is part of an autograd graph (see `autograd`).
+    pub(crate) node: Option<Arc<Node>>,
 }
 
 /// Copies the elements of a strided view into a packed row-major vector.
@@ -73,6 +76,7 @@ impl Tensor {
         Tensor {
             storage: Arc::new(storage),
             layout,
+            node: None,
         }
     }
 
@@ -298,7 +302,8 @@ impl Tensor {
         let st = self.cpu_storage("to_dtype")?;
         let storage = match (st.dtype(), dtype) {
             (s, d) if s.is_float() && d.is_float() => {
-                return Ok(Tensor::from_f32_as(self.f32_data("to_dtype")?.into_owned(), &dims, d));
+                let out = Tensor::from_f32_as(self.f32_data("to_dtype")?.into_owned(), &dims, d);
+                return Ok(out.record(&[self], || Op::Copy(self.clone())));
             }
             (s, DType::I64) if s.is_float() => {
                 CpuStorage::I64(self.f32_data("to_dtype")?.iter().map(|&x| x as i64).collect())
@@ -352,7 +357,7 @@ impl Tensor {
             CpuStorage::I64(v) => CpuStorage::I64(gather_strided(v, l)),
             CpuStorage::U8(v) => CpuStorage::U8(gather_strided(v, l)),
         };
-        Ok(Tensor::from_cpu(data, self.dims()))
+        Ok(Tensor::from_cpu(data, self.dims()).record(&[self], || Op::Copy(self.clone())))
     }
 
     // ----------------------------------------------------------------------------------------------
@@ -363,6 +368,7 @@ impl Tensor {
         Tensor {
             storage: self.storage.clone(),
             layout,
+            node: None,
         }
     }
 
@@ -381,14 +387,15 @@ impl Tensor {
             ));
         }
         match self.layout.reshaped(dims) {
-            Some(l) => Ok(self.with_layout(l)),
+            Some(l) => Ok(self.with_layout(l).record(&[self], || Op::Reshape(self.clone()))),
             None => self.contiguous()?.reshape(dims),
         }
     }
 
     /// Reorders dimensions: output dim `i` is input dim `perm[i]`.
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.permuted("permute", perm)?))
+        let out = self.with_layout(self.layout.permuted("permute", perm)?);
+        Ok(out.record(&[self], || Op::Permute(self.clone(), perm.to_vec())))
     }
 
     /// Swaps two dimensions (negative indices count from the end).
@@ -403,7 +410,8 @@ impl Tensor {
     /// Elements `start..start+len` of dimension `dim`.
     pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
         let d = self.layout.dim_index("narrow", dim)?;
-        Ok(self.with_layout(self.layout.narrowed("narrow", d, start, len)?))
+        let out = self.with_layout(self.layout.narrowed("narrow", d, start, len)?);
+        Ok(out.record(&[self], || Op::Narrow(self.clone(), d, start)))
     }
 
     /// Splits dimension `dim` into pieces of the given sizes (views).
@@ -446,7 +454,8 @@ impl Tensor {
 
     /// Broadcasts to `dims` (NumPy rules) as a stride-0 view.
     pub fn broadcast_as(&self, dims: &[usize]) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.broadcast_to("broadcast_as", dims)?))
+        let out = self.with_layout(self.layout.broadcast_to("broadcast_as", dims)?);
+        Ok(out.record(&[self], || Op::Broadcast(self.clone())))
     }
 
     /// Inserts a size-1 dimension at `dim` (0..=rank).
@@ -462,7 +471,8 @@ impl Tensor {
         let s = if dim < self.rank() { strides[dim] * dims[dim] } else { 1 };
         dims.insert(dim, 1);
         strides.insert(dim, s);
-        Ok(self.with_layout(Layout::new(dims, strides, self.layout.offset())))
+        let out = self.with_layout(Layout::new(dims, strides, self.layout.offset()));
+        Ok(out.record(&[self], || Op::Reshape(self.clone())))
     }
 
     /// Removes dimension `dim`, which must have size 1.
@@ -478,7 +488,8 @@ impl Tensor {
         let mut strides = self.layout.strides().to_vec();
         dims.remove(d);
         strides.remove(d);
-        Ok(self.with_layout(Layout::new(dims, strides, self.layout.offset())))
+        let out = self.with_layout(Layout::new(dims, strides, self.layout.offset()));
+        Ok(out.record(&[self], || Op::Reshape(self.clone())))
     }
 
     /// Splits dimension `dim` into `sizes` (whose product is its size) as a view — always possible
@@ -502,7 +513,8 @@ impl Tensor {
         strides.extend(inner.iter().map(|s| s * stride));
         dims.extend_from_slice(&self.dims()[d + 1..]);
         strides.extend_from_slice(&self.layout.strides()[d + 1..]);
-        Ok(self.with_layout(Layout::new(dims, strides, self.layout.offset())))
+        let out = self.with_layout(Layout::new(dims, strides, self.layout.offset()));
+        Ok(out.record(&[self], || Op::Reshape(self.clone())))
     }
 
     /// Flattens dims `start..=end` into one.
@@ -580,7 +592,8 @@ impl Tensor {
             DType::I64 => CpuStorage::I64(cat_typed(tensors, d, outer)?),
             DType::U8 => CpuStorage::U8(cat_typed(tensors, d, outer)?),
         };
-        Ok(Tensor::from_cpu(storage, &dims))
+        let out = Tensor::from_cpu(storage, &dims);
+        Ok(out.record(tensors, || Op::Cat(tensors.iter().map(|t| (*t).clone()).collect(), d)))
     }
 
     /// Stacks tensors of equal shape along a new dimension `dim`.

@@ -1,6 +1,7 @@
 //! Scaled dot-product attention (fused, flash-style on the CPU; see `cpu::attention`).
 
 use super::{same_device, want_float, want_int};
+use crate::autograd::Op;
 use crate::cpu::attention::{AttentionProblem, HeadView, attention};
 use crate::cpu::simd;
 use crate::error::{Error, Result, fmt_shape};
@@ -103,5 +104,9 @@ pub fn sdpa(
         return Err(Error::shape(op, "attention over zero keys is undefined"));
     }
     attention(simd::isa(), &problem, &mut out);
-    Tensor::from_f32_as(out, &[b, nq, h, dv], q.dtype()).permute(&[0, 2, 1, 3])
+    let out = Tensor::from_f32_as(out, &[b, nq, h, dv], q.dtype()).permute(&[0, 2, 1, 3])?;
+    Ok(match segments {
+        None => out.record(&[q, k, v], || Op::Sdpa(q.clone(), k.clone(), v.clone(), scale)),
+        Some(_) => out.record_unsupported("sdpa with segment ids", &[q, k, v]),
+    })
 }

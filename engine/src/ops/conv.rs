@@ -34,6 +34,14 @@ impl Tensor {
     /// Convolution of `self` (`[B, C, H, W]`) with `weight` (`[O, C, kh, kw]`), optional `bias` (`[O]`)
     /// → `[B, O, OH, OW]` with `OH = (H + top + bottom − kh)/stride + 1` (and likewise OW).
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: Padding) -> Result<Tensor> {
+        let out = self.conv2d_untracked(weight, bias, stride, pad)?;
+        Ok({
+            let inputs: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
+            out.record_unsupported("conv2d", &inputs)
+        })
+    }
+
+    fn conv2d_untracked(&self, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: Padding) -> Result<Tensor> {
         let op = "conv2d";
         same_device(op, self, weight)?;
         want_float(op, "input", self)?;
@@ -112,6 +120,11 @@ impl Tensor {
 
     /// Nearest-neighbour upsampling by 2 of `[B, C, H, W]` → `[B, C, 2H, 2W]`.
     pub fn upsample_nearest2x(&self) -> Result<Tensor> {
+        let out = self.upsample_nearest2x_untracked()?;
+        Ok(out.record_unsupported("upsample_nearest2x", &[self]))
+    }
+
+    fn upsample_nearest2x_untracked(&self) -> Result<Tensor> {
         let op = "upsample_nearest2x";
         want_float(op, "input", self)?;
         let [b, c, h, w] = self.dims_n::<4>(op)?;

@@ -2,6 +2,7 @@
 //! Floats compute in f32 and keep their dtype; binary ops on i64 compute in i64.
 
 use super::{PAR_MIN_ELEMS, same_device};
+use crate::autograd::Op;
 use crate::cpu::simd::{self, Isa};
 use crate::error::{Error, Result, fmt_shape};
 use crate::layout::{Layout, broadcast_shapes};
@@ -255,6 +256,11 @@ fn binary_row(
 impl Tensor {
     /// Applies a unary float op element-wise.
     pub fn unary(&self, op: Unary) -> Result<Tensor> {
+        let out = self.unary_untracked(op)?;
+        Ok(out.record_with_output(&[self], |y| Op::Unary(self.clone(), y, op)))
+    }
+
+    fn unary_untracked(&self, op: Unary) -> Result<Tensor> {
         let x = self.f32_data(op.name())?;
         // One monomorphised loop per op: a closure that matches on `op` per element is too big to
         // inline into the vectorised loop and runs scalar, a call per element.
@@ -320,6 +326,11 @@ impl Tensor {
     /// `self (op) rhs` with NumPy broadcasting. Both operands must have the same dtype: a float
     /// dtype (computed in f32, stored as that dtype) or i64.
     pub fn binary(&self, rhs: &Tensor, op: Binary) -> Result<Tensor> {
+        let out = self.binary_untracked(rhs, op)?;
+        Ok(out.record(&[self, rhs], || Op::Binary(self.clone(), rhs.clone(), op)))
+    }
+
+    fn binary_untracked(&self, rhs: &Tensor, op: Binary) -> Result<Tensor> {
         let name = op.name();
         same_device(name, self, rhs)?;
         if self.dtype() != rhs.dtype() {
@@ -403,11 +414,8 @@ impl Tensor {
 
     fn affine_named(&self, op: &'static str, mul: f32, add: f32) -> Result<Tensor> {
         let x = self.f32_data(op)?;
-        Ok(Tensor::from_f32_as(
-            par_map(&x, move |v| v * mul + add),
-            self.dims(),
-            self.dtype(),
-        ))
+        let out = Tensor::from_f32_as(par_map(&x, move |v| v * mul + add), self.dims(), self.dtype());
+        Ok(out.record(&[self], || Op::Affine(self.clone(), mul)))
     }
 
     /// `self · mul + add` element-wise (float tensors).
@@ -425,6 +433,11 @@ impl Tensor {
 
     /// `self / v` element-wise (a true division, not a multiplication by 1/v, which rounds differently).
     pub fn div_scalar(&self, v: f32) -> Result<Tensor> {
+        let out = self.div_scalar_untracked(v)?;
+        Ok(out.record(&[self], || Op::DivScalar(self.clone(), v)))
+    }
+
+    fn div_scalar_untracked(&self, v: f32) -> Result<Tensor> {
         let x = self.f32_data("div_scalar")?;
         Ok(Tensor::from_f32_as(
             par_map(&x, move |a| a / v),
@@ -435,6 +448,11 @@ impl Tensor {
 
     /// `self^e` element-wise (float tensors).
     pub fn powf(&self, e: f32) -> Result<Tensor> {
+        let out = self.powf_untracked(e)?;
+        Ok(out.record(&[self], || Op::Powf(self.clone(), e)))
+    }
+
+    fn powf_untracked(&self, e: f32) -> Result<Tensor> {
         let x = self.f32_data("powf")?;
         Ok(Tensor::from_f32_as(
             par_map(&x, move |v| v.powf(e)),
@@ -445,6 +463,11 @@ impl Tensor {
 
     /// Clamps every element to `[min, max]` (NaN stays NaN).
     pub fn clamp(&self, min: f32, max: f32) -> Result<Tensor> {
+        let out = self.clamp_untracked(min, max)?;
+        Ok(out.record(&[self], || Op::Clamp(self.clone(), min, max)))
+    }
+
+    fn clamp_untracked(&self, min: f32, max: f32) -> Result<Tensor> {
         if min > max {
             return Err(Error::arg("clamp", format!("min {min} > max {max}")));
         }

@@ -3,6 +3,7 @@
 //! with its value, its position and the valid range.
 
 use super::{same_device, split_at_dim, want_int};
+use crate::autograd::Op;
 use crate::error::{Error, Result, fmt_shape};
 use crate::storage::{CpuStorage, Element};
 use crate::{DType, Tensor};
@@ -34,6 +35,14 @@ fn select_typed<T: Element>(x: &[T], outer: usize, size: usize, inner: usize, id
 impl Tensor {
     /// Selects entries `ids` (1-d integer tensor) along `dim`; any dtype.
     pub fn index_select(&self, dim: isize, ids: &Tensor) -> Result<Tensor> {
+        let out = self.index_select_untracked(dim, ids)?;
+        Ok({
+            let d = self.layout().dim_index("index_select", dim)?;
+            out.record(&[self], || Op::IndexSelect(self.clone(), d, ids.clone()))
+        })
+    }
+
+    fn index_select_untracked(&self, dim: isize, ids: &Tensor) -> Result<Tensor> {
         let op = "index_select";
         same_device(op, self, ids)?;
         want_int(op, "ids", ids)?;
@@ -83,6 +92,14 @@ impl Tensor {
     /// PyTorch `gather`: `out[.., j, ..] = self[.., index[.., j, ..], ..]` along `dim`; `index` has the
     /// rank of `self`, and outside `dim` its sizes must not exceed those of `self`. Float or i64.
     pub fn gather(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
+        let out = self.gather_untracked(dim, index)?;
+        Ok({
+            let d = self.layout().dim_index("gather", dim)?;
+            out.record(&[self], || Op::Gather(self.clone(), d, index.clone()))
+        })
+    }
+
+    fn gather_untracked(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
         let op = "gather";
         same_device(op, self, index)?;
         want_int(op, "index", index)?;
@@ -105,6 +122,11 @@ impl Tensor {
     /// PyTorch `scatter_add`: a copy of `self` with `src[.., j, ..]` added at
     /// `[.., index[.., j, ..], ..]` along `dim`. `index` and `src` have the same shape. Float or i64.
     pub fn scatter_add(&self, dim: isize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
+        let out = self.scatter_add_untracked(dim, index, src)?;
+        Ok(out.record_unsupported("scatter_add", &[self, src]))
+    }
+
+    fn scatter_add_untracked(&self, dim: isize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         let op = "scatter_add";
         same_device(op, self, index)?;
         same_device(op, self, src)?;
@@ -147,6 +169,11 @@ impl Tensor {
     /// `0..num_segments`) → `[..., num_segments, C]`. A segment with no rows gives zeros. This is NVG's
     /// cluster mean: the per-token residuals of a stage averaged inside each structure cluster.
     pub fn segment_mean(&self, labels: &Tensor, num_segments: usize) -> Result<Tensor> {
+        let out = self.segment_mean_untracked(labels, num_segments)?;
+        Ok(out.record(&[self], || Op::SegmentMean(self.clone(), labels.clone(), num_segments)))
+    }
+
+    fn segment_mean_untracked(&self, labels: &Tensor, num_segments: usize) -> Result<Tensor> {
         let op = "segment_mean";
         same_device(op, self, labels)?;
         want_int(op, "labels", labels)?;

@@ -3,6 +3,7 @@
 //! place by the GEMM's packing; only the output is allocated.
 
 use super::{same_device, want_float};
+use crate::autograd::Op;
 use crate::cpu::gemm::{self, Strided};
 use crate::cpu::simd;
 use crate::error::{Error, Result, fmt_shape};
@@ -66,6 +67,11 @@ impl Tensor {
     /// `[..., m, k] · [..., k, n] → [..., m, n]`; batch dims broadcast (NumPy rules). Float inputs of
     /// the same dtype; the result has that dtype.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let out = self.matmul_untracked(rhs)?;
+        Ok(out.record(&[self, rhs], || Op::Matmul(self.clone(), rhs.clone())))
+    }
+
+    fn matmul_untracked(&self, rhs: &Tensor) -> Result<Tensor> {
         let op = "matmul";
         same_device(op, self, rhs)?;
         want_float(op, "lhs", self)?;
@@ -136,6 +142,16 @@ impl Tensor {
 
     /// `x · Wᵀ + b` over the last dim: x `[..., in]`, weight `[out, in]`, bias `[out]` → `[..., out]`.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let out = self.linear_untracked(weight, bias)?;
+        Ok(match bias {
+            Some(b) => out.record(&[self, weight, b], || {
+                Op::Linear(self.clone(), weight.clone(), Some(b.clone()))
+            }),
+            None => out.record(&[self, weight], || Op::Linear(self.clone(), weight.clone(), None)),
+        })
+    }
+
+    fn linear_untracked(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let op = "linear";
         same_device(op, self, weight)?;
         want_float(op, "input", self)?;

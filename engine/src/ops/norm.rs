@@ -3,6 +3,7 @@
 
 use super::{want_float, want_shape};
 use crate::Tensor;
+use crate::autograd::Op;
 use crate::error::{Error, Result, fmt_shape};
 use rayon::prelude::*;
 
@@ -65,6 +66,16 @@ impl Tensor {
     /// Layer norm over the last dimension: `(x - mean) / sqrt(var + eps) · weight + bias`
     /// (weight and bias optional, each of shape `[last dim]`).
     pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+        let out = self.layer_norm_untracked(weight, bias, eps)?;
+        Ok({
+            let inputs: Vec<&Tensor> = [Some(self), weight, bias].into_iter().flatten().collect();
+            out.record(&inputs, || {
+                Op::LayerNorm(self.clone(), weight.cloned(), bias.cloned(), eps)
+            })
+        })
+    }
+
+    fn layer_norm_untracked(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
         let op = "layer_norm";
         let width = last_dim(op, self, eps)?;
         let w = channel_vec(op, "weight", weight, width)?;
@@ -91,6 +102,11 @@ impl Tensor {
 
     /// RMS norm over the last dimension: `x / sqrt(mean(x²) + eps) · scale`, scale of shape `[last dim]`.
     pub fn rms_norm(&self, scale: &Tensor, eps: f32) -> Result<Tensor> {
+        let out = self.rms_norm_untracked(scale, eps)?;
+        Ok(out.record(&[self, scale], || Op::RmsNorm(self.clone(), scale.clone(), eps)))
+    }
+
+    fn rms_norm_untracked(&self, scale: &Tensor, eps: f32) -> Result<Tensor> {
         let op = "rms_norm";
         let width = last_dim(op, self, eps)?;
         let s = channel_vec(op, "scale", Some(scale), width)?.unwrap();
@@ -110,6 +126,18 @@ impl Tensor {
     /// Group norm of `[B, C, *spatial]`: statistics over each of `groups` channel groups and all
     /// spatial positions; then the per-channel affine `weight`, `bias` (each `[C]`, optional).
     pub fn group_norm(
+        &self,
+        groups: usize,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        let out = self.group_norm_untracked(groups, weight, bias, eps)?;
+        let inputs: Vec<&Tensor> = [Some(self), weight, bias].into_iter().flatten().collect();
+        Ok(out.record_unsupported("group_norm", &inputs))
+    }
+
+    fn group_norm_untracked(
         &self,
         groups: usize,
         weight: Option<&Tensor>,

@@ -1,6 +1,7 @@
 //! Reductions along one dimension (sum, mean, max, min, argmax) and the running sum (cumsum).
 
 use super::split_at_dim;
+use crate::autograd::Op;
 use crate::cpu::simd;
 use crate::error::{Error, Result, fmt_shape};
 use crate::{DType, Tensor};
@@ -87,6 +88,17 @@ fn reduce_f32(x: &[f32], outer: usize, size: usize, inner: usize, kind: Reduce) 
 
 impl Tensor {
     fn reduce(&self, op: &'static str, dim: isize, keepdim: bool, kind: Reduce) -> Result<Tensor> {
+        let out = self.reduce_untracked(op, dim, keepdim, kind)?;
+        Ok(match kind {
+            Reduce::Sum => {
+                let d = self.layout().dim_index(op, dim)?;
+                out.record(&[self], || Op::Sum(self.clone(), d, keepdim))
+            }
+            _ => out.record_unsupported(op, &[self]),
+        })
+    }
+
+    fn reduce_untracked(&self, op: &'static str, dim: isize, keepdim: bool, kind: Reduce) -> Result<Tensor> {
         let d = self.layout().dim_index(op, dim)?;
         let (outer, size, inner) = split_at_dim(self.dims(), d);
         if size == 0 && kind != Reduce::Sum {
@@ -175,6 +187,11 @@ impl Tensor {
 
     /// Running sum along `dim` (same shape; float tensors accumulate in f32, i64 in i64).
     pub fn cumsum(&self, dim: isize) -> Result<Tensor> {
+        let out = self.cumsum_untracked(dim)?;
+        Ok(out.record_unsupported("cumsum", &[self]))
+    }
+
+    fn cumsum_untracked(&self, dim: isize) -> Result<Tensor> {
         let d = self.layout().dim_index("cumsum", dim)?;
         let (outer, size, inner) = split_at_dim(self.dims(), d);
         if self.dtype() == DType::I64 {

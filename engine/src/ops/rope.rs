@@ -7,6 +7,7 @@
 
 use super::want_float;
 use crate::Tensor;
+use crate::autograd::Op;
 use crate::error::{Error, Result, fmt_shape};
 use rayon::prelude::*;
 
@@ -64,6 +65,11 @@ impl Tensor {
     /// (`[B, N, D/2]`, or `[N, D/2]` shared by the batch), broadcast over heads. Returns a packed
     /// `[B, H, N, D]` tensor of the input's dtype.
     pub fn rope(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let out = self.rope_untracked(cos, sin)?;
+        Ok(out.record(&[self, cos, sin], || Op::Rope(self.clone(), cos.clone(), sin.clone())))
+    }
+
+    fn rope_untracked(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let op = "rope";
         want_float(op, "input", self)?;
         let [b, h, n, d] = self.dims_n::<4>(op)?;

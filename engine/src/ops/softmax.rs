@@ -2,6 +2,7 @@
 
 use super::split_at_dim;
 use crate::Tensor;
+use crate::autograd::Op;
 use crate::cpu::simd::{self, Isa};
 use crate::error::Result;
 use rayon::prelude::*;
@@ -66,11 +67,15 @@ fn softmax_impl(x: &Tensor, op: &'static str, dim: isize, log: bool) -> Result<T
 impl Tensor {
     /// `exp(x - max) / Σ exp(x - max)` along `dim`.
     pub fn softmax(&self, dim: isize) -> Result<Tensor> {
-        softmax_impl(self, "softmax", dim, false)
+        let d = self.layout().dim_index("softmax", dim)?;
+        let out = softmax_impl(self, "softmax", dim, false)?;
+        Ok(out.record_with_output(&[self], |y| Op::Softmax(self.clone(), y, d)))
     }
 
     /// `x - max - log Σ exp(x - max)` along `dim`.
     pub fn log_softmax(&self, dim: isize) -> Result<Tensor> {
-        softmax_impl(self, "log_softmax", dim, true)
+        let d = self.layout().dim_index("log_softmax", dim)?;
+        let out = softmax_impl(self, "log_softmax", dim, true)?;
+        Ok(out.record_with_output(&[self], |y| Op::LogSoftmax(self.clone(), y, d)))
     }
 }

@@ -74,6 +74,11 @@ impl Tensor {
     /// The `k` largest entries along `dim`, largest first, with their indices (i64). Ties go to the
     /// lower index; NaN counts as the largest value.
     pub fn topk(&self, k: usize, dim: isize) -> Result<(Tensor, Tensor)> {
+        let (values, ids) = self.topk_untracked(k, dim)?;
+        Ok((values.record_unsupported("topk", &[self]), ids))
+    }
+
+    fn topk_untracked(&self, k: usize, dim: isize) -> Result<(Tensor, Tensor)> {
         let op = "topk";
         let d = self.layout().dim_index(op, dim)?;
         let (outer, size, inner) = split_at_dim(self.dims(), d);

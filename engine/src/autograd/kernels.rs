@@ -1,0 +1,312 @@
+//! CPU kernels that only backward passes need. Reductions over rows (parameter gradients of norms)
+//! sum fixed-size blocks in parallel and then the blocks in order, so gradients do not depend on the
+//! thread count.
+
+use crate::error::{Error, Result};
+use crate::ops::elementwise::Unary;
+use crate::ops::split_at_dim;
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// Rows per block of the deterministic row reductions.
+const ROW_BLOCK: usize = 64;
+/// Elements above which element-wise backward loops run in parallel.
+const PAR_ELEMS: usize = 1 << 15;
+
+fn map3(x: &[f32], y: &[f32], g: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    let body = |(i, o): (usize, &mut [f32])| {
+        let at = i * 4096;
+        for (j, o) in o.iter_mut().enumerate() {
+            *o = f(x[at + j], y[at + j], g[at + j]);
+        }
+    };
+    if x.len() >= PAR_ELEMS {
+        out.par_chunks_mut(4096).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(4096).enumerate().for_each(body);
+    }
+    out
+}
+
+/// `g · f'(x)` for a unary op with input `x` and output `y`.
+pub(super) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let name = op.name();
+    let (xd, yd, gd) = (x.f32_data(name)?, y.f32_data(name)?, g.f32_data(name)?);
+    let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
+    let out = match op {
+        Unary::Neg => map3(&xd, &yd, &gd, |_, _, g| -g),
+        Unary::Abs => map3(&xd, &yd, &gd, |x, _, g| {
+            if x > 0.0 {
+                g
+            } else if x < 0.0 {
+                -g
+            } else {
+                0.0
+            }
+        }),
+        Unary::Exp => map3(&xd, &yd, &gd, |_, y, g| g * y),
+        Unary::Log => map3(&xd, &yd, &gd, |x, _, g| g / x),
+        Unary::Sqrt => map3(&xd, &yd, &gd, |_, y, g| g * 0.5 / y),
+        Unary::Rsqrt => map3(&xd, &yd, &gd, |_, y, g| g * -0.5 * y * y * y),
+        Unary::Recip => map3(&xd, &yd, &gd, |_, y, g| -g * y * y),
+        Unary::Sqr => map3(&xd, &yd, &gd, |x, _, g| g * 2.0 * x),
+        Unary::Tanh => map3(&xd, &yd, &gd, |_, y, g| g * (1.0 - y * y)),
+        Unary::Sin => map3(&xd, &yd, &gd, |x, _, g| g * x.cos()),
+        Unary::Cos => map3(&xd, &yd, &gd, |x, _, g| -g * x.sin()),
+        Unary::Sigmoid => map3(&xd, &yd, &gd, |_, y, g| g * y * (1.0 - y)),
+        Unary::Silu => map3(&xd, &yd, &gd, |x, _, g| {
+            let s = sigmoid(x);
+            g * s * (1.0 + x * (1.0 - s))
+        }),
+        Unary::GeluTanh => map3(&xd, &yd, &gd, |x, _, g| {
+            // y = x/2 · (1 + tanh(c·(x + a·x³)))
+            const C: f32 = 0.797_884_6; // sqrt(2/π)
+            const A: f32 = 0.044_715;
+            let t = (C * (x + A * x * x * x)).tanh();
+            g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * A * x * x))
+        }),
+        Unary::Relu => map3(&xd, &yd, &gd, |x, _, g| if x > 0.0 { g } else { 0.0 }),
+    };
+    Tensor::from_vec(out, x.dims())
+}
+
+/// Where the gradient of `maximum(a, b)` (or `minimum`) goes: weights for `a` and `b` on the
+/// broadcast shape, 1/0 where one operand wins and ½/½ on ties (PyTorch's rule).
+pub(super) fn extremum_weights(a: &Tensor, b: &Tensor, is_max: bool) -> Result<(Tensor, Tensor)> {
+    let dims = crate::layout::broadcast_shapes("maximum", a.dims(), b.dims())?;
+    let ad = a.broadcast_as(&dims)?.f32_data("maximum")?.into_owned();
+    let bd = b.broadcast_as(&dims)?.f32_data("maximum")?.into_owned();
+    let wa: Vec<f32> = ad
+        .iter()
+        .zip(&bd)
+        .map(|(&x, &y)| {
+            if x == y {
+                0.5
+            } else if (x > y) == is_max {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let wb: Vec<f32> = wa.iter().map(|w| 1.0 - w).collect();
+    Ok((Tensor::from_vec(wa, &dims)?, Tensor::from_vec(wb, &dims)?))
+}
+
+/// `g` where `lo ≤ x ≤ hi`, 0 elsewhere.
+pub(super) fn clamp_backward(x: &Tensor, g: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
+    let (xd, gd) = (x.f32_data("clamp")?, g.f32_data("clamp")?);
+    let out = map3(&xd, &xd, &gd, |x, _, g| if x >= lo && x <= hi { g } else { 0.0 });
+    Tensor::from_vec(out, x.dims())
+}
+
+/// Sums per-row contributions `f(row) -> [width]` over all rows, deterministically.
+fn row_sum(rows: usize, width: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f32> {
+    let blocks: Vec<Vec<f64>> = (0..rows.div_ceil(ROW_BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            let mut acc = vec![0.0f64; width];
+            for r in blk * ROW_BLOCK..((blk + 1) * ROW_BLOCK).min(rows) {
+                f(r, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0f64; width];
+    for b in blocks {
+        for (t, v) in total.iter_mut().zip(b) {
+            *t += v;
+        }
+    }
+    total.into_iter().map(|v| v as f32).collect()
+}
+
+/// Row statistics of a layer norm: mean and 1/sqrt(var + eps), in f64.
+fn mean_rstd(row: &[f32], eps: f32) -> (f64, f64) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, 1.0 / (var + eps as f64).sqrt())
+}
+
+/// Gradients of `layer_norm(x, w, b)` over the last dim: (dx, dw, db).
+pub(super) fn layer_norm_backward(
+    x: &Tensor,
+    w: Option<&Tensor>,
+    g: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let width = *x.dims().last().unwrap_or(&1);
+    let rows = x.numel() / width.max(1);
+    let (xd, gd) = (x.f32_data("layer_norm")?, g.f32_data("layer_norm")?);
+    let wv = match w {
+        Some(w) => w.f32_data("layer_norm")?.into_owned(),
+        None => vec![1.0; width],
+    };
+    let mut dx = vec![0.0f32; xd.len()];
+    let row_grad = |(r, out): (usize, &mut [f32])| {
+        let xr = &xd[r * width..(r + 1) * width];
+        let gr = &gd[r * width..(r + 1) * width];
+        let (mean, rstd) = mean_rstd(xr, eps);
+        let (mut m1, mut m2) = (0.0f64, 0.0f64);
+        for j in 0..width {
+            let dxhat = gr[j] as f64 * wv[j] as f64;
+            let xhat = (xr[j] as f64 - mean) * rstd;
+            m1 += dxhat;
+            m2 += dxhat * xhat;
+        }
+        let (m1, m2) = (m1 / width as f64, m2 / width as f64);
+        for j in 0..width {
+            let dxhat = gr[j] as f64 * wv[j] as f64;
+            let xhat = (xr[j] as f64 - mean) * rstd;
+            out[j] = (rstd * (dxhat - m1 - xhat * m2)) as f32;
+        }
+    };
+    if width > 0 {
+        dx.par_chunks_mut(width).enumerate().for_each(row_grad);
+    }
+    let dw = row_sum(rows, width, |r, acc| {
+        let xr = &xd[r * width..(r + 1) * width];
+        let (mean, rstd) = mean_rstd(xr, eps);
+        for j in 0..width {
+            acc[j] += gd[r * width + j] as f64 * (xr[j] as f64 - mean) * rstd;
+        }
+    });
+    let db = row_sum(rows, width, |r, acc| {
+        for j in 0..width {
+            acc[j] += gd[r * width + j] as f64;
+        }
+    });
+    Ok((
+        Tensor::from_vec(dx, x.dims())?,
+        Tensor::from_vec(dw, &[width])?,
+        Tensor::from_vec(db, &[width])?,
+    ))
+}
+
+/// Gradients of `rms_norm(x, scale)` over the last dim: (dx, dscale).
+pub(super) fn rms_norm_backward(x: &Tensor, scale: &Tensor, g: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let width = *x.dims().last().unwrap_or(&1);
+    let rows = x.numel() / width.max(1);
+    let (xd, gd, sd) = (
+        x.f32_data("rms_norm")?,
+        g.f32_data("rms_norm")?,
+        scale.f32_data("rms_norm")?,
+    );
+    let inv_rms = |xr: &[f32]| {
+        let ms = xr.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / width as f64;
+        1.0 / (ms + eps as f64).sqrt()
+    };
+    let mut dx = vec![0.0f32; xd.len()];
+    if width > 0 {
+        dx.par_chunks_mut(width).enumerate().for_each(|(r, out)| {
+            let xr = &xd[r * width..(r + 1) * width];
+            let gr = &gd[r * width..(r + 1) * width];
+            let rr = inv_rms(xr);
+            let m = (0..width)
+                .map(|j| gr[j] as f64 * sd[j] as f64 * xr[j] as f64 * rr)
+                .sum::<f64>()
+                / width as f64;
+            for j in 0..width {
+                let xhat = xr[j] as f64 * rr;
+                out[j] = (rr * (gr[j] as f64 * sd[j] as f64 - xhat * m)) as f32;
+            }
+        });
+    }
+    let ds = row_sum(rows, width, |r, acc| {
+        let xr = &xd[r * width..(r + 1) * width];
+        let rr = inv_rms(xr);
+        for j in 0..width {
+            acc[j] += gd[r * width + j] as f64 * xr[j] as f64 * rr;
+        }
+    });
+    Ok((Tensor::from_vec(dx, x.dims())?, Tensor::from_vec(ds, scale.dims())?))
+}
+
+/// Most score elements (batch·heads·Nq·Nk) materialised at once by the attention backward.
+const SDPA_BACKWARD_SCORES: usize = 1 << 25;
+
+/// Gradients of `softmax(q·kᵀ·scale)·v` (q, k, v `[B, H, N, D]`): the scores are recomputed, in slices
+/// of the batch that bound the memory of the materialised score matrices.
+pub(super) fn sdpa_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let [b, h, nq, _] = q.dims_n::<4>("sdpa backward")?;
+    let nk = k.dims()[2];
+    let per_row = (h * nq * nk).max(1);
+    let step = (SDPA_BACKWARD_SCORES / per_row).clamp(1, b.max(1));
+    let (mut gqs, mut gks, mut gvs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut at = 0;
+    while at < b {
+        let n = step.min(b - at);
+        let (q, k, v, g) = (
+            q.narrow(0, at, n)?,
+            k.narrow(0, at, n)?,
+            v.narrow(0, at, n)?,
+            g.narrow(0, at, n)?,
+        );
+        let p = q.matmul(&k.transpose(-1, -2)?)?.mul_scalar(scale)?.softmax(-1)?;
+        let gv = p.transpose(-1, -2)?.matmul(&g)?;
+        let gp = g.matmul(&v.transpose(-1, -2)?)?;
+        let gs = p.mul(&gp.sub(&gp.mul(&p)?.sum(-1, true)?)?)?;
+        gqs.push(gs.matmul(&k)?.mul_scalar(scale)?);
+        gks.push(gs.transpose(-1, -2)?.matmul(&q)?.mul_scalar(scale)?);
+        gvs.push(gv);
+        at += n;
+    }
+    let cat = |ts: &[Tensor]| -> Result<Tensor> {
+        if ts.len() == 1 {
+            return Ok(ts[0].clone());
+        }
+        Tensor::cat(&ts.iter().collect::<Vec<_>>(), 0)
+    };
+    Ok((cat(&gqs)?, cat(&gks)?, cat(&gvs)?))
+}
+
+/// Gradient of `segment_mean`: each token receives its segment's gradient divided by the segment size.
+pub(super) fn segment_mean_backward(x_dims: &[usize], labels: &Tensor, n_seg: usize, g: &Tensor) -> Result<Tensor> {
+    let r = x_dims.len();
+    let (n, c) = (x_dims[r - 2], x_dims[r - 1]);
+    let batch: usize = x_dims[..r - 2].iter().product();
+    let lab = labels.i64_data("segment_mean")?;
+    let gd = g.f32_data("segment_mean")?;
+    let mut out = vec![0.0f32; batch * n * c];
+    out.par_chunks_mut((n * c).max(1)).enumerate().for_each(|(bi, ob)| {
+        let mut counts = vec![0usize; n_seg];
+        for t in 0..n {
+            counts[lab[bi * n + t] as usize] += 1;
+        }
+        for t in 0..n {
+            let s = lab[bi * n + t] as usize;
+            let src = &gd[(bi * n_seg + s) * c..(bi * n_seg + s + 1) * c];
+            for (o, &v) in ob[t * c..(t + 1) * c].iter_mut().zip(src) {
+                *o = v / counts[s] as f32;
+            }
+        }
+    });
+    Tensor::from_vec(out, x_dims)
+}
+
+/// Gradient of `index_select(dim, ids)`: `g`'s slices added into zeros of shape `x_dims` at `ids`.
+pub(super) fn index_add(x_dims: &[usize], dim: usize, ids: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let (outer, size, inner) = split_at_dim(x_dims, dim);
+    let idv = ids.i64_data("index_select")?;
+    let gd = g.f32_data("index_select")?;
+    let mut out = vec![0.0f32; outer * size * inner];
+    for o in 0..outer {
+        for (j, &id) in idv.iter().enumerate() {
+            let id = usize::try_from(id).map_err(|_| Error::index("index_select backward", "negative id"))?;
+            let src = &gd[(o * idv.len() + j) * inner..(o * idv.len() + j + 1) * inner];
+            let dst = &mut out[(o * size + id) * inner..(o * size + id + 1) * inner];
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d += v;
+            }
+        }
+    }
+    Tensor::from_vec(out, x_dims)
+}

@@ -1,0 +1,276 @@
+//! Reverse-mode automatic differentiation.
+//!
+//! A tensor made with [`Tensor::requires_grad`] is a *leaf*. Every op whose inputs include a tracked
+//! tensor (a leaf or the result of such an op) attaches a [`Node`] to its output that records the op
+//! and its inputs — the tape is the graph of nodes reachable from a result. [`Tensor::backward`] walks
+//! it from a scalar in reverse topological order and applies each op's backward rule (all rules live
+//! in `rules.rs`). Ops on untracked tensors record nothing: inference pays one `Option` check per op.
+//!
+//! Ops without a backward rule do not silently cut the graph: their output carries an
+//! [`Op::Unsupported`] node, and `backward` fails with the op's name if a gradient reaches it.
+
+mod kernels;
+mod rules;
+
+use crate::error::{Error, Result};
+use crate::ops::elementwise::{Binary, Unary};
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What produced a tracked tensor, with the inputs its backward rule needs.
+pub(crate) enum Op {
+    /// A tensor created by `requires_grad`.
+    Leaf,
+    /// Any view or copy that keeps the elements in row-major order (reshape, (un)squeeze, unflatten).
+    Reshape(Tensor),
+    Permute(Tensor, Vec<usize>),
+    /// `narrow(dim, start, _)`.
+    Narrow(Tensor, usize, usize),
+    Broadcast(Tensor),
+    /// A copy of the same shape, possibly to another float dtype (`contiguous`, `to_dtype`).
+    Copy(Tensor),
+    Cat(Vec<Tensor>, usize),
+    /// Input and (detached) output.
+    Unary(Tensor, Tensor, Unary),
+    Binary(Tensor, Tensor, Binary),
+    /// `x · mul + add`.
+    Affine(Tensor, f32),
+    DivScalar(Tensor, f32),
+    Powf(Tensor, f32),
+    Clamp(Tensor, f32, f32),
+    Matmul(Tensor, Tensor),
+    Linear(Tensor, Tensor, Option<Tensor>),
+    LayerNorm(Tensor, Option<Tensor>, Option<Tensor>, f32),
+    RmsNorm(Tensor, Tensor, f32),
+    Rope(Tensor, Tensor, Tensor),
+    /// q, k, v and the softmax scale.
+    Sdpa(Tensor, Tensor, Tensor, f32),
+    /// x, labels, number of segments.
+    SegmentMean(Tensor, Tensor, usize),
+    IndexSelect(Tensor, usize, Tensor),
+    Gather(Tensor, usize, Tensor),
+    Sum(Tensor, usize, bool),
+    /// Input, (detached) output and dim.
+    Softmax(Tensor, Tensor, usize),
+    LogSoftmax(Tensor, Tensor, usize),
+    /// An op without a backward rule, and its inputs.
+    Unsupported(&'static str, Vec<Tensor>),
+}
+
+impl Op {
+    /// The inputs a gradient flows to, in the order `rules::backward` returns their gradients.
+    fn inputs(&self) -> Vec<&Tensor> {
+        match self {
+            Op::Leaf => vec![],
+            Op::Reshape(x)
+            | Op::Permute(x, _)
+            | Op::Narrow(x, ..)
+            | Op::Broadcast(x)
+            | Op::Copy(x)
+            | Op::Unary(x, ..)
+            | Op::Affine(x, _)
+            | Op::DivScalar(x, _)
+            | Op::Powf(x, _)
+            | Op::Clamp(x, ..)
+            | Op::SegmentMean(x, ..)
+            | Op::IndexSelect(x, ..)
+            | Op::Gather(x, ..)
+            | Op::Sum(x, ..)
+            | Op::Softmax(x, ..)
+            | Op::LogSoftmax(x, ..) => vec![x],
+            Op::Cat(xs, _) | Op::Unsupported(_, xs) => xs.iter().collect(),
+            Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
+            Op::Linear(x, w, b) => [Some(x), Some(w), b.as_ref()].into_iter().flatten().collect(),
+            Op::LayerNorm(x, w, b, _) => [Some(x), w.as_ref(), b.as_ref()].into_iter().flatten().collect(),
+            Op::RmsNorm(x, s, _) => vec![x, s],
+            Op::Rope(x, c, s) => vec![x, c, s],
+            Op::Sdpa(q, k, v, _) => vec![q, k, v],
+        }
+    }
+}
+
+/// A node of the autograd graph: an op and its inputs, attached to the op's output.
+pub(crate) struct Node {
+    id: u64,
+    op: Op,
+}
+
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Tensor {
+    /// A leaf of the autograd graph with this tensor's values: ops on it are recorded and
+    /// `backward` computes its gradient. Each call makes a new leaf.
+    pub fn requires_grad(&self) -> Tensor {
+        self.detach().with_node(Node {
+            id: next_id(),
+            op: Op::Leaf,
+        })
+    }
+
+    /// The same values, cut from the autograd graph.
+    pub fn detach(&self) -> Tensor {
+        let mut t = self.clone();
+        t.node = None;
+        t
+    }
+
+    /// Whether the tensor is part of an autograd graph (a leaf or computed from one).
+    pub fn is_tracked(&self) -> bool {
+        self.node.is_some()
+    }
+
+    fn with_node(mut self, node: Node) -> Tensor {
+        self.node = Some(Arc::new(node));
+        self
+    }
+
+    /// Attaches the op to `self` (an op's fresh output) when any of `inputs` is tracked; `op` is only
+    /// built then.
+    pub(crate) fn record(self, inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Tensor {
+        if !inputs.iter().any(|t| t.is_tracked()) {
+            return self;
+        }
+        let op = op();
+        self.with_node(Node { id: next_id(), op })
+    }
+
+    /// Like `record` for ops whose rule uses their output (`self`, stored detached).
+    pub(crate) fn record_with_output(self, inputs: &[&Tensor], op: impl FnOnce(Tensor) -> Op) -> Tensor {
+        if !inputs.iter().any(|t| t.is_tracked()) {
+            return self;
+        }
+        let op = op(self.detach());
+        self.with_node(Node { id: next_id(), op })
+    }
+
+    /// Marks the output of an op that has no backward rule (see the module docs).
+    pub(crate) fn record_unsupported(self, name: &'static str, inputs: &[&Tensor]) -> Tensor {
+        self.record(inputs, || {
+            Op::Unsupported(name, inputs.iter().map(|t| (*t).clone()).collect())
+        })
+    }
+
+    /// Gradients of this scalar (a one-element tensor) with respect to every leaf it depends on.
+    pub fn backward(&self) -> Result<Gradients> {
+        if self.numel() != 1 {
+            return Err(Error::shape(
+                "backward",
+                format!("the output must be a scalar (one element), got shape {:?}", self.dims()),
+            ));
+        }
+        let seed = Tensor::ones(self.dims(), crate::DType::F32, self.device())?;
+        self.backward_with(seed)
+    }
+
+    /// Gradients with respect to every leaf, given the gradient `grad` of this tensor (same shape).
+    pub fn backward_with(&self, grad: Tensor) -> Result<Gradients> {
+        let Some(root) = &self.node else {
+            return Err(Error::arg(
+                "backward",
+                "the tensor is not tracked: no input was made with requires_grad",
+            ));
+        };
+        if grad.dims() != self.dims() {
+            return Err(Error::shape(
+                "backward",
+                format!(
+                    "gradient shape {:?} for a tensor of shape {:?}",
+                    grad.dims(),
+                    self.dims()
+                ),
+            ));
+        }
+        let order = topological_order(root);
+        let mut pending: HashMap<u64, Tensor> = HashMap::new();
+        pending.insert(root.id, grad.detach());
+        let mut leaves = HashMap::new();
+        for node in order.iter().rev() {
+            let Some(g) = pending.remove(&node.id) else {
+                continue; // no gradient reaches this node
+            };
+            if let Op::Leaf = node.op {
+                leaves.insert(node.id, g);
+                continue;
+            }
+            let inputs = node.op.inputs();
+            let grads = rules::backward(node, &g)?;
+            debug_assert_eq!(grads.len(), inputs.len());
+            for (x, gx) in inputs.into_iter().zip(grads) {
+                let (Some(xn), Some(gx)) = (&x.node, gx) else { continue };
+                let gx = if gx.dims() != x.dims() {
+                    return Err(Error::shape(
+                        "backward",
+                        format!(
+                            "internal: gradient {:?} for input {:?} of {}",
+                            gx.dims(),
+                            x.dims(),
+                            rules::name(&node.op)
+                        ),
+                    ));
+                } else {
+                    gx
+                };
+                let acc = match pending.remove(&xn.id) {
+                    Some(prev) => prev.add(&gx)?,
+                    None => gx,
+                };
+                pending.insert(xn.id, acc);
+            }
+        }
+        Ok(Gradients { by_leaf: leaves })
+    }
+}
+
+/// Nodes reachable from `root`, each after all nodes it depends on (iterative DFS: graphs of deep
+/// models are thousands of nodes long).
+fn topological_order(root: &Arc<Node>) -> Vec<Arc<Node>> {
+    let mut order = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    // (node, inputs expanded?)
+    let mut stack: Vec<(Arc<Node>, bool)> = vec![(root.clone(), false)];
+    while let Some((node, expanded)) = stack.pop() {
+        if expanded {
+            order.push(node);
+            continue;
+        }
+        if !seen.insert(node.id) {
+            continue;
+        }
+        stack.push((node.clone(), true));
+        for x in node.op.inputs() {
+            if let Some(n) = &x.node
+                && !seen.contains(&n.id)
+            {
+                stack.push((n.clone(), false));
+            }
+        }
+    }
+    order
+}
+
+/// The gradients computed by `backward`, looked up by leaf.
+pub struct Gradients {
+    by_leaf: HashMap<u64, Tensor>,
+}
+
+impl Gradients {
+    /// The gradient of `leaf` (a tensor made with `requires_grad`), or `None` if the output does not
+    /// depend on it.
+    pub fn get(&self, leaf: &Tensor) -> Option<&Tensor> {
+        leaf.node.as_ref().and_then(|n| self.by_leaf.get(&n.id))
+    }
+
+    /// Number of leaves that received a gradient.
+    pub fn len(&self) -> usize {
+        self.by_leaf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_leaf.is_empty()
+    }
+}

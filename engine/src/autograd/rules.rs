@@ -1,0 +1,212 @@
+//! The backward rule of every differentiable op, in one place. Each rule maps the gradient of an op's
+//! output to the gradients of its inputs (in `Op::inputs` order; `None` for an input that takes no
+//! gradient). Rules compute on detached tensors, so backward passes record nothing.
+
+use super::kernels;
+use super::{Node, Op};
+use crate::DType;
+use crate::error::{Error, Result};
+use crate::ops::elementwise::Binary;
+use crate::tensor::Tensor;
+
+pub(super) fn name(op: &Op) -> &'static str {
+    match op {
+        Op::Leaf => "leaf",
+        Op::Reshape(..) => "reshape",
+        Op::Permute(..) => "permute",
+        Op::Narrow(..) => "narrow",
+        Op::Broadcast(..) => "broadcast_as",
+        Op::Copy(..) => "copy",
+        Op::Cat(..) => "cat",
+        Op::Unary(_, _, u) => u.name(),
+        Op::Binary(_, _, b) => b.name(),
+        Op::Affine(..) => "affine",
+        Op::DivScalar(..) => "div_scalar",
+        Op::Powf(..) => "powf",
+        Op::Clamp(..) => "clamp",
+        Op::Matmul(..) => "matmul",
+        Op::Linear(..) => "linear",
+        Op::LayerNorm(..) => "layer_norm",
+        Op::RmsNorm(..) => "rms_norm",
+        Op::Rope(..) => "rope",
+        Op::Sdpa(..) => "sdpa",
+        Op::SegmentMean(..) => "segment_mean",
+        Op::IndexSelect(..) => "index_select",
+        Op::Gather(..) => "gather",
+        Op::Sum(..) => "sum",
+        Op::Softmax(..) => "softmax",
+        Op::LogSoftmax(..) => "log_softmax",
+        Op::Unsupported(n, _) => n,
+    }
+}
+
+/// Sums `g` over the dimensions along which a tensor of shape `dims` was broadcast to `g`'s shape.
+pub(crate) fn sum_to(g: &Tensor, dims: &[usize]) -> Result<Tensor> {
+    if g.dims() == dims {
+        return Ok(g.clone());
+    }
+    let lead = g.rank() - dims.len();
+    let mut t = g.clone();
+    for _ in 0..lead {
+        t = t.sum(0, false)?;
+    }
+    for (d, &n) in dims.iter().enumerate() {
+        if n == 1 && t.dims()[d] != 1 {
+            t = t.sum(d as isize, true)?;
+        }
+    }
+    t.reshape(dims)
+}
+
+fn zeros_like(x: &Tensor) -> Result<Tensor> {
+    Tensor::zeros(x.dims(), DType::F32, x.device())
+}
+
+/// The gradient in the dtype of the input it belongs to.
+fn as_input_dtype(g: Tensor, x: &Tensor) -> Result<Tensor> {
+    if x.dtype().is_float() {
+        g.to_dtype(x.dtype())
+    } else {
+        Ok(g)
+    }
+}
+
+pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    let g = &g.detach();
+    let one = |t: Tensor| Ok(vec![Some(t)]);
+    match &node.op {
+        Op::Leaf => Ok(vec![]),
+        Op::Reshape(x) => one(g.reshape(x.dims())?),
+        Op::Permute(_, perm) => {
+            let mut inv = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inv[p] = i;
+            }
+            one(g.permute(&inv)?)
+        }
+        Op::Narrow(x, dim, start) => {
+            let (d, s) = (*dim, *start);
+            let len = g.dims()[d];
+            let mut parts = Vec::new();
+            let mut pad = |n: usize| -> Result<()> {
+                if n > 0 {
+                    let mut dims = x.dims().to_vec();
+                    dims[d] = n;
+                    parts.push(Tensor::zeros(&dims, DType::F32, x.device())?);
+                }
+                Ok(())
+            };
+            pad(s)?;
+            let after = x.dims()[d] - s - len;
+            let g32 = g.to_dtype(DType::F32)?;
+            parts.push(g32);
+            let mut dims = x.dims().to_vec();
+            dims[d] = after;
+            if after > 0 {
+                parts.push(Tensor::zeros(&dims, DType::F32, x.device())?);
+            }
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            one(Tensor::cat(&refs, d as isize)?)
+        }
+        Op::Broadcast(x) => one(sum_to(g, x.dims())?),
+        Op::Copy(x) => one(as_input_dtype(g.clone(), x)?),
+        Op::Cat(xs, dim) => {
+            let mut at = 0;
+            let mut out = Vec::with_capacity(xs.len());
+            for x in xs {
+                let n = x.dims()[*dim];
+                out.push(Some(g.narrow(*dim as isize, at, n)?.contiguous()?));
+                at += n;
+            }
+            Ok(out)
+        }
+        Op::Unary(x, y, u) => one(kernels::unary_backward(*u, &x.detach(), y, g)?),
+        Op::Binary(a, b, op) => {
+            let (a, b) = (a.detach(), b.detach());
+            let (ga, gb) = match op {
+                Binary::Add => (g.clone(), g.clone()),
+                Binary::Sub => (g.clone(), g.neg()?),
+                Binary::Mul => (g.mul(&b)?, g.mul(&a)?),
+                Binary::Div => (g.div(&b)?, g.mul(&a)?.div(&b.sqr()?)?.neg()?),
+                Binary::Maximum | Binary::Minimum => {
+                    let (wa, wb) = kernels::extremum_weights(&a, &b, *op == Binary::Maximum)?;
+                    (g.mul(&wa)?, g.mul(&wb)?)
+                }
+            };
+            Ok(vec![Some(sum_to(&ga, a.dims())?), Some(sum_to(&gb, b.dims())?)])
+        }
+        Op::Affine(_, mul) => one(g.mul_scalar(*mul)?),
+        Op::DivScalar(_, v) => one(g.div_scalar(*v)?),
+        Op::Powf(x, e) => one(g.mul(&x.detach().powf(e - 1.0)?.mul_scalar(*e)?)?),
+        Op::Clamp(x, lo, hi) => one(kernels::clamp_backward(&x.detach(), g, *lo, *hi)?),
+        Op::Matmul(a, b) => {
+            let (a, b) = (a.detach(), b.detach());
+            let ga = g.matmul(&b.transpose(-1, -2)?)?;
+            let gb = a.transpose(-1, -2)?.matmul(g)?;
+            Ok(vec![Some(sum_to(&ga, a.dims())?), Some(sum_to(&gb, b.dims())?)])
+        }
+        Op::Linear(x, w, b) => {
+            let (x, w) = (x.detach(), w.detach());
+            let (out_f, in_f) = (w.dims()[0], w.dims()[1]);
+            let rows = x.numel() / in_f.max(1);
+            let g2 = g.reshape(&[rows, out_f])?;
+            let gx = g2.matmul(&w)?.reshape(x.dims())?;
+            let gw = g2.transpose(0, 1)?.matmul(&x.reshape(&[rows, in_f])?)?;
+            let mut out = vec![Some(gx), Some(gw)];
+            if b.is_some() {
+                out.push(Some(g2.sum(0, false)?));
+            }
+            Ok(out)
+        }
+        Op::LayerNorm(x, w, b, eps) => {
+            let (gx, gw, gb) = kernels::layer_norm_backward(&x.detach(), w.as_ref(), g, *eps)?;
+            let mut out = vec![Some(gx)];
+            if w.is_some() {
+                out.push(Some(gw));
+            }
+            if b.is_some() {
+                out.push(Some(gb));
+            }
+            Ok(out)
+        }
+        Op::RmsNorm(x, s, eps) => {
+            let (gx, gs) = kernels::rms_norm_backward(&x.detach(), &s.detach(), g, *eps)?;
+            Ok(vec![Some(gx), Some(gs)])
+        }
+        Op::Rope(x, cos, sin) => {
+            if cos.is_tracked() || sin.is_tracked() {
+                return Err(Error::arg(
+                    "backward",
+                    "rope: gradients for the cos/sin tables are not supported (they are constants)",
+                ));
+            }
+            // A rotation's adjoint is the rotation by the opposite angle.
+            let gx = g.rope(&cos.detach(), &sin.detach().neg()?)?;
+            Ok(vec![Some(as_input_dtype(gx, x)?), None, None])
+        }
+        Op::Sdpa(q, k, v, scale) => {
+            let (gq, gk, gv) = kernels::sdpa_backward(&q.detach(), &k.detach(), &v.detach(), g, *scale)?;
+            Ok(vec![Some(gq), Some(gk), Some(gv)])
+        }
+        Op::SegmentMean(x, labels, n) => one(kernels::segment_mean_backward(x.dims(), labels, *n, g)?),
+        Op::IndexSelect(x, dim, ids) => one(kernels::index_add(x.dims(), *dim, ids, g)?),
+        Op::Gather(x, dim, index) => one(zeros_like(x)?.scatter_add(*dim as isize, index, g)?),
+        Op::Sum(x, dim, keepdim) => {
+            let g = if *keepdim { g.clone() } else { g.unsqueeze(*dim)? };
+            one(g.broadcast_as(x.dims())?.contiguous()?)
+        }
+        Op::Softmax(_, y, dim) => {
+            // dx = y · (g − Σ g·y)
+            let gy = g.mul(y)?;
+            one(gy.sub(&y.mul(&gy.sum(*dim as isize, true)?)?)?)
+        }
+        Op::LogSoftmax(_, y, dim) => {
+            // dx = g − softmax · Σ g
+            one(g.sub(&y.exp()?.mul(&g.sum(*dim as isize, true)?)?)?)
+        }
+        Op::Unsupported(name, _) => Err(Error::arg(
+            "backward",
+            format!("the op `{name}` has no backward rule; detach its inputs or add a rule in autograd/rules.rs"),
+        )),
+    }
+}
