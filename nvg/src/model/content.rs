@@ -97,6 +97,21 @@ impl ContentTransformer {
         labels: &Tensor,
         classes: &[usize],
         stage: usize,
+        trace: Option<&mut Trace>,
+    ) -> Result<ContentOutput> {
+        self.forward_with_drop(canvas, labels, classes, stage, &[], trace)
+    }
+
+    /// `forward` with DropPath: `keep[i]` (if present) is block i's `[R]` keep mask (see
+    /// `SelfAttnBlock::forward_with_drop`). Training only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_drop(
+        &self,
+        canvas: &Tensor,
+        labels: &Tensor,
+        classes: &[usize],
+        stage: usize,
+        keep: &[Tensor],
         mut trace: Option<&mut Trace>,
     ) -> Result<ContentOutput> {
         let inputs = self.embed(canvas, labels, classes, stage)?;
@@ -107,7 +122,7 @@ impl ContentTransformer {
         let vec_silu = inputs.vec.silu()?;
         let mut x = inputs.tokens;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, &vec_silu, &inputs.cos, &inputs.sin)?;
+            x = block.forward_with_drop(&x, &vec_silu, &inputs.cos, &inputs.sin, keep.get(i))?;
             if i == 0
                 && let Some(t) = trace.as_deref_mut()
             {

@@ -73,6 +73,19 @@ impl SelfAttnBlock {
 
     /// `x` `[R, N, w]`, `vec_silu` = SiLU(vec) `[R, w]`, RoPE tables `[R, N, 32]`.
     pub fn forward(&self, x: &Tensor, vec_silu: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        self.forward_with_drop(x, vec_silu, cos, sin, None)
+    }
+
+    /// `forward` with DropPath on the residual branch: `keep` `[R]` holds 0 for rows whose branch is
+    /// dropped and 1/keep_probability for the others (training only).
+    pub fn forward_with_drop(
+        &self,
+        x: &Tensor,
+        vec_silu: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        keep: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (w, h) = (self.width, self.heads);
         let m = chunks(&self.modulation.forward(vec_silu)?, 3)?;
         let (shift, scale, gate) = (&m[0], &m[1], &m[2]);
@@ -94,7 +107,12 @@ impl SelfAttnBlock {
         let attn = attn.transpose(1, 2)?.reshape(&[r, n, w])?;
         let mlp = hidden.narrow(2, 3 * w, mlp_width)?.gelu_tanh()?;
         let out = self.linear2.forward(&Tensor::cat(&[&attn, &mlp], 2)?)?;
-        Ok(x.add(&gate.unsqueeze(1)?.mul(&out)?)?)
+        let branch = gate.unsqueeze(1)?.mul(&out)?;
+        let branch = match keep {
+            Some(k) => branch.mul(&k.reshape(&[r, 1, 1])?)?,
+            None => branch,
+        };
+        Ok(x.add(&branch)?)
     }
 }
 

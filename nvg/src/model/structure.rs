@@ -122,7 +122,19 @@ impl StructureTransformer {
     }
 
     /// Predicted velocity `[R, T, bits]` of the flow state `z` at times `t` (one per row).
-    pub fn step(&self, fc: &FlowContext, z: &Tensor, t: &[f32], mut trace: Option<&mut Trace>) -> Result<Tensor> {
+    pub fn step(&self, fc: &FlowContext, z: &Tensor, t: &[f32], trace: Option<&mut Trace>) -> Result<Tensor> {
+        self.step_with_drop(fc, z, t, &[], trace)
+    }
+
+    /// `step` with DropPath: `keep[i]` (if present) is block i's `[R]` keep mask. Training only.
+    pub fn step_with_drop(
+        &self,
+        fc: &FlowContext,
+        z: &Tensor,
+        t: &[f32],
+        keep: &[Tensor],
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
         let inputs = self.embed(fc, z, t)?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.record("tokens_in", &inputs.tokens);
@@ -131,7 +143,7 @@ impl StructureTransformer {
         let vec_silu = inputs.vec.silu()?;
         let mut x = inputs.tokens;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, &vec_silu, &inputs.cos, &inputs.sin)?;
+            x = block.forward_with_drop(&x, &vec_silu, &inputs.cos, &inputs.sin, keep.get(i))?;
             if i == 0
                 && let Some(tr) = trace.as_deref_mut()
             {

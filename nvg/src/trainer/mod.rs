@@ -2,3 +2,5 @@
 //! losses, and the training loop.
 
 pub mod loader;
+pub mod objective;
+pub mod params;
