@@ -20,7 +20,7 @@ use nvg_testkit::{Fixtures, assert_close};
 use std::collections::BTreeMap;
 
 fn fixture_params(fx: &Fixtures) -> BTreeMap<String, Tensor> {
-    let file = SafetensorsFile::open(&fx.path("generator.safetensors")).unwrap();
+    let file = SafetensorsFile::open(fx.path("generator.safetensors")).unwrap();
     let names: Vec<String> = file.names().map(str::to_string).collect();
     names
         .into_iter()
