@@ -4,3 +4,4 @@
 pub mod loader;
 pub mod objective;
 pub mod params;
+pub mod init;
