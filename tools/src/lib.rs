@@ -7,3 +7,4 @@ pub mod inspect;
 pub mod progress;
 pub mod reconstruct;
 pub mod tokenize;
+pub mod train;

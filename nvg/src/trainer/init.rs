@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 
 /// The official content input scales of the 9-stage (16×16) models (stage 0..8) and the x0 output
 /// divisor (entry 9), exactly as stored in the official buffer.
-pub const OFFICIAL_SCALE_FACTORS: [f32; 10] =
-    [1.0, 4.1993, 3.4706, 3.0520, 2.7430, 2.4842, 2.2407, 2.0088, 1.7954, 1.6080];
+pub const OFFICIAL_SCALE_FACTORS: [f32; 10] = [
+    1.0, 4.1993, 3.4706, 3.0520, 2.7430, 2.4842, 2.2407, 2.0088, 1.7954, 1.6080,
+];
 
 /// Stage scales for a grid with `stages` stages: the official values for 9 stages; otherwise 1 (no
 /// scaling; the official values were fitted to the official tokenizer's canvases).
@@ -43,8 +44,9 @@ pub fn initial_parameters(cfg: &GeneratorConfig, seed: u64) -> Result<BTreeMap<S
         let n: usize = dims.iter().product();
         let rng = RngStream::new(
             seed,
-            name.bytes()
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)),
+            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+            }),
         );
         let draw = |dist: Distribution, scale: f32| -> Result<Tensor> {
             let mut v = vec![0.0f32; n];

@@ -1,7 +1,8 @@
 //! NVG training: the data loader over pre-tokenized datasets, the teacher-forced training forward and
 //! losses, and the training loop.
 
+pub mod init;
 pub mod loader;
 pub mod objective;
 pub mod params;
-pub mod init;
+pub mod session;

@@ -50,12 +50,22 @@ pub struct TrainSettings {
     pub checkpoint_every: u64,
     pub log_every: u64,
     pub prefetch: usize,
+    /// Stop (with a checkpoint) after this many steps of this invocation, e.g. to fit a job's time
+    /// slot; `--resume` continues the same run.
+    pub stop_after: Option<u64>,
 }
 
 impl TrainSettings {
     /// The learning-rate schedule (official shape: warmup from 0.005·lr, hold, linear decay).
     pub fn schedule(&self) -> LrSchedule {
-        LrSchedule::new(self.lr, 0.005 * self.lr, self.warmup, self.hold_end, self.steps, self.final_lr)
+        LrSchedule::new(
+            self.lr,
+            0.005 * self.lr,
+            self.warmup,
+            self.hold_end,
+            self.steps,
+            self.final_lr,
+        )
     }
 
     fn describe(&self) -> serde_json::Value {
@@ -146,7 +156,10 @@ impl TrainState {
             tensors.push((format!("{EMA_PREFIX}{n}"), t.clone()));
         }
         for (n, t) in self.optimizer.state_tensors() {
-            tensors.push((format!("{OPTIMIZER_PREFIX}{}", n.strip_prefix("adamw.").unwrap_or(&n)), t));
+            tensors.push((
+                format!("{OPTIMIZER_PREFIX}{}", n.strip_prefix("adamw.").unwrap_or(&n)),
+                t,
+            ));
         }
         let meta = serde_json::json!({
             "step": self.step,
@@ -156,7 +169,10 @@ impl TrainState {
         });
         let metadata = HashMap::from([
             ("nvg.kind".to_string(), "generator".to_string()),
-            ("nvg.weights".to_string(), "training checkpoint (raw and EMA)".to_string()),
+            (
+                "nvg.weights".to_string(),
+                "training checkpoint (raw and EMA)".to_string(),
+            ),
             ("nvg.train".to_string(), meta.to_string()),
         ]);
         safetensors::save(path, tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
@@ -169,7 +185,8 @@ impl TrainState {
         let file = SafetensorsFile::open(path).with_context(|| format!("checkpoint {}", path.display()))?;
         let meta = file
             .metadata()
-            .and_then(|m| m.get("nvg.train").cloned())
+            .get("nvg.train")
+            .cloned()
             .with_context(|| format!("{}: not a training checkpoint (no nvg.train metadata)", path.display()))?;
         let meta: serde_json::Value = serde_json::from_str(&meta)?;
         let (mut params, mut ema, mut opt) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
@@ -214,7 +231,10 @@ pub fn train(
     checkpoint: &Path,
     mut on_step: impl FnMut(&StepLog),
 ) -> Result<()> {
-    ensure!(settings.batch > 0 && settings.accum > 0, "--batch and --accum must be at least 1");
+    ensure!(
+        settings.batch > 0 && settings.accum > 0,
+        "--batch and --accum must be at least 1"
+    );
     ensure!(
         dataset.header.grid()? == state.config.grid,
         "the dataset's grid does not match the model's"
@@ -237,7 +257,11 @@ pub fn train(
     let schedule = settings.schedule();
     let weights = LossWeights::uniform(&state.config.grid);
     let tokens = tokens_per_image(&state.config);
-    while state.step < settings.steps {
+    let last = match settings.stop_after {
+        Some(n) => (state.step + n).min(settings.steps),
+        None => settings.steps,
+    };
+    while state.step < last {
         let t0 = Instant::now();
         let mut grads: Option<BTreeMap<String, Tensor>> = None;
         let mut terms = Vec::with_capacity(settings.accum);
@@ -296,7 +320,7 @@ pub fn train(
             images_per_second: images / seconds,
             tokens_per_second: images * tokens as f64 / seconds,
         });
-        if state.step % settings.checkpoint_every.max(1) == 0 || state.step == settings.steps {
+        if state.step % settings.checkpoint_every.max(1) == 0 || state.step == last {
             state.save(checkpoint, settings)?;
         }
     }

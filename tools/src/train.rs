@@ -1,0 +1,194 @@
+//! `nvg train`: an NVG generator from a pre-tokenized dataset, with logs, atomic checkpoints and exact
+//! resume (see `nvg::trainer::session`).
+
+use anyhow::{Context, Result, bail, ensure};
+use nvg::config::GeneratorConfig;
+use nvg::dataset::Dataset;
+use nvg::tokenizer::Tokenizer;
+use nvg::trainer::session::{StepLog, TrainSettings, TrainState, checkpoint_path, train};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Options of `nvg train` (see the command's help).
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub tokenizer: PathBuf,
+    /// `d16`, `d20`, `d24` or `depth=N`.
+    pub config: String,
+    pub batch: usize,
+    pub accum: usize,
+    pub lr: Option<f32>,
+    pub warmup: Option<u64>,
+    pub steps: Option<u64>,
+    pub epochs: Option<u64>,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub init: Option<PathBuf>,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    pub no_drop_path: bool,
+    pub ema_decay: f64,
+    pub stop_after: Option<u64>,
+}
+
+/// Parses `--config`.
+pub fn parse_depth(s: &str) -> Result<usize> {
+    match s {
+        "d16" => Ok(16),
+        "d20" => Ok(20),
+        "d24" => Ok(24),
+        _ => match s.strip_prefix("depth=") {
+            Some(d) => d.parse().with_context(|| format!("--config {s}: `{d}` is not a depth")),
+            None => bail!("--config {s}: expected d16, d20, d24 or depth=N"),
+        },
+    }
+}
+
+fn fmt_stages(v: &[f32]) -> String {
+    v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" ")
+}
+
+pub fn run(o: &TrainOptions) -> Result<()> {
+    let dataset = Arc::new(Dataset::open(&o.data, None)?);
+    let grid = dataset.header.grid()?;
+    let tok =
+        Tokenizer::load(&o.tokenizer, grid.side()).with_context(|| format!("tokenizer {}", o.tokenizer.display()))?;
+    ensure!(
+        tok.hash == dataset.header.tokenizer_hash,
+        "{} was tokenized with another tokenizer than {} (tokenizer fingerprints differ)",
+        o.data.display(),
+        o.tokenizer.display()
+    );
+    let mut config = GeneratorConfig::from_depth(parse_depth(&o.config)?)?;
+    config.grid = grid;
+    config.vocab_size = dataset.header.codebook_size;
+    config.latent_channels = tok.quantizer.channels();
+    config.num_classes = dataset.header.num_classes;
+
+    ensure!(o.batch > 0 && o.accum > 0, "--batch and --accum must be at least 1");
+    let per_epoch = (dataset.len() / o.batch / o.accum) as u64;
+    ensure!(
+        per_epoch > 0,
+        "{} has {} records: fewer than one step of --batch {} × --accum {}",
+        o.data.display(),
+        dataset.len(),
+        o.batch,
+        o.accum
+    );
+    let steps = match (o.steps, o.epochs) {
+        (Some(s), None) => s,
+        (None, Some(e)) => e * per_epoch,
+        _ => bail!("give exactly one of --steps and --epochs"),
+    };
+    ensure!(steps > 0, "--steps must be at least 1");
+    // The official learning rate: 1e-4 per 256 images of an optimiser step.
+    let lr = o.lr.unwrap_or(1e-4 * (o.batch * o.accum) as f32 / 256.0);
+    let warmup = o.warmup.unwrap_or(1000.min(steps / 10));
+    let settings = TrainSettings {
+        batch: o.batch,
+        accum: o.accum,
+        steps,
+        lr,
+        warmup,
+        hold_end: warmup + (0.8 * steps as f64) as u64,
+        final_lr: 0.1 * lr,
+        clip: 1.0,
+        ema_decay: o.ema_decay,
+        drop_path: !o.no_drop_path,
+        seed: o.seed,
+        checkpoint_every: o.checkpoint_every,
+        log_every: o.log_every,
+        prefetch: 2,
+        stop_after: o.stop_after,
+    };
+
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let ckpt = checkpoint_path(&o.out);
+    let mut state = if o.resume && ckpt.exists() {
+        let s = TrainState::load(&ckpt, o.ema_decay)?;
+        ensure!(
+            s.config.depth == config.depth && s.config.grid == config.grid,
+            "{}: a depth-{} checkpoint, but --config asks for depth {}",
+            ckpt.display(),
+            s.config.depth,
+            config.depth
+        );
+        eprintln!("resuming from {} at step {}", ckpt.display(), s.step);
+        s
+    } else {
+        if ckpt.exists() {
+            bail!(
+                "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
+                o.out.display()
+            );
+        }
+        TrainState::new(&config, o.init.as_deref(), o.seed, o.ema_decay)?
+    };
+    eprintln!(
+        "training depth {} ({:.2} M parameters) on {} records of {} classes: {} steps of {}×{} images, lr {:.2e} (warmup {}, decay after {} to {:.2e}), DropPath {}",
+        config.depth,
+        config.parameter_count() as f64 / 1e6,
+        dataset.len(),
+        config.num_classes,
+        steps,
+        o.batch,
+        o.accum,
+        lr,
+        warmup,
+        settings.hold_end,
+        settings.final_lr,
+        if settings.drop_path { "on" } else { "off" }
+    );
+    let log_path = o.out.join("log.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| log_path.display().to_string())?;
+    let mut io_error = None;
+    train(
+        &mut state,
+        dataset,
+        Arc::new(tok.quantizer),
+        &settings,
+        &ckpt,
+        |s: &StepLog| {
+            let line = serde_json::json!({
+                "step": s.step, "lr": s.lr, "loss": s.terms.total, "grad_norm": s.grad_norm,
+                "final_mse": s.terms.final_mse, "ce": s.terms.ce, "accuracy": s.terms.accuracy,
+                "structure_mse": s.terms.structure_mse, "seconds": s.seconds,
+                "images_per_second": s.images_per_second, "tokens_per_second": s.tokens_per_second,
+            });
+            if let Err(e) = writeln!(log, "{line}") {
+                io_error.get_or_insert(e);
+            }
+            if s.step % settings.log_every.max(1) == 0 || s.step == steps || s.step == 1 {
+                eprintln!(
+                    "step {}/{steps}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2} img/s  {:.0} tok/s\n  final {}\n  ce    {}\n  struct {}",
+                    s.step,
+                    s.terms.total,
+                    s.lr,
+                    s.grad_norm,
+                    s.images_per_second,
+                    s.tokens_per_second,
+                    fmt_stages(&s.terms.final_mse),
+                    fmt_stages(&s.terms.ce),
+                    fmt_stages(&s.terms.structure_mse)
+                );
+            }
+        },
+    )?;
+    if let Some(e) = io_error {
+        return Err(e).with_context(|| format!("writing {}", log_path.display()));
+    }
+    eprintln!(
+        "done: step {} checkpoint {} (load it with `nvg generate --generator {} [--ema]`)",
+        state.step,
+        ckpt.display(),
+        ckpt.display()
+    );
+    Ok(())
+}

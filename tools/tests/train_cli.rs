@@ -1,0 +1,234 @@
+//! `nvg train` end to end: an image folder made by the test is tokenized with the fixture tokenizer, a
+//! depth-2 generator trains on it (the loss falls), an interrupted run resumes to the same weights bit
+//! for bit, and the checkpoint samples through `nvg generate` (raw and EMA weights).
+
+use nvg::image::{RgbImage, write_png};
+use nvg_engine::io::safetensors::SafetensorsFile;
+use nvg_testkit::Fixtures;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn nvg(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nvg"))
+        .args(args)
+        .output()
+        .expect("run nvg");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nvg-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Two classes of four 256×256 images: colour gradients and discs.
+fn image_folder(dir: &Path) {
+    for (class, name) in ["discs", "gradients"].iter().enumerate() {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        for i in 0..4 {
+            let side = 256;
+            let mut data = Vec::with_capacity(side * side * 3);
+            for y in 0..side {
+                for x in 0..side {
+                    let px = if class == 0 {
+                        let (cx, cy, r) = (96 + 20 * i, 128, 50 + 10 * i);
+                        let inside = (x as i64 - cx as i64).pow(2) + (y as i64 - cy as i64).pow(2) < (r * r) as i64;
+                        if inside {
+                            [230, 40 + 40 * i as u8, 40]
+                        } else {
+                            [20, 20, 60]
+                        }
+                    } else {
+                        [(x * 255 / side) as u8, (y * 255 / side) as u8, (60 * i) as u8]
+                    };
+                    data.extend_from_slice(&px);
+                }
+            }
+            write_png(
+                &dir.join(name).join(format!("{i}.png")),
+                &RgbImage {
+                    width: side,
+                    height: side,
+                    data,
+                },
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn losses(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn train_from_a_tokenized_folder_resume_exactly_and_sample_the_checkpoint() {
+    let fx = Fixtures::open();
+    let dir = temp_dir("e2e");
+    let images = dir.join("images");
+    image_folder(&images);
+    let tokenizer = fx.path("tokenizer.safetensors");
+    let tok = tokenizer.to_str().unwrap();
+    let data = dir.join("data.nvgtok");
+    let (ok, log) = nvg(&[
+        "tokenize",
+        "--images",
+        images.to_str().unwrap(),
+        "--tokenizer",
+        tok,
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{log}");
+    let data = data.to_str().unwrap();
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            data,
+            "--tokenizer",
+            tok,
+            "--config",
+            "depth=2",
+            "--batch",
+            "4",
+            "--lr",
+            "2e-3",
+            "--warmup",
+            "2",
+            "--log-every",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        nvg(&args)
+    };
+
+    // The loss falls on a dataset the model can memorise.
+    let run = dir.join("run");
+    let (ok, log) = train(&run, &["--steps", "24", "--checkpoint-every", "8"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("step 24/24") && log.contains("img/s"), "{log}");
+    let l = losses(&run.join("log.jsonl"));
+    assert_eq!(l.len(), 24);
+    let first = l[..3].iter().sum::<f64>() / 3.0;
+    let last = l[21..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last < 0.8 * first,
+        "the loss should fall by over 20%: first steps {first:.4}, last steps {last:.4}"
+    );
+
+    // An interrupted run (stopped after 3 of 6 steps) resumes to the weights of an uninterrupted one.
+    let straight = dir.join("straight");
+    let (ok, log) = train(&straight, &["--steps", "6"]);
+    assert!(ok, "{log}");
+    let split = dir.join("split");
+    let (ok, log) = train(&split, &["--steps", "6", "--stop-after", "3"]);
+    assert!(ok, "{log}");
+    let (ok, log) = train(&split, &["--steps", "6"]);
+    assert!(
+        !ok && log.contains("--resume"),
+        "re-running without --resume must be refused: {log}"
+    );
+    let (ok, log) = train(&split, &["--steps", "6", "--resume"]);
+    assert!(ok && log.contains("resuming") && log.contains("at step 3"), "{log}");
+    let a = SafetensorsFile::open(straight.join("last.safetensors")).unwrap();
+    let b = SafetensorsFile::open(split.join("last.safetensors")).unwrap();
+    let names: Vec<&str> = a.names().collect();
+    assert!(names.iter().any(|n| n.starts_with("ema_model.")) && names.iter().any(|n| n.starts_with("adamw.")));
+    assert_eq!(names.len(), b.names().count());
+    for name in names {
+        let (x, y) = (a.get(name).unwrap(), b.get(name).unwrap());
+        assert_eq!(x.dims(), y.dims(), "{name}");
+        let same = if x.dtype().is_float() {
+            x.to_f32_vec().unwrap() == y.to_f32_vec().unwrap()
+        } else {
+            x.to_i64_vec().unwrap() == y.to_i64_vec().unwrap()
+        };
+        assert!(same, "{name} differs between the straight and the resumed run");
+    }
+    assert_eq!(losses(&straight.join("log.jsonl")), losses(&split.join("log.jsonl")));
+
+    // The checkpoint samples through `nvg generate`, with raw and with EMA weights.
+    let ckpt = run.join("last.safetensors");
+    for ema in [false, true] {
+        let out = dir.join(if ema { "samples-ema" } else { "samples" });
+        let mut args = vec![
+            "generate",
+            "--generator",
+            ckpt.to_str().unwrap(),
+            "--tokenizer",
+            tok,
+            "--classes",
+            "0,1",
+            "--structure-steps",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if ema {
+            args.push("--ema");
+        }
+        let (ok, log) = nvg(&args);
+        assert!(ok, "{log}");
+        assert!(out.join("0000_00000.png").exists() && out.join("0001_00000.png").exists());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn train_refuses_bad_settings_clearly() {
+    let fx = Fixtures::open();
+    let dir = temp_dir("refuse");
+    let tok = fx.path("tokenizer.safetensors");
+    let (ok, log) = nvg(&[
+        "train",
+        "--data",
+        dir.join("missing.nvgtok").to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--out",
+        dir.join("o").to_str().unwrap(),
+    ]);
+    assert!(!ok && log.contains("missing.nvgtok"), "{log}");
+    let (ok, _) = nvg(&["train", "--help"]);
+    assert!(ok);
+    let (_, help) = nvg(&["train", "--help"]);
+    for flag in [
+        "--data",
+        "--tokenizer",
+        "--config",
+        "--batch",
+        "--accum",
+        "--lr",
+        "--steps",
+        "--epochs",
+        "--out",
+        "--resume",
+        "--init",
+        "--stop-after",
+    ] {
+        assert!(help.contains(flag), "train --help does not explain {flag}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
