@@ -165,7 +165,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             if let Err(e) = writeln!(log, "{line}") {
                 io_error.get_or_insert(e);
             }
-            if s.step % settings.log_every.max(1) == 0 || s.step == steps || s.step == 1 {
+            if s.step.is_multiple_of(settings.log_every.max(1)) || s.step == steps || s.step == 1 {
                 eprintln!(
                     "step {}/{steps}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.2} img/s  {:.0} tok/s\n  final {}\n  ce    {}\n  struct {}",
                     s.step,

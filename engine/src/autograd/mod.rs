@@ -155,7 +155,8 @@ impl Tensor {
         })
     }
 
-    /// Gradients of this scalar (a one-element tensor) with respect to every leaf it depends on.
+    /// Gradients of this scalar (a one-element tensor) with respect to every leaf it depends on. Gradients
+    /// are f32 whatever the dtype of the leaves and intermediates.
     pub fn backward(&self) -> Result<Gradients> {
         if self.numel() != 1 {
             return Err(Error::shape(
@@ -187,7 +188,7 @@ impl Tensor {
         }
         let order = topological_order(root);
         let mut pending: HashMap<u64, Tensor> = HashMap::new();
-        pending.insert(root.id, grad.detach());
+        pending.insert(root.id, grad.detach().to_dtype(crate::DType::F32)?);
         let mut leaves = HashMap::new();
         for node in order.iter().rev() {
             let Some(g) = pending.remove(&node.id) else {

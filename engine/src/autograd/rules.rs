@@ -62,17 +62,13 @@ fn zeros_like(x: &Tensor) -> Result<Tensor> {
     Tensor::zeros(x.dims(), DType::F32, x.device())
 }
 
-/// The gradient in the dtype of the input it belongs to.
-fn as_input_dtype(g: Tensor, x: &Tensor) -> Result<Tensor> {
-    if x.dtype().is_float() {
-        g.to_dtype(x.dtype())
-    } else {
-        Ok(g)
-    }
+/// A saved input as an untracked f32 tensor: gradients are always f32, whatever the inputs' dtypes.
+fn f32(x: &Tensor) -> Result<Tensor> {
+    x.detach().to_dtype(DType::F32)
 }
 
 pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-    let g = &g.detach();
+    let g = &f32(g)?;
     let one = |t: Tensor| Ok(vec![Some(t)]);
     match &node.op {
         Op::Leaf => Ok(vec![]),
@@ -109,7 +105,7 @@ pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             one(Tensor::cat(&refs, d as isize)?)
         }
         Op::Broadcast(x) => one(sum_to(g, x.dims())?),
-        Op::Copy(x) => one(as_input_dtype(g.clone(), x)?),
+        Op::Copy(_) => one(g.clone()),
         Op::Cat(xs, dim) => {
             let mut at = 0;
             let mut out = Vec::with_capacity(xs.len());
@@ -120,9 +116,9 @@ pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             }
             Ok(out)
         }
-        Op::Unary(x, y, u) => one(kernels::unary_backward(*u, &x.detach(), y, g)?),
+        Op::Unary(x, y, u) => one(kernels::unary_backward(*u, &f32(x)?, &f32(y)?, g)?),
         Op::Binary(a, b, op) => {
-            let (a, b) = (a.detach(), b.detach());
+            let (a, b) = (f32(a)?, f32(b)?);
             let (ga, gb) = match op {
                 Binary::Add => (g.clone(), g.clone()),
                 Binary::Sub => (g.clone(), g.neg()?),
@@ -137,16 +133,16 @@ pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         }
         Op::Affine(_, mul) => one(g.mul_scalar(*mul)?),
         Op::DivScalar(_, v) => one(g.div_scalar(*v)?),
-        Op::Powf(x, e) => one(g.mul(&x.detach().powf(e - 1.0)?.mul_scalar(*e)?)?),
-        Op::Clamp(x, lo, hi) => one(kernels::clamp_backward(&x.detach(), g, *lo, *hi)?),
+        Op::Powf(x, e) => one(g.mul(&f32(x)?.powf(e - 1.0)?.mul_scalar(*e)?)?),
+        Op::Clamp(x, lo, hi) => one(kernels::clamp_backward(&f32(x)?, g, *lo, *hi)?),
         Op::Matmul(a, b) => {
-            let (a, b) = (a.detach(), b.detach());
+            let (a, b) = (f32(a)?, f32(b)?);
             let ga = g.matmul(&b.transpose(-1, -2)?)?;
             let gb = a.transpose(-1, -2)?.matmul(g)?;
             Ok(vec![Some(sum_to(&ga, a.dims())?), Some(sum_to(&gb, b.dims())?)])
         }
         Op::Linear(x, w, b) => {
-            let (x, w) = (x.detach(), w.detach());
+            let (x, w) = (f32(x)?, f32(w)?);
             let (out_f, in_f) = (w.dims()[0], w.dims()[1]);
             let rows = x.numel() / in_f.max(1);
             let g2 = g.reshape(&[rows, out_f])?;
@@ -159,7 +155,7 @@ pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             Ok(out)
         }
         Op::LayerNorm(x, w, b, eps) => {
-            let (gx, gw, gb) = kernels::layer_norm_backward(&x.detach(), w.as_ref(), g, *eps)?;
+            let (gx, gw, gb) = kernels::layer_norm_backward(&f32(x)?, w.as_ref(), g, *eps)?;
             let mut out = vec![Some(gx)];
             if w.is_some() {
                 out.push(Some(gw));
@@ -170,10 +166,10 @@ pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             Ok(out)
         }
         Op::RmsNorm(x, s, eps) => {
-            let (gx, gs) = kernels::rms_norm_backward(&x.detach(), &s.detach(), g, *eps)?;
+            let (gx, gs) = kernels::rms_norm_backward(&f32(x)?, &f32(s)?, g, *eps)?;
             Ok(vec![Some(gx), Some(gs)])
         }
-        Op::Rope(x, cos, sin) => {
+        Op::Rope(_, cos, sin) => {
             if cos.is_tracked() || sin.is_tracked() {
                 return Err(Error::arg(
                     "backward",
@@ -181,11 +177,11 @@ pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
                 ));
             }
             // A rotation's adjoint is the rotation by the opposite angle.
-            let gx = g.rope(&cos.detach(), &sin.detach().neg()?)?;
-            Ok(vec![Some(as_input_dtype(gx, x)?), None, None])
+            let gx = g.rope(&f32(cos)?, &f32(sin)?.neg()?)?;
+            Ok(vec![Some(gx), None, None])
         }
         Op::Sdpa(q, k, v, scale) => {
-            let (gq, gk, gv) = kernels::sdpa_backward(&q.detach(), &k.detach(), &v.detach(), g, *scale)?;
+            let (gq, gk, gv) = kernels::sdpa_backward(&f32(q)?, &f32(k)?, &f32(v)?, g, *scale)?;
             Ok(vec![Some(gq), Some(gk), Some(gv)])
         }
         Op::SegmentMean(x, labels, n) => one(kernels::segment_mean_backward(x.dims(), labels, *n, g)?),

@@ -320,7 +320,7 @@ pub fn train(
             images_per_second: images / seconds,
             tokens_per_second: images * tokens as f64 / seconds,
         });
-        if state.step % settings.checkpoint_every.max(1) == 0 || state.step == last {
+        if state.step.is_multiple_of(settings.checkpoint_every.max(1)) || state.step == last {
             state.save(checkpoint, settings)?;
         }
     }
