@@ -331,8 +331,45 @@ impl Dataset {
         &self.path
     }
 
-    /// Record `i`.
+    /// Record `i`, validated: the class is in range, the leaf labels are a permutation of the tokens and
+    /// every code is in the codebook (what `rebuild` relies on), so a corrupt file gives an error naming
+    /// the record instead of wrong training data.
     pub fn record(&self, i: usize) -> Result<Record> {
+        let r = self.read_record(i)?;
+        self.check(&r)
+            .with_context(|| format!("{}: record {i} is corrupt", self.path.display()))?;
+        Ok(r)
+    }
+
+    fn check(&self, r: &Record) -> Result<()> {
+        let h = &self.header;
+        ensure!(
+            r.class < h.num_classes,
+            "class {} outside 0..{}",
+            r.class,
+            h.num_classes
+        );
+        let tokens = r.leaf_labels.len();
+        let mut seen = vec![false; tokens];
+        for &l in &r.leaf_labels {
+            ensure!(
+                (0..tokens as i64).contains(&l) && !seen[l as usize],
+                "leaf labels are not a permutation of 0..{tokens} (label {l})"
+            );
+            seen[l as usize] = true;
+        }
+        if let Some(c) = r
+            .codes
+            .iter()
+            .flatten()
+            .find(|&&c| c < 0 || c as usize >= h.codebook_size)
+        {
+            bail!("code {c} outside the codebook 0..{}", h.codebook_size);
+        }
+        Ok(())
+    }
+
+    fn read_record(&self, i: usize) -> Result<Record> {
         let h = &self.header;
         ensure!(i < h.count, "{}: record {i} of {}", self.path.display(), h.count);
         let start = HEADER_SIZE + i * h.record_size();

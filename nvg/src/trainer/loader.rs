@@ -22,7 +22,7 @@
 //! the consumer as errors from [`Loader::next_batch`]; dropping the loader stops the worker (it finishes
 //! at most the batch it is building) and joins it.
 
-use crate::dataset::{Dataset, RebuiltBatch, Record, rebuild};
+use crate::dataset::{Dataset, RebuiltBatch, rebuild};
 use crate::tokenizer::Quantizer;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use nvg_engine::rng::RngStream;
@@ -309,12 +309,7 @@ impl Worker {
         let indices = order[position..position + self.batch].to_vec();
         let records = indices
             .iter()
-            .map(|&i| {
-                let r = self.dataset.record(i)?;
-                self.check(&r)
-                    .with_context(|| format!("{}: record {i} is corrupt", self.dataset.path().display()))?;
-                Ok(r)
-            })
+            .map(|&i| self.dataset.record(i))
             .collect::<Result<Vec<_>>>()?;
         let batch = rebuild(&records, &self.quantizer)
             .with_context(|| format!("rebuilding epoch {epoch}'s batch at position {position}"))?;
@@ -331,35 +326,5 @@ impl Worker {
             step: position / self.batch,
             state_after,
         })
-    }
-
-    /// What `rebuild` relies on and the file format promises: the class is in range, the leaf labels are
-    /// a permutation of the tokens, and every code is in the codebook.
-    fn check(&self, r: &Record) -> Result<()> {
-        let h = &self.dataset.header;
-        ensure!(
-            r.class < h.num_classes,
-            "class {} outside 0..{}",
-            r.class,
-            h.num_classes
-        );
-        let tokens = r.leaf_labels.len();
-        let mut seen = vec![false; tokens];
-        for &l in &r.leaf_labels {
-            ensure!(
-                (0..tokens as i64).contains(&l) && !seen[l as usize],
-                "leaf labels are not a permutation of 0..{tokens} (label {l})"
-            );
-            seen[l as usize] = true;
-        }
-        if let Some(c) = r
-            .codes
-            .iter()
-            .flatten()
-            .find(|&&c| c < 0 || c as usize >= h.codebook_size)
-        {
-            bail!("code {c} outside the codebook 0..{}", h.codebook_size);
-        }
-        Ok(())
     }
 }
