@@ -131,6 +131,7 @@ fn train_from_a_tokenized_folder_resume_exactly_and_sample_the_checkpoint() {
     assert_eq!(l.len(), 24);
     let first = l[..3].iter().sum::<f64>() / 3.0;
     let last = l[21..].iter().sum::<f64>() / 3.0;
+    eprintln!("loss: first 3 steps {first:.4}, last 3 steps {last:.4}");
     assert!(
         last < 0.8 * first,
         "the loss should fall by over 20%: first steps {first:.4}, last steps {last:.4}"

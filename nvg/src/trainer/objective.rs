@@ -23,8 +23,10 @@ use nvg_engine::{DType, Device, Tensor};
 /// The official rate of CFG class dropout.
 pub const CFG_RATE: f32 = 0.1;
 
-/// The randomness of one training step. Drawn from counter-based streams keyed by (seed, step), so a
-/// resumed run draws exactly what an uninterrupted one would; tests inject the official values.
+/// The randomness of one training step. Image i of step n draws from its own counter-based streams
+/// keyed by (seed, n, i) — i counting over the step's micro-batches — so a resumed run draws exactly
+/// what an uninterrupted one would, and splitting a step into micro-batches does not change any
+/// image's noise. Tests inject the official values instead.
 pub struct TrainNoise {
     /// Per image: the class becomes the null class where this is below the CFG rate.
     pub cfg_uniform: Vec<f32>,
@@ -32,19 +34,28 @@ pub struct TrainNoise {
     pub structure_eps: Tensor,
     /// `[B · flow stages]`: u of the logit-normal flow times t = sigmoid(u), image-major.
     pub time_logit: Vec<f32>,
-    /// DropPath keep masks: `content[s][i]` is block i's `[B]` mask at content stage s, `structure[s][i]`
-    /// at flow instance s (empty: no DropPath).
+    /// DropPath keep masks: `content_keep[s][i]` is block i's `[B]` mask at content stage s,
+    /// `structure_keep[s][i]` at flow instance s (empty: no DropPath).
     pub content_keep: Vec<Vec<Tensor>>,
     pub structure_keep: Vec<Vec<Tensor>>,
 }
 
-/// Streams of the training randomness (stream = step · STREAMS + one of these).
-const STREAMS: u64 = 8;
-const CFG_STREAM: u64 = 0;
-const EPS_STREAM: u64 = 1;
-const TIME_STREAM: u64 = 2;
-const DROP_CONTENT_STREAM: u64 = 3;
-const DROP_STRUCTURE_STREAM: u64 = 4;
+/// What an image's stream is for (the low bits of the stream id).
+#[derive(Clone, Copy)]
+enum NoiseKind {
+    Cfg = 0,
+    Eps = 1,
+    Time = 2,
+    DropContent = 3,
+    DropStructure = 4,
+}
+
+/// Most images in one optimiser step (the stream id holds the image index in 20 bits).
+pub const MAX_IMAGES_PER_STEP: usize = 1 << 20;
+
+fn image_stream(seed: u64, step: u64, image: usize, kind: NoiseKind) -> RngStream {
+    RngStream::new(seed, (step << 24) | ((image as u64) << 4) | kind as u64)
+}
 
 /// The official per-block DropPath rates: linear from 0 to 0.1·depth/24 over the blocks.
 pub fn drop_path_rates(depth: usize) -> Vec<f32> {
@@ -60,59 +71,76 @@ pub fn drop_path_rates(depth: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `[B]` keep masks (0 or 1/(1 − rate)) for every block, one Bernoulli draw per (row, block).
-fn keep_masks(rng: &RngStream, offset: u64, rows: usize, rates: &[f32]) -> Result<Vec<Tensor>> {
-    rates
-        .iter()
-        .enumerate()
-        .map(|(i, &rate)| {
-            let mut u = vec![0.0f32; rows];
-            rng.fill(Distribution::Uniform, offset + (i * rows) as u64, &mut u);
-            let keep: Vec<f32> = u
-                .iter()
-                .map(|&x| if x < rate { 0.0 } else { 1.0 / (1.0 - rate) })
+/// `[B]` keep masks of every (sequence, block): 0 with probability `rate`, else 1/(1 − rate).
+fn keep_masks(
+    seed: u64,
+    step: u64,
+    images: &std::ops::Range<usize>,
+    kind: NoiseKind,
+    sequences: usize,
+    rates: &[f32],
+) -> Result<Vec<Vec<Tensor>>> {
+    let mut out = Vec::with_capacity(sequences);
+    for s in 0..sequences {
+        let mut blocks = Vec::with_capacity(rates.len());
+        for (b, &rate) in rates.iter().enumerate() {
+            let keep: Vec<f32> = images
+                .clone()
+                .map(|i| {
+                    let u =
+                        image_stream(seed, step, i, kind).sample(Distribution::Uniform, (s * rates.len() + b) as u64);
+                    if u < rate { 0.0 } else { 1.0 / (1.0 - rate) }
+                })
                 .collect();
-            Ok(Tensor::from_vec(keep, &[rows])?)
-        })
-        .collect()
+            blocks.push(Tensor::from_vec(keep, &[images.len()])?);
+        }
+        out.push(blocks);
+    }
+    Ok(out)
 }
 
 impl TrainNoise {
-    /// The noise of training step `step` for `batch` images; `drop_path` turns DropPath on with the
-    /// official per-block rates.
-    pub fn draw(grid: &Grid, depth: usize, batch: usize, seed: u64, step: u64, drop_path: bool) -> Result<TrainNoise> {
-        let stream = |s: u64| RngStream::new(seed, step * STREAMS + s);
-        let mut cfg_uniform = vec![0.0f32; batch];
-        stream(CFG_STREAM).fill(Distribution::Uniform, 0, &mut cfg_uniform);
+    /// The noise of images `images` (positions within the step, over its micro-batches) of training
+    /// step `step`; `drop_path` turns DropPath on with the official per-block rates.
+    pub fn draw(
+        grid: &Grid,
+        depth: usize,
+        images: std::ops::Range<usize>,
+        seed: u64,
+        step: u64,
+        drop_path: bool,
+    ) -> Result<TrainNoise> {
+        ensure!(
+            images.end <= MAX_IMAGES_PER_STEP,
+            "at most {MAX_IMAGES_PER_STEP} images per optimiser step"
+        );
         let (t, bits, flows) = (grid.tokens(), grid.bits(), grid.flow_stages());
-        let mut eps = vec![0.0f32; batch * t * bits];
-        stream(EPS_STREAM).fill(Distribution::Normal, 0, &mut eps);
-        let mut time_logit = vec![0.0f32; batch * flows];
-        stream(TIME_STREAM).fill(Distribution::Normal, 0, &mut time_logit);
+        let b = images.len();
+        let mut cfg_uniform = Vec::with_capacity(b);
+        let mut eps = vec![0.0f32; b * t * bits];
+        let mut time_logit = vec![0.0f32; b * flows];
+        for (k, i) in images.clone().enumerate() {
+            cfg_uniform.push(image_stream(seed, step, i, NoiseKind::Cfg).sample(Distribution::Uniform, 0));
+            image_stream(seed, step, i, NoiseKind::Eps).fill(
+                Distribution::Normal,
+                0,
+                &mut eps[k * t * bits..(k + 1) * t * bits],
+            );
+            image_stream(seed, step, i, NoiseKind::Time).fill(
+                Distribution::Normal,
+                0,
+                &mut time_logit[k * flows..(k + 1) * flows],
+            );
+        }
         let (mut content_keep, mut structure_keep) = (Vec::new(), Vec::new());
         if drop_path {
             let rates = drop_path_rates(depth);
-            let per_stage = (depth * batch) as u64;
-            for s in 0..grid.stages() {
-                content_keep.push(keep_masks(
-                    &stream(DROP_CONTENT_STREAM),
-                    s as u64 * per_stage,
-                    batch,
-                    &rates,
-                )?);
-            }
-            for s in 0..flows {
-                structure_keep.push(keep_masks(
-                    &stream(DROP_STRUCTURE_STREAM),
-                    s as u64 * per_stage,
-                    batch,
-                    &rates,
-                )?);
-            }
+            content_keep = keep_masks(seed, step, &images, NoiseKind::DropContent, grid.stages(), &rates)?;
+            structure_keep = keep_masks(seed, step, &images, NoiseKind::DropStructure, flows, &rates)?;
         }
         Ok(TrainNoise {
             cfg_uniform,
-            structure_eps: Tensor::from_vec(eps, &[batch, t, bits])?,
+            structure_eps: Tensor::from_vec(eps, &[b, t, bits])?,
             time_logit,
             content_keep,
             structure_keep,

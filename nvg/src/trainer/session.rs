@@ -272,9 +272,9 @@ pub fn train(
             let noise = TrainNoise::draw(
                 &state.config.grid,
                 state.config.depth,
-                settings.batch,
+                micro * settings.batch..(micro + 1) * settings.batch,
                 settings.seed,
-                state.step * settings.accum as u64 + micro as u64,
+                state.step,
                 settings.drop_path,
             )?;
             let leaves = params::leaves(&state.params);

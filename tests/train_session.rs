@@ -1,0 +1,250 @@
+//! The training session on a small made-up dataset (4×4 grid, synthetic quantiser, depth-2 model):
+//! gradient accumulation is equivalent to a larger batch, the training noise of an image depends only on
+//! (seed, step, position in the step), DropPath follows the official per-block rates, and the official
+//! initialisation builds a loadable generator.
+
+use nvg::config::{GeneratorConfig, Grid};
+use nvg::dataset::{Dataset, DatasetHeader, DatasetWriter, Record};
+use nvg::model::Generator;
+use nvg::tokenizer::Quantizer;
+use nvg::trainer::init::{OFFICIAL_SCALE_FACTORS, initial_parameters};
+use nvg::trainer::objective::{TrainNoise, drop_path_rates};
+use nvg::trainer::session::{StepLog, TrainSettings, TrainState, train};
+use nvg::weights::WeightMap;
+use nvg_engine::rng::RngStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const SIDE: usize = 4;
+const VOCAB: usize = 32;
+const CHANNELS: usize = 8;
+const CLASSES: usize = 5;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nvg-train-session-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `len` records: random classes, random permutations as leaf labels, random codes.
+fn dataset(name: &str, len: usize) -> (Arc<Dataset>, PathBuf) {
+    let grid = Grid::new(SIDE).unwrap();
+    let dir = temp_dir(name);
+    let path = dir.join("d.nvgtok");
+    let header = DatasetHeader {
+        grid_side: SIDE,
+        stages: grid.stages(),
+        codebook_size: VOCAB,
+        num_classes: CLASSES,
+        count: 0,
+        tokenizer_hash: 0,
+    };
+    let rng = RngStream::new(3, 1);
+    let mut k = 0u64;
+    let mut next = |n: usize| {
+        k += 1;
+        rng.words(k)[0] as usize % n
+    };
+    let mut w = DatasetWriter::create(&path, header).unwrap();
+    for _ in 0..len {
+        let mut leaf: Vec<i64> = (0..grid.tokens() as i64).collect();
+        for i in (1..leaf.len()).rev() {
+            leaf.swap(i, next(i + 1));
+        }
+        let codes = (0..grid.stages())
+            .map(|s| (0..1 << s).map(|_| next(VOCAB) as i64).collect())
+            .collect();
+        w.push(&Record {
+            class: next(CLASSES),
+            leaf_labels: leaf,
+            codes,
+        })
+        .unwrap();
+    }
+    w.finish().unwrap();
+    (Arc::new(Dataset::open(&path, None).unwrap()), dir)
+}
+
+fn config() -> GeneratorConfig {
+    let mut c = GeneratorConfig::from_depth(2).unwrap();
+    c.grid = Grid::new(SIDE).unwrap();
+    c.vocab_size = VOCAB;
+    c.latent_channels = CHANNELS;
+    c.num_classes = CLASSES;
+    c
+}
+
+fn settings(batch: usize, accum: usize, steps: u64) -> TrainSettings {
+    TrainSettings {
+        batch,
+        accum,
+        steps,
+        lr: 1e-3,
+        warmup: 0,
+        hold_end: steps,
+        final_lr: 1e-4,
+        clip: 1.0,
+        ema_decay: 0.99,
+        drop_path: true,
+        seed: 17,
+        checkpoint_every: 1000,
+        log_every: 1,
+        prefetch: 1,
+        stop_after: None,
+    }
+}
+
+/// One step of `batch × accum` images; returns its log and the state after it.
+fn one_step(data: &Arc<Dataset>, dir: &std::path::Path, batch: usize, accum: usize) -> (StepLog, TrainState) {
+    let quantizer = Arc::new(Quantizer::synthetic(Grid::new(SIDE).unwrap(), VOCAB, CHANNELS, 5));
+    let mut state = TrainState::new(&config(), None, 1, 0.99).unwrap();
+    let mut logs = Vec::new();
+    let ckpt = dir.join(format!("b{batch}a{accum}.safetensors"));
+    train(
+        &mut state,
+        data.clone(),
+        quantizer,
+        &settings(batch, accum, 1),
+        &ckpt,
+        |l| logs.push(l.clone()),
+    )
+    .unwrap();
+    (logs.pop().unwrap(), state)
+}
+
+#[test]
+fn accumulating_micro_batches_equals_one_larger_batch() {
+    let (data, dir) = dataset("accum", 12);
+    let (whole, a) = one_step(&data, &dir, 4, 1);
+    let (split, b) = one_step(&data, &dir, 2, 2);
+    let (quarter, _) = one_step(&data, &dir, 1, 4);
+    // The same images with the same noise: equal losses and gradient norms up to summation order.
+    for other in [&split, &quarter] {
+        assert!(
+            (whole.terms.total - other.terms.total).abs() <= 1e-5 * whole.terms.total.abs(),
+            "loss {} vs {}",
+            whole.terms.total,
+            other.terms.total
+        );
+        assert!(
+            (whole.grad_norm - other.grad_norm).abs() <= 1e-4 * whole.grad_norm,
+            "gradient norm {} vs {} (a missing 1/accum would double it)",
+            whole.grad_norm,
+            other.grad_norm
+        );
+    }
+    // The weights after the step agree too (AdamW's first step is ≈ lr·sign(g); compare closely).
+    let mut worst = 0.0f32;
+    for (name, t) in &a.params {
+        let (x, y) = (t.to_f32_vec().unwrap(), b.params[name].to_f32_vec().unwrap());
+        for (p, q) in x.iter().zip(&y) {
+            worst = worst.max((p - q).abs());
+        }
+    }
+    assert!(worst <= 1e-4, "weights differ by {worst} after one step");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_images_training_noise_depends_on_seed_step_and_position_only() {
+    let grid = Grid::new(SIDE).unwrap();
+    let all = TrainNoise::draw(&grid, 4, 0..6, 9, 3, true).unwrap();
+    let tail = TrainNoise::draw(&grid, 4, 4..6, 9, 3, true).unwrap();
+    assert_eq!(all.cfg_uniform[4..], tail.cfg_uniform[..]);
+    assert_eq!(all.time_logit[4 * grid.flow_stages()..], tail.time_logit[..]);
+    assert_eq!(
+        all.structure_eps.narrow(0, 4, 2).unwrap().to_f32_vec().unwrap(),
+        tail.structure_eps.to_f32_vec().unwrap()
+    );
+    for (s, blocks) in all.content_keep.iter().enumerate() {
+        for (b, m) in blocks.iter().enumerate() {
+            assert_eq!(
+                m.narrow(0, 4, 2).unwrap().to_f32_vec().unwrap(),
+                tail.content_keep[s][b].to_f32_vec().unwrap()
+            );
+        }
+    }
+    let other_step = TrainNoise::draw(&grid, 4, 4..6, 9, 4, true).unwrap();
+    assert_ne!(other_step.time_logit, tail.time_logit);
+    let other_seed = TrainNoise::draw(&grid, 4, 4..6, 10, 3, true).unwrap();
+    assert_ne!(other_seed.time_logit, tail.time_logit);
+}
+
+#[test]
+fn drop_path_follows_the_official_per_block_rates() {
+    // Linear from 0 at the first block to 0.1·depth/24 at the last (spec §3.1: d16 0.0667, d24 0.1).
+    let r24 = drop_path_rates(24);
+    assert_eq!(r24[0], 0.0);
+    assert!((r24[23] - 0.1).abs() < 1e-7);
+    assert!((drop_path_rates(16)[15] - 0.1 * 16.0 / 24.0).abs() < 1e-7);
+    let r = drop_path_rates(24);
+    for w in r.windows(3) {
+        assert!(((w[1] - w[0]) - (w[2] - w[1])).abs() < 1e-7, "not linear: {w:?}");
+    }
+    // Masks: 0 with probability `rate`, 1/(1 − rate) otherwise.
+    let grid = Grid::new(SIDE).unwrap();
+    let n = 20_000;
+    let noise = TrainNoise::draw(&grid, 24, 0..n, 1, 0, true).unwrap();
+    assert_eq!(noise.content_keep.len(), grid.stages());
+    assert_eq!(noise.structure_keep.len(), grid.flow_stages());
+    let last = noise.content_keep[0][23].to_f32_vec().unwrap();
+    let dropped = last.iter().filter(|&&k| k == 0.0).count() as f64 / n as f64;
+    // 5σ of a binomial proportion with p = 0.1 and n = 20 000 is 0.0106.
+    assert!((dropped - 0.1).abs() < 0.0106, "dropped fraction {dropped}");
+    assert!(last.iter().all(|&k| k == 0.0 || (k - 1.0 / 0.9).abs() < 1e-6));
+    assert!(
+        noise.content_keep[3][0].to_f32_vec().unwrap().iter().all(|&k| k == 1.0),
+        "block 0 has rate 0"
+    );
+    let off = TrainNoise::draw(&grid, 24, 0..4, 1, 0, false).unwrap();
+    assert!(off.content_keep.is_empty() && off.structure_keep.is_empty());
+}
+
+#[test]
+fn the_official_initialisation_builds_a_generator() {
+    let mut cfg = GeneratorConfig::from_depth(2).unwrap();
+    cfg.num_classes = 10;
+    let params = initial_parameters(&cfg, 4).unwrap();
+    let g = Generator::from_weights(WeightMap::new("init", params.clone())).unwrap();
+    assert_eq!(g.config, cfg);
+    assert_eq!(params["scale_factors"].to_f32_vec().unwrap(), OFFICIAL_SCALE_FACTORS);
+    let stats = |name: &str| {
+        let v = params[name].to_f32_vec().unwrap();
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        (mean, std, max)
+    };
+    // Embedding tables N(0, 0.02); the start canvas N(0, 1).
+    let (m, s, _) = stats("content_class_embed.weight");
+    assert!(
+        m.abs() < 0.002 && (s - 0.02).abs() < 0.002,
+        "class table mean {m} std {s}"
+    );
+    let (_, s, _) = stats("content_start_embed");
+    assert!((s - 1.0).abs() < 0.05, "start canvas std {s}");
+    // Xavier-uniform: |w| ≤ sqrt(6/(fan_in + fan_out)), std = bound/√3.
+    let dims = params["content_blocks.0.linear1.weight"].dims().to_vec();
+    let bound = (6.0 / (dims[0] + dims[1]) as f64).sqrt();
+    let (_, s, max) = stats("content_blocks.0.linear1.weight");
+    assert!(
+        (max as f64) <= bound && (s - bound / 3f64.sqrt()).abs() < 0.02 * bound,
+        "xavier std {s}"
+    );
+    assert_eq!(stats("content_blocks.0.linear1.bias").2, 0.0);
+    assert!(
+        params["content_blocks.0.norm.query_norm.scale"]
+            .to_f32_vec()
+            .unwrap()
+            .iter()
+            .all(|&x| x == 1.0)
+    );
+    // Seeded: the same seed gives the same weights, another seed others.
+    let again = initial_parameters(&cfg, 4).unwrap();
+    let other = initial_parameters(&cfg, 5).unwrap();
+    let w =
+        |p: &std::collections::BTreeMap<String, nvg_engine::Tensor>| p["x0_head.linear.weight"].to_f32_vec().unwrap();
+    assert_eq!(w(&params), w(&again));
+    assert_ne!(w(&params), w(&other));
+}
