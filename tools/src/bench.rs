@@ -566,3 +566,169 @@ pub fn tokenizer_bench(images: usize, threads: usize) -> Result<String> {
     std::fs::remove_dir_all(&dir)?;
     Ok(s)
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Training benchmark
+// ---------------------------------------------------------------------------------------------------
+
+/// Options of `nvg bench train`.
+#[derive(Debug, Clone)]
+pub struct TrainBenchOptions {
+    /// Generator configuration (`d16`, `d20`, `d24` or `depth=N`).
+    pub config: String,
+    pub batch: usize,
+    /// Timed optimiser steps (after one untimed warm-up step).
+    pub steps: usize,
+    pub threads: usize,
+}
+
+/// The process's resident memory now and at its peak, in bytes (Linux; `None` elsewhere).
+fn rss() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Times full training steps (teacher-forced forward of all stages, backward, clipping, AdamW, EMA) of a
+/// model with the official initialisation on made-up tokenized images, split into forward, backward and
+/// optimiser time, with images/s, tokens/s, achieved GFLOP/s and memory. Returns a Markdown report.
+pub fn train_bench(opts: &TrainBenchOptions) -> Result<String> {
+    use nvg::dataset::{Record, rebuild};
+    use nvg::model::{Generator, content_flops, structure_flops};
+    use nvg::tokenizer::Quantizer;
+    use nvg::trainer::objective::{CFG_RATE, LossWeights, TrainNoise, training_forward};
+    use nvg::trainer::{init, params, session::tokens_per_image};
+    use nvg::weights::WeightMap;
+    use nvg_engine::optim::{AdamW, AdamWConfig, Ema, clip_grad_norm};
+    use std::collections::BTreeMap;
+
+    let cfg = nvg::config::GeneratorConfig::preset(&opts.config)?;
+    let grid = cfg.grid;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads).build()?;
+    let rss_start = rss();
+    eprintln!(
+        "building {} ({:.1} M parameters) with the official initialisation",
+        opts.config,
+        cfg.parameter_count() as f64 / 1e6
+    );
+    let quant = Quantizer::synthetic(grid, cfg.vocab_size, cfg.latent_channels, 2);
+    let rng = nvg_engine::rng::RngStream::new(5, 5);
+    let records: Vec<Record> = (0..opts.batch)
+        .map(|b| {
+            let mut leaf: Vec<i64> = (0..grid.tokens() as i64).collect();
+            for i in (1..leaf.len()).rev() {
+                leaf.swap(i, rng.words((b * 4096 + i) as u64)[0] as usize % (i + 1));
+            }
+            Record {
+                class: b % cfg.num_classes,
+                leaf_labels: leaf,
+                codes: (0..grid.stages())
+                    .map(|s| {
+                        (0..1usize << s)
+                            .map(|k| {
+                                (rng.words((1 << 30) + (b * 4096 + s * 512 + k) as u64)[1] as usize % cfg.vocab_size)
+                                    as i64
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let batch = rebuild(&records, &quant)?;
+    let mut params_map = init::initial_parameters(&cfg, 0)?;
+    let trainable = |p: &BTreeMap<String, Tensor>| -> BTreeMap<String, Tensor> {
+        p.iter()
+            .filter(|(n, _)| params::is_parameter(n))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect()
+    };
+    let mut ema = Ema::new(0.9999, &trainable(&params_map))?;
+    let mut adamw = AdamW::new(AdamWConfig::default())?;
+    let weights = LossWeights::uniform(&grid);
+    let rss_model = rss();
+
+    let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
+    for step in 0..=opts.steps {
+        eprintln!("step {step} of {} (step 0 is a warm-up)", opts.steps);
+        let (tf, tb, to) = pool.install(|| -> Result<(f64, f64, f64)> {
+            let t0 = Instant::now();
+            let leaves = params::leaves(&params_map);
+            let generator = Generator::from_weights(WeightMap::new("bench", leaves.clone()))?;
+            let noise = TrainNoise::draw(&grid, cfg.depth, 0..opts.batch, 0, step as u64, true)?;
+            let obj = training_forward(&generator, &batch, &noise, CFG_RATE, &weights)?;
+            let t1 = Instant::now();
+            let mut grads = params::gradients(&leaves, &obj.loss.backward()?)?;
+            drop(obj);
+            let t2 = Instant::now();
+            clip_grad_norm(&mut grads, 1.0)?;
+            let mut p = trainable(&params_map);
+            adamw.step(&mut p, &grads, 1e-4)?;
+            ema.update(&p)?;
+            params_map.extend(p);
+            let t3 = Instant::now();
+            Ok((
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64(),
+            ))
+        })?;
+        if step > 0 {
+            fwd.push(tf);
+            bwd.push(tb);
+            opt.push(to);
+        }
+    }
+    let (tf, tb, to) = (median(fwd), median(bwd), median(opt));
+    let total = tf + tb + to;
+    let b = opts.batch as f64;
+    let forward_flops = (0..grid.stages())
+        .map(|s| content_flops(&cfg, opts.batch, s))
+        .sum::<f64>()
+        + grid.flow_stages() as f64 * structure_flops(&cfg, opts.batch);
+    let mut report = format!(
+        "machine: {}, {} threads; model {} ({:.1} M parameters), batch {}, f32, DropPath on; median of {} steps\n\n",
+        cpu_name(),
+        opts.threads,
+        opts.config,
+        cfg.parameter_count() as f64 / 1e6,
+        opts.batch,
+        opts.steps
+    );
+    report.push_str("| part | s per step | share | GFLOP/s |\n|---|---:|---:|---:|\n");
+    report.push_str(&format!(
+        "| forward (9 content stages + 7 flow instances per image) | {tf:.2} | {:.0}% | {:.1} |\n",
+        100.0 * tf / total,
+        forward_flops / tf / 1e9
+    ));
+    report.push_str(&format!(
+        "| backward | {tb:.2} | {:.0}% | {:.1} (counting 2× the forward FLOPs) |\n",
+        100.0 * tb / total,
+        2.0 * forward_flops / tb / 1e9
+    ));
+    report.push_str(&format!(
+        "| clip + AdamW + EMA | {to:.2} | {:.0}% | |\n",
+        100.0 * to / total
+    ));
+    report.push_str(&format!(
+        "\n**{:.3} images/s, {:.0} tokens/s, {:.1} GFLOP/s** for the whole step (training FLOPs counted as 3× the \
+         forward's {:.1} GFLOP per image).\n",
+        b / total,
+        b * tokens_per_image(&cfg) as f64 / total,
+        3.0 * forward_flops / total / 1e9,
+        forward_flops / b / 1e9
+    ));
+    if let (Some((start, _)), Some((model, _)), Some((_, peak))) = (rss_start, rss_model, rss()) {
+        report.push_str(&format!(
+            "Memory: weights + EMA + optimiser state {:.2} GB after setup; peak resident {:.2} GB, i.e. {:.2} GB of \
+             activations and gradients per image of the batch.\n",
+            (model - start) as f64 / 1e9,
+            peak as f64 / 1e9,
+            (peak.saturating_sub(model)) as f64 / b / 1e9
+        ));
+    }
+    Ok(report)
+}

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod generate;
 pub mod inspect;
+pub mod malloc;
 pub mod progress;
 pub mod reconstruct;
 pub mod tokenize;

@@ -278,6 +278,26 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Training throughput: full optimiser steps (teacher-forced forward of all stages, backward,
+    /// clipping, AdamW, EMA) of a model with the official initialisation on made-up tokenized images,
+    /// split into forward, backward and optimiser time; images/s, tokens/s, GFLOP/s and memory per image.
+    Train {
+        /// Generator size: d16, d20, d24 or depth=N.
+        #[arg(long, default_value = "depth=4")]
+        config: String,
+        /// Images per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Timed steps (after one warm-up step); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Worker threads (default: all CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Also write the report (Markdown) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Throughput of the NVG generator on the CPU: the content and structure forwards of a full-size
     /// model with synthetic weights (one image with classifier-free guidance, i.e. 2 rows), next to the
     /// engine's GEMMs at the same shapes (how much of the matmul speed survives in the whole model), and
@@ -302,6 +322,7 @@ enum BenchCommand {
 }
 
 fn main() {
+    nvg_tools::malloc::keep_freed_memory();
     // Errors print as a readable chain ("error: what: why"), never as a backtrace.
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
@@ -538,6 +559,28 @@ fn run() -> Result<()> {
                 threads,
                 iters,
                 full_sample,
+            })?;
+            print!("{report}");
+            if let Some(path) = out {
+                nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, report.as_bytes()))?;
+            }
+        }
+        Command::Bench(BenchCommand::Train {
+            config,
+            batch,
+            steps,
+            threads,
+            out,
+        }) => {
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if threads == 0 || steps == 0 || batch == 0 {
+                anyhow::bail!("--threads, --steps and --batch must be at least 1");
+            }
+            let report = nvg_tools::bench::train_bench(&nvg_tools::bench::TrainBenchOptions {
+                config,
+                batch,
+                steps,
+                threads,
             })?;
             print!("{report}");
             if let Some(path) = out {

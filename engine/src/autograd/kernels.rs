@@ -2,6 +2,7 @@
 //! sum fixed-size blocks in parallel and then the blocks in order, so gradients do not depend on the
 //! thread count.
 
+use crate::cpu::simd;
 use crate::error::{Error, Result};
 use crate::ops::elementwise::Unary;
 use crate::ops::split_at_dim;
@@ -13,18 +14,30 @@ const ROW_BLOCK: usize = 64;
 /// Elements above which element-wise backward loops run in parallel.
 const PAR_ELEMS: usize = 1 << 15;
 
-fn map3(x: &[f32], y: &[f32], g: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    let body = |(i, o): (usize, &mut [f32])| {
-        let at = i * 4096;
-        for (j, o) in o.iter_mut().enumerate() {
-            *o = f(x[at + j], y[at + j], g[at + j]);
-        }
-    };
-    if x.len() >= PAR_ELEMS {
-        out.par_chunks_mut(4096).enumerate().for_each(body);
+/// `out[i] = f(a[i], g[i])`, vectorised (`simd::zip`) and split across threads for large inputs.
+fn zip_grad(a: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy) -> Vec<f32> {
+    let isa = simd::isa();
+    let mut out = vec![0.0f32; a.len()];
+    if a.len() >= PAR_ELEMS {
+        out.par_chunks_mut(4096)
+            .zip(a.par_chunks(4096).zip(g.par_chunks(4096)))
+            .for_each(|(o, (a, g))| simd::zip(isa, a, g, o, f));
     } else {
-        out.chunks_mut(4096).enumerate().for_each(body);
+        simd::zip(isa, a, g, &mut out, f);
+    }
+    out
+}
+
+/// `out[i] = loop(x, g)` for a vectorised gradient loop, split across threads for large inputs.
+fn grad_loop(x: &[f32], g: &[f32], f: fn(simd::Isa, &[f32], &[f32], &mut [f32])) -> Vec<f32> {
+    let isa = simd::isa();
+    let mut out = vec![0.0f32; x.len()];
+    if x.len() >= PAR_ELEMS {
+        out.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096).zip(g.par_chunks(4096)))
+            .for_each(|(o, (x, g))| f(isa, x, g, o));
+    } else {
+        f(isa, x, g, &mut out);
     }
     out
 }
@@ -33,10 +46,9 @@ fn map3(x: &[f32], y: &[f32], g: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync
 pub(super) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
     let name = op.name();
     let (xd, yd, gd) = (x.f32_data(name)?, y.f32_data(name)?, g.f32_data(name)?);
-    let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
     let out = match op {
-        Unary::Neg => map3(&xd, &yd, &gd, |_, _, g| -g),
-        Unary::Abs => map3(&xd, &yd, &gd, |x, _, g| {
+        Unary::Neg => zip_grad(&gd, &gd, |g, _| -g),
+        Unary::Abs => zip_grad(&xd, &gd, |x, g| {
             if x > 0.0 {
                 g
             } else if x < 0.0 {
@@ -45,28 +57,19 @@ pub(super) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> R
                 0.0
             }
         }),
-        Unary::Exp => map3(&xd, &yd, &gd, |_, y, g| g * y),
-        Unary::Log => map3(&xd, &yd, &gd, |x, _, g| g / x),
-        Unary::Sqrt => map3(&xd, &yd, &gd, |_, y, g| g * 0.5 / y),
-        Unary::Rsqrt => map3(&xd, &yd, &gd, |_, y, g| g * -0.5 * y * y * y),
-        Unary::Recip => map3(&xd, &yd, &gd, |_, y, g| -g * y * y),
-        Unary::Sqr => map3(&xd, &yd, &gd, |x, _, g| g * 2.0 * x),
-        Unary::Tanh => map3(&xd, &yd, &gd, |_, y, g| g * (1.0 - y * y)),
-        Unary::Sin => map3(&xd, &yd, &gd, |x, _, g| g * x.cos()),
-        Unary::Cos => map3(&xd, &yd, &gd, |x, _, g| -g * x.sin()),
-        Unary::Sigmoid => map3(&xd, &yd, &gd, |_, y, g| g * y * (1.0 - y)),
-        Unary::Silu => map3(&xd, &yd, &gd, |x, _, g| {
-            let s = sigmoid(x);
-            g * s * (1.0 + x * (1.0 - s))
-        }),
-        Unary::GeluTanh => map3(&xd, &yd, &gd, |x, _, g| {
-            // y = x/2 · (1 + tanh(c·(x + a·x³)))
-            const C: f32 = 0.797_884_6; // sqrt(2/π)
-            const A: f32 = 0.044_715;
-            let t = (C * (x + A * x * x * x)).tanh();
-            g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * A * x * x))
-        }),
-        Unary::Relu => map3(&xd, &yd, &gd, |x, _, g| if x > 0.0 { g } else { 0.0 }),
+        Unary::Exp => zip_grad(&yd, &gd, |y, g| g * y),
+        Unary::Log => zip_grad(&xd, &gd, |x, g| g / x),
+        Unary::Sqrt => zip_grad(&yd, &gd, |y, g| g * 0.5 / y),
+        Unary::Rsqrt => zip_grad(&yd, &gd, |y, g| g * -0.5 * y * y * y),
+        Unary::Recip => zip_grad(&yd, &gd, |y, g| -g * y * y),
+        Unary::Sqr => zip_grad(&xd, &gd, |x, g| g * 2.0 * x),
+        Unary::Tanh => zip_grad(&yd, &gd, |y, g| g * (1.0 - y * y)),
+        Unary::Sin => zip_grad(&xd, &gd, |x, g| g * x.cos()),
+        Unary::Cos => zip_grad(&xd, &gd, |x, g| -g * x.sin()),
+        Unary::Sigmoid => zip_grad(&yd, &gd, |y, g| g * y * (1.0 - y)),
+        Unary::Silu => grad_loop(&xd, &gd, simd::silu_backward),
+        Unary::GeluTanh => grad_loop(&xd, &gd, simd::gelu_tanh_backward),
+        Unary::Relu => zip_grad(&xd, &gd, |x, g| if x > 0.0 { g } else { 0.0 }),
     };
     Tensor::from_vec(out, x.dims())
 }
@@ -97,7 +100,7 @@ pub(super) fn extremum_weights(a: &Tensor, b: &Tensor, is_max: bool) -> Result<(
 /// `g` where `lo ≤ x ≤ hi`, 0 elsewhere.
 pub(super) fn clamp_backward(x: &Tensor, g: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
     let (xd, gd) = (x.f32_data("clamp")?, g.f32_data("clamp")?);
-    let out = map3(&xd, &xd, &gd, |x, _, g| if x >= lo && x <= hi { g } else { 0.0 });
+    let out = zip_grad(&xd, &gd, move |x, g| if x >= lo && x <= hi { g } else { 0.0 });
     Tensor::from_vec(out, x.dims())
 }
 

@@ -187,15 +187,25 @@ impl Tensor {
             ));
         }
         let order = topological_order(root);
-        let mut pending: HashMap<u64, Tensor> = HashMap::new();
-        pending.insert(root.id, grad.detach().to_dtype(crate::DType::F32)?);
+        let mut pending: HashMap<u64, Pending> = HashMap::new();
+        pending.insert(root.id, Pending::Tensor(grad.detach().to_dtype(crate::DType::F32)?));
         let mut leaves = HashMap::new();
         for node in order.iter().rev() {
             let Some(g) = pending.remove(&node.id) else {
                 continue; // no gradient reaches this node
             };
+            let g = g.into_tensor()?;
             if let Op::Leaf = node.op {
                 leaves.insert(node.id, g);
+                continue;
+            }
+            // A narrowed view's gradient is added into its slice of the input's accumulator instead of
+            // being padded to the input's shape (fused projections are split into several views).
+            if let Op::Narrow(x, dim, start) = &node.op {
+                if let Some(xn) = &x.node {
+                    let acc = pending.entry(xn.id).or_insert_with(|| Pending::zeros(x.dims()));
+                    acc.add_slice(x.dims(), *dim, *start, &g)?;
+                }
                 continue;
             }
             let inputs = node.op.inputs();
@@ -203,7 +213,7 @@ impl Tensor {
             debug_assert_eq!(grads.len(), inputs.len());
             for (x, gx) in inputs.into_iter().zip(grads) {
                 let (Some(xn), Some(gx)) = (&x.node, gx) else { continue };
-                let gx = if gx.dims() != x.dims() {
+                if gx.dims() != x.dims() {
                     return Err(Error::shape(
                         "backward",
                         format!(
@@ -213,17 +223,92 @@ impl Tensor {
                             rules::name(&node.op)
                         ),
                     ));
-                } else {
-                    gx
-                };
-                let acc = match pending.remove(&xn.id) {
-                    Some(prev) => prev.add(&gx)?,
-                    None => gx,
-                };
-                pending.insert(xn.id, acc);
+                }
+                match pending.remove(&xn.id) {
+                    Some(mut acc) => {
+                        acc.add(&gx)?;
+                        pending.insert(xn.id, acc);
+                    }
+                    None => {
+                        pending.insert(xn.id, Pending::Tensor(gx));
+                    }
+                }
             }
         }
         Ok(Gradients { by_leaf: leaves })
+    }
+}
+
+/// A gradient being accumulated: the first contribution as it came, then an owned buffer that later
+/// contributions are added into in place.
+enum Pending {
+    Tensor(Tensor),
+    Buffer(Vec<f32>, Vec<usize>),
+}
+
+/// Elements above which accumulation runs in parallel.
+const PAR_ACC: usize = 1 << 16;
+
+impl Pending {
+    fn zeros(dims: &[usize]) -> Pending {
+        Pending::Buffer(vec![0.0; dims.iter().product()], dims.to_vec())
+    }
+
+    fn buffer(&mut self) -> Result<&mut Vec<f32>> {
+        if let Pending::Tensor(t) = self {
+            *self = Pending::Buffer(t.to_f32_vec()?, t.dims().to_vec());
+        }
+        match self {
+            Pending::Buffer(v, _) => Ok(v),
+            Pending::Tensor(_) => unreachable!("converted above"),
+        }
+    }
+
+    fn add(&mut self, g: &Tensor) -> Result<()> {
+        let src = g.f32_data("backward")?;
+        let dst = self.buffer()?;
+        if dst.len() >= PAR_ACC {
+            use rayon::prelude::*;
+            dst.par_chunks_mut(4096)
+                .zip(src.par_chunks(4096))
+                .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d += s));
+        } else {
+            dst.iter_mut().zip(src.iter()).for_each(|(d, s)| *d += s);
+        }
+        Ok(())
+    }
+
+    /// Adds `g` into elements `start..start + g.dims()[dim]` of dimension `dim` of a tensor of shape `dims`.
+    fn add_slice(&mut self, dims: &[usize], dim: usize, start: usize, g: &Tensor) -> Result<()> {
+        let (outer, size, inner) = crate::ops::split_at_dim(dims, dim);
+        let len = g.dims()[dim];
+        let src = g.f32_data("backward")?;
+        let dst = self.buffer()?;
+        let row = |(o, d): (usize, &mut [f32])| {
+            let s = &src[o * len * inner..(o + 1) * len * inner];
+            d[start * inner..(start + len) * inner]
+                .iter_mut()
+                .zip(s)
+                .for_each(|(d, s)| *d += s);
+        };
+        if size * inner == 0 {
+            return Ok(());
+        }
+        if dst.len() >= PAR_ACC {
+            use rayon::prelude::*;
+            dst.par_chunks_mut(size * inner).enumerate().for_each(row);
+        } else {
+            dst.chunks_mut(size * inner).enumerate().for_each(row);
+        }
+        debug_assert_eq!(dst.len(), outer * size * inner);
+        Ok(())
+    }
+
+    fn into_tensor(self) -> Result<Tensor> {
+        match self {
+            Pending::Tensor(t) => Ok(t),
+            Pending::Buffer(v, dims) => Tensor::from_vec(v, &dims),
+        }
     }
 }
 

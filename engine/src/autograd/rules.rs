@@ -80,30 +80,8 @@ pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             }
             one(g.permute(&inv)?)
         }
-        Op::Narrow(x, dim, start) => {
-            let (d, s) = (*dim, *start);
-            let len = g.dims()[d];
-            let mut parts = Vec::new();
-            let mut pad = |n: usize| -> Result<()> {
-                if n > 0 {
-                    let mut dims = x.dims().to_vec();
-                    dims[d] = n;
-                    parts.push(Tensor::zeros(&dims, DType::F32, x.device())?);
-                }
-                Ok(())
-            };
-            pad(s)?;
-            let after = x.dims()[d] - s - len;
-            let g32 = g.to_dtype(DType::F32)?;
-            parts.push(g32);
-            let mut dims = x.dims().to_vec();
-            dims[d] = after;
-            if after > 0 {
-                parts.push(Tensor::zeros(&dims, DType::F32, x.device())?);
-            }
-            let refs: Vec<&Tensor> = parts.iter().collect();
-            one(Tensor::cat(&refs, d as isize)?)
-        }
+        // Accumulated in place by the tape (`Pending::add_slice`), never padded here.
+        Op::Narrow(..) => Err(Error::arg("backward", "internal: narrow is accumulated by the tape")),
         Op::Broadcast(x) => one(sum_to(g, x.dims())?),
         Op::Copy(_) => one(g.clone()),
         Op::Cat(xs, dim) => {

@@ -280,6 +280,48 @@ per_isa! {
     fn zip<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], dst: &mut [f32], f: F) -> () = zip_loop, fallback zip_loop
 }
 
+/// d/dx SiLU(x) · g.
+#[inline(always)]
+pub fn silu_grad(x: f32, g: f32) -> f32 {
+    let s = sigmoid(x);
+    g * s * (1.0 + x * (1.0 - s))
+}
+
+/// d/dx GELU_tanh(x) · g, with y = x/2 · (1 + tanh(c·(x + a·x³))).
+#[inline(always)]
+pub fn gelu_tanh_grad(x: f32, g: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/π)
+    const A: f32 = 0.044_715;
+    let t = tanh(C * (x + A * x * x * x));
+    g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * A * x * x))
+}
+
+// The activation gradients as loops of their own: a closure this large passed to `zip` is not inlined
+// into the vectorised loop (it stayed an out-of-line call per element, 8% of a training step).
+#[inline(always)]
+fn silu_grad_loop(x: &[f32], g: &[f32], dst: &mut [f32]) {
+    for ((d, &x), &g) in dst.iter_mut().zip(x).zip(g) {
+        *d = silu_grad(x, g);
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_grad_loop(x: &[f32], g: &[f32], dst: &mut [f32]) {
+    for ((d, &x), &g) in dst.iter_mut().zip(x).zip(g) {
+        *d = gelu_tanh_grad(x, g);
+    }
+}
+
+per_isa! {
+    /// `dst[i] = silu_grad(x[i], g[i])`.
+    fn silu_backward<>(x: &[f32], g: &[f32], dst: &mut [f32]) -> () = silu_grad_loop, fallback silu_grad_loop
+}
+
+per_isa! {
+    /// `dst[i] = gelu_tanh_grad(x[i], g[i])`.
+    fn gelu_tanh_backward<>(x: &[f32], g: &[f32], dst: &mut [f32]) -> () = gelu_tanh_grad_loop, fallback gelu_tanh_grad_loop
+}
+
 per_isa! {
     /// Sum of a slice with 16 running partial sums.
     fn sum<>(x: &[f32]) -> f32 = sum_loop, fallback sum_loop

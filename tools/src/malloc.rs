@@ -1,0 +1,29 @@
+//! Process-wide allocator tuning for the `nvg` program.
+//!
+//! Tensors are large, short-lived buffers. With glibc's defaults every allocation above a dynamic
+//! threshold is a fresh `mmap` that the kernel zero-fills page by page on first touch, and freed heap
+//! memory is trimmed back to the system — so a training step spent ~17% of its time in page faults
+//! (measured with `perf` on `nvg bench train`). Raising the mmap and trim thresholds keeps freed
+//! buffers (up to glibc's 32 MiB mmap-threshold cap) in the heap for reuse. Resident memory then stays
+//! near its peak instead of shrinking between steps, which suits a compute job.
+
+/// Applies the tuning (glibc only; a no-op elsewhere or when `NVG_KEEP_MALLOC_DEFAULTS` is set).
+pub fn keep_freed_memory() {
+    if std::env::var_os("NVG_KEEP_MALLOC_DEFAULTS").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only changes allocator parameters; it is called before any other thread
+        // exists.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
+}
