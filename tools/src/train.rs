@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail, ensure};
 use nvg::config::GeneratorConfig;
 use nvg::dataset::Dataset;
 use nvg::tokenizer::Tokenizer;
-use nvg::trainer::session::{StepLog, TrainSettings, TrainState, checkpoint_path, train};
+use nvg::trainer::session::{StepLog, TrainSettings, TrainState, checkpoint_path, checkpoint_settings, train};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -117,6 +117,19 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             config.depth
         );
         eprintln!("resuming from {} at step {}", ckpt.display(), s.step);
+        // Resuming with other settings is allowed (e.g. more --steps) but changes the run: say what.
+        let old = checkpoint_settings(&ckpt)?;
+        let new = settings.describe();
+        if let (Some(old), Some(new)) = (old.as_object(), new.as_object()) {
+            for (k, v) in new {
+                if old.get(k) != Some(v) {
+                    eprintln!(
+                        "warning: {k} was {} in the checkpoint's run and is {v} now",
+                        old.get(k).map_or("unset".to_string(), |o| o.to_string())
+                    );
+                }
+            }
+        }
         s
     } else {
         if ckpt.exists() {

@@ -68,7 +68,8 @@ impl TrainSettings {
         )
     }
 
-    fn describe(&self) -> serde_json::Value {
+    /// The settings as recorded in checkpoints.
+    pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "batch": self.batch, "accum": self.accum, "steps": self.steps, "lr": self.lr,
             "warmup": self.warmup, "hold_end": self.hold_end, "final_lr": self.final_lr, "clip": self.clip,
@@ -340,6 +341,17 @@ fn average_terms(all: &[LossTerms]) -> LossTerms {
         structure_mse: avg(|t| &t.structure_mse),
         total: all.iter().map(|t| t.total).sum::<f32>() / n,
     }
+}
+
+/// The settings recorded in a checkpoint's metadata.
+pub fn checkpoint_settings(path: &Path) -> Result<serde_json::Value> {
+    let file = SafetensorsFile::open(path)?;
+    let meta = file
+        .metadata()
+        .get("nvg.train")
+        .with_context(|| format!("{}: not a training checkpoint", path.display()))?;
+    let meta: serde_json::Value = serde_json::from_str(meta)?;
+    Ok(meta["settings"].clone())
 }
 
 /// Where a run keeps its checkpoint.
