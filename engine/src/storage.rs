@@ -137,6 +137,23 @@ impl CpuStorage {
         }
     }
 
+    /// Owned storage of `dtype` holding a copy of little-endian `bytes`.
+    pub fn from_bytes(dtype: DType, bytes: &[u8]) -> CpuStorage {
+        fn typed<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+            bytes
+                .chunks_exact(std::mem::size_of::<T>())
+                .map(bytemuck::pod_read_unaligned)
+                .collect()
+        }
+        match dtype {
+            DType::F32 => CpuStorage::F32(typed(bytes)),
+            DType::BF16 => CpuStorage::BF16(typed(bytes)),
+            DType::F16 => CpuStorage::F16(typed(bytes)),
+            DType::I64 => CpuStorage::I64(typed(bytes)),
+            DType::U8 => CpuStorage::U8(bytes.to_vec()),
+        }
+    }
+
     /// Whether the data lives in a memory-mapped file (zero-copy load).
     pub fn is_mapped(&self) -> bool {
         matches!(self, CpuStorage::Mapped(_))
@@ -146,8 +163,6 @@ impl CpuStorage {
 /// Storage on some device.
 pub enum Storage {
     Cpu(CpuStorage),
-    /// Never constructed in a build without the CUDA backend (its payload is uninhabited).
-    #[allow(dead_code)]
     Cuda(CudaStorage),
 }
 

@@ -72,6 +72,11 @@ impl Tensor {
     // Construction
     // ----------------------------------------------------------------------------------------------
 
+    /// The storage (for device backends).
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     pub(crate) fn from_parts(storage: Storage, layout: Layout) -> Tensor {
         Tensor {
             storage: Arc::new(storage),
@@ -108,6 +113,9 @@ impl Tensor {
     /// A tensor whose every element is `value` (converted to `dtype`).
     pub fn full(value: f32, dims: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         cuda::check_device("full", device)?;
+        if !device.is_cpu() {
+            return Tensor::full(value, dims, dtype, Device::Cpu)?.to_device(device);
+        }
         let n: usize = dims.iter().product();
         let data = match dtype {
             DType::F32 => CpuStorage::F32(vec![value; n]),
@@ -201,11 +209,11 @@ impl Tensor {
     pub(crate) fn cpu_storage(&self, op: &'static str) -> Result<&CpuStorage> {
         match &*self.storage {
             Storage::Cpu(c) => Ok(c),
-            // Uninhabited in a build without CUDA; no CUDA tensor can exist to reach `op` here.
-            Storage::Cuda(c) => {
-                let _ = op;
-                match *c {}
-            }
+            Storage::Cuda(c) => Err(Error::Unsupported {
+                op,
+                device: c.device(),
+                msg: "no kernel for this op on the device yet; copy the tensor with to_device(Device::Cpu)".to_string(),
+            }),
         }
     }
 
@@ -214,12 +222,19 @@ impl Tensor {
     // ----------------------------------------------------------------------------------------------
 
     /// The elements of this view, row-major, in the tensor's own type `T` (an error if the dtype differs).
+    /// Device tensors are copied to the CPU first.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if !self.device().is_cpu() {
+            return self.to_device(Device::Cpu)?.to_vec();
+        }
         Ok(self.typed_data::<T>("to_vec")?.into_owned())
     }
 
     /// The elements converted to f32 (any dtype; integers above 2^24 round).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        if !self.device().is_cpu() {
+            return self.to_device(Device::Cpu)?.to_f32_vec();
+        }
         if self.dtype().is_int() {
             return Ok(self.i64_data("to_f32_vec")?.iter().map(|&x| x as f32).collect());
         }
@@ -228,6 +243,9 @@ impl Tensor {
 
     /// The elements converted to i64 (integer dtypes only; floats are refused to avoid silent truncation).
     pub fn to_i64_vec(&self) -> Result<Vec<i64>> {
+        if !self.device().is_cpu() {
+            return self.to_device(Device::Cpu)?.to_i64_vec();
+        }
         Ok(self.i64_data("to_i64_vec")?.into_owned())
     }
 
@@ -333,13 +351,35 @@ impl Tensor {
             return Ok(self.clone());
         }
         cuda::check_device("to_device", device)?;
-        Ok(self.clone())
+        let packed = self.contiguous()?;
+        let dims = self.dims().to_vec();
+        let out = match (&*packed.storage, device) {
+            (Storage::Cpu(c), _) => {
+                let bytes = c.bytes();
+                let start = packed.layout.offset() * c.dtype().size();
+                let len = packed.numel() * c.dtype().size();
+                let st = cuda::CudaStorage::from_bytes(device, c.dtype(), packed.numel(), &bytes[start..start + len])?;
+                Tensor::from_parts(Storage::Cuda(st), Layout::contiguous(&dims))
+            }
+            (Storage::Cuda(g), Device::Cpu) => {
+                let bytes = g.to_bytes();
+                let start = packed.layout.offset() * g.dtype().size();
+                let data = CpuStorage::from_bytes(g.dtype(), &bytes[start..start + packed.numel() * g.dtype().size()]);
+                Tensor::from_cpu(data, &dims)
+            }
+            (Storage::Cuda(_), _) => return self.to_device(Device::Cpu)?.to_device(device),
+        };
+        Ok(out.record(&[self], || Op::Copy(self.clone())))
     }
 
     /// A packed row-major copy, or `self` if the view is already packed.
     pub fn contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
             return Ok(self.clone());
+        }
+        if !self.device().is_cpu() {
+            let out = cuda::ops::contiguous(self)?;
+            return Ok(out.record(&[self], || Op::Copy(self.clone())));
         }
         let st = self.cpu_storage("contiguous")?;
         let l = &self.layout;

@@ -261,6 +261,9 @@ impl Tensor {
     }
 
     fn unary_untracked(&self, op: Unary) -> Result<Tensor> {
+        if !self.device().is_cpu() {
+            return crate::cuda::ops::unary(self, op);
+        }
         let x = self.f32_data(op.name())?;
         // One monomorphised loop per op: a closure that matches on `op` per element is too big to
         // inline into the vectorised loop and runs scalar, a call per element.
@@ -346,6 +349,9 @@ impl Tensor {
             ));
         }
         let dims = broadcast_shapes(name, self.dims(), rhs.dims())?;
+        if !self.device().is_cpu() || !rhs.device().is_cpu() {
+            return crate::cuda::ops::binary(self, rhs, op, &dims);
+        }
         let la = self.layout().broadcast_to(name, &dims)?;
         let lb = rhs.layout().broadcast_to(name, &dims)?;
         let n: usize = dims.iter().product();
@@ -413,6 +419,10 @@ impl Tensor {
     }
 
     fn affine_named(&self, op: &'static str, mul: f32, add: f32) -> Result<Tensor> {
+        if !self.device().is_cpu() {
+            let out = crate::cuda::ops::affine(self, mul, add)?;
+            return Ok(out.record(&[self], || Op::Affine(self.clone(), mul)));
+        }
         let x = self.f32_data(op)?;
         let out = Tensor::from_f32_as(par_map(&x, move |v| v * mul + add), self.dims(), self.dtype());
         Ok(out.record(&[self], || Op::Affine(self.clone(), mul)))

@@ -116,6 +116,9 @@ impl Tensor {
                 ),
             )
         })?;
+        if !self.device().is_cpu() || !rhs.device().is_cpu() {
+            return crate::cuda::ops::matmul(self, rhs, &batch);
+        }
         let a = f32_operand(self)?;
         let b = f32_operand(rhs)?;
         let (oa, ob) = (batch_offsets(&a, &batch)?, batch_offsets(&b, &batch)?);
@@ -172,6 +175,15 @@ impl Tensor {
             same_device(op, self, b)?;
             want_float(op, "bias", b)?;
             super::want_shape(op, "bias", b, &[out_f])?;
+        }
+        if !self.device().is_cpu() {
+            // x · Wᵀ (+ b) from the device's GEMM and broadcast add; the Linear node is recorded by
+            // the caller, so the pieces are computed untracked.
+            let y = self.detach().matmul(&weight.detach().transpose(0, 1)?)?;
+            return match bias {
+                Some(b) => y.add(&b.detach()),
+                None => Ok(y),
+            };
         }
         let rows: usize = self.dims()[..self.rank() - 1].iter().product();
         // x as a [rows, in] matrix: read in place when its leading dims collapse into one stride.

@@ -78,6 +78,14 @@ impl Tensor {
     fn layer_norm_untracked(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
         let op = "layer_norm";
         let width = last_dim(op, self, eps)?;
+        if !self.device().is_cpu() {
+            for (name, t) in [("weight", weight), ("bias", bias)] {
+                if let Some(t) = t {
+                    super::want_shape(op, name, t, &[width])?;
+                }
+            }
+            return crate::cuda::ops::layer_norm(self, weight, bias, eps);
+        }
         let w = channel_vec(op, "weight", weight, width)?;
         let b = channel_vec(op, "bias", bias, width)?;
         let mut data = self.f32_data(op)?.into_owned();
@@ -109,6 +117,10 @@ impl Tensor {
     fn rms_norm_untracked(&self, scale: &Tensor, eps: f32) -> Result<Tensor> {
         let op = "rms_norm";
         let width = last_dim(op, self, eps)?;
+        if !self.device().is_cpu() {
+            super::want_shape(op, "scale", scale, &[width])?;
+            return crate::cuda::ops::rms_norm(self, scale, eps);
+        }
         let s = channel_vec(op, "scale", Some(scale), width)?.unwrap();
         let mut data = self.f32_data(op)?.into_owned();
         if width > 0 {

@@ -100,6 +100,9 @@ impl Tensor {
 
     fn reduce_untracked(&self, op: &'static str, dim: isize, keepdim: bool, kind: Reduce) -> Result<Tensor> {
         let d = self.layout().dim_index(op, dim)?;
+        if !self.device().is_cpu() && kind == Reduce::Sum && d + 1 == self.rank() && self.dims()[d] > 0 {
+            return crate::cuda::ops::sum_last(self, keepdim);
+        }
         let (outer, size, inner) = split_at_dim(self.dims(), d);
         if size == 0 && kind != Reduce::Sum {
             return Err(Error::shape(

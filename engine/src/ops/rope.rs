@@ -93,6 +93,9 @@ impl Tensor {
                 ),
             ));
         }
+        if !self.device().is_cpu() {
+            return crate::cuda::ops::rope(self, cos, sin);
+        }
         let shared = cos.rank() == 2;
         let (c, s) = (cos.f32_data(op)?, sin.f32_data(op)?);
         let mut x = self.f32_data(op)?.into_owned();

@@ -33,6 +33,9 @@ pub(crate) fn softmax_row(isa: Isa, row: &mut [f32], log: bool) {
 
 fn softmax_impl(x: &Tensor, op: &'static str, dim: isize, log: bool) -> Result<Tensor> {
     let d = x.layout().dim_index(op, dim)?;
+    if !x.device().is_cpu() && d + 1 == x.rank() && x.dims()[d] > 0 {
+        return crate::cuda::ops::softmax_last(x, log);
+    }
     let (outer, size, inner) = split_at_dim(x.dims(), d);
     let isa = simd::isa();
     let mut data = x.f32_data(op)?.into_owned();

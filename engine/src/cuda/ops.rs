@@ -1,0 +1,381 @@
+//! Engine ops on device tensors: each validates like its CPU front-end did, makes its operands
+//! contiguous f32, allocates the output and launches its kernel. Ops not listed here fail on a device
+//! tensor with "no kernel for this op on the device yet".
+
+use super::CudaStorage;
+use super::launch::{Arg, BroadcastArg, LaunchConfig, launch};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::ops::elementwise::{Binary, Unary};
+use crate::storage::Storage;
+use crate::{DType, Device, Tensor};
+
+/// Threads per block of the row kernels.
+const ROW_THREADS: u32 = 256;
+
+/// The device address of a contiguous tensor's first element.
+fn addr(t: &Tensor) -> Result<u64> {
+    match t.storage() {
+        Storage::Cuda(c) => Ok(c.ptr() + (t.layout().offset() * c.dtype().size()) as u64),
+        Storage::Cpu(_) => Err(Error::arg("cuda op", "a CPU tensor where a device tensor was expected")),
+    }
+}
+
+/// `t` as a contiguous f32 device tensor.
+fn f32_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::Unsupported {
+            op,
+            device: t.device(),
+            msg: format!("device kernels take f32 tensors, got {}", t.dtype()),
+        });
+    }
+    t.contiguous()
+}
+
+fn alloc(device: Device, dims: &[usize]) -> Result<Tensor> {
+    let n = dims.iter().product();
+    Ok(Tensor::from_parts(
+        Storage::Cuda(CudaStorage::alloc(device, DType::F32, n)?),
+        Layout::contiguous(dims),
+    ))
+}
+
+fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.device() != b.device() {
+        return Err(Error::arg(op, format!("tensors on {} and {}", a.device(), b.device())));
+    }
+    Ok(())
+}
+
+/// Packs a strided f32 view.
+pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
+    if t.dtype() != DType::F32 {
+        // Other dtypes take the CPU path (a copy there and back); only f32 has a kernel.
+        return t.to_device(Device::Cpu)?.contiguous()?.to_device(t.device());
+    }
+    let out = alloc(t.device(), t.dims())?;
+    let l = t.layout();
+    let mut bc = BroadcastArg {
+        rank: l.dims().len() as i32,
+        ..Default::default()
+    };
+    if l.dims().len() > 8 {
+        return Err(Error::shape("contiguous", "device tensors have at most 8 dimensions"));
+    }
+    for (d, (&n, &s)) in l.dims().iter().zip(l.strides()).enumerate() {
+        bc.dims[d] = n as i64;
+        bc.sa[d] = s as i64;
+    }
+    let base = match t.storage() {
+        Storage::Cuda(c) => c.ptr(),
+        Storage::Cpu(_) => unreachable!("device tensor"),
+    };
+    let n = t.numel();
+    // SAFETY: src covers offset + Σ (dims−1)·strides (a valid view of its storage); dst holds n floats.
+    unsafe {
+        launch(
+            t.device(),
+            "elementwise",
+            "nvg_strided_copy_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(base),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(n as i64),
+                Arg::I64(l.offset() as i64),
+                Arg::Broadcast(bc),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn unary(x: &Tensor, op: Unary) -> Result<Tensor> {
+    let x = f32_operand(op.name(), x)?;
+    let out = alloc(x.device(), x.dims())?;
+    let n = x.numel();
+    // SAFETY: x and out hold n contiguous floats.
+    unsafe {
+        launch(
+            x.device(),
+            "elementwise",
+            "nvg_unary_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(n as i64),
+                Arg::I32(op as i32),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn affine(x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
+    let x = f32_operand("affine", x)?;
+    let out = alloc(x.device(), x.dims())?;
+    let n = x.numel();
+    // SAFETY: x and out hold n contiguous floats.
+    unsafe {
+        launch(
+            x.device(),
+            "elementwise",
+            "nvg_affine_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(n as i64),
+                Arg::F32(mul),
+                Arg::F32(add),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Binary, dims: &[usize]) -> Result<Tensor> {
+    same_device(op.name(), a, b)?;
+    let (a, b) = (f32_operand(op.name(), a)?, f32_operand(op.name(), b)?);
+    if dims.len() > 8 {
+        return Err(Error::shape(op.name(), "device tensors have at most 8 dimensions"));
+    }
+    let la = a.layout().broadcast_to(op.name(), dims)?;
+    let lb = b.layout().broadcast_to(op.name(), dims)?;
+    let mut bc = BroadcastArg {
+        rank: dims.len() as i32,
+        ..Default::default()
+    };
+    for (d, &n) in dims.iter().enumerate() {
+        bc.dims[d] = n as i64;
+        bc.sa[d] = la.strides()[d] as i64;
+        bc.sb[d] = lb.strides()[d] as i64;
+    }
+    let out = alloc(a.device(), dims)?;
+    let n = out.numel();
+    // SAFETY: every index the broadcast strides produce lies inside a and b (contiguous, broadcast
+    // with stride 0); out holds n floats.
+    unsafe {
+        launch(
+            a.device(),
+            "elementwise",
+            "nvg_binary_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(addr(&a)?),
+                Arg::Ptr(addr(&b)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(n as i64),
+                Arg::I32(op as i32),
+                Arg::Broadcast(bc),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// `[rows, cols]` view of a tensor over its last dimension.
+fn rows_cols(t: &Tensor) -> (usize, usize) {
+    let cols = t.dims().last().copied().unwrap_or(1);
+    (t.numel() / cols.max(1), cols)
+}
+
+/// Sum over the last dimension.
+pub(crate) fn sum_last(x: &Tensor, keepdim: bool) -> Result<Tensor> {
+    let x = f32_operand("sum", x)?;
+    let (rows, cols) = rows_cols(&x);
+    let mut dims = x.dims().to_vec();
+    if keepdim {
+        *dims.last_mut().unwrap() = 1;
+    } else {
+        dims.pop();
+    }
+    let out = alloc(x.device(), &dims)?;
+    // SAFETY: x holds rows·cols floats, out rows.
+    unsafe {
+        launch(
+            x.device(),
+            "rows",
+            "nvg_sum_rows_f32",
+            LaunchConfig::per_row(rows, ROW_THREADS),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I32(rows as i32),
+                Arg::I32(cols as i32),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// Softmax (or log-softmax) over the last dimension.
+pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
+    let x = f32_operand("softmax", x)?;
+    let (rows, cols) = rows_cols(&x);
+    let out = alloc(x.device(), x.dims())?;
+    // SAFETY: x and out hold rows·cols floats.
+    unsafe {
+        launch(
+            x.device(),
+            "rows",
+            "nvg_softmax_rows_f32",
+            LaunchConfig::per_row(rows, ROW_THREADS),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I32(rows as i32),
+                Arg::I32(cols as i32),
+                Arg::I32(log as i32),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+fn optional(op: &'static str, t: Option<&Tensor>) -> Result<(Option<Tensor>, u64)> {
+    match t {
+        Some(t) => {
+            let t = f32_operand(op, t)?;
+            let a = addr(&t)?;
+            Ok((Some(t), a))
+        }
+        None => Ok((None, 0)),
+    }
+}
+
+pub(crate) fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    let x = f32_operand("layer_norm", x)?;
+    let (rows, cols) = rows_cols(&x);
+    let ((_w, wp), (_b, bp)) = (optional("layer_norm", w)?, optional("layer_norm", b)?);
+    let out = alloc(x.device(), x.dims())?;
+    // SAFETY: x and out hold rows·cols floats; weight and bias (if any) cols (checked by the caller).
+    unsafe {
+        launch(
+            x.device(),
+            "rows",
+            "nvg_layer_norm_f32",
+            LaunchConfig::per_row(rows, ROW_THREADS),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(wp),
+                Arg::Ptr(bp),
+                Arg::Ptr(addr(&out)?),
+                Arg::I32(rows as i32),
+                Arg::I32(cols as i32),
+                Arg::F32(eps),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn rms_norm(x: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
+    let x = f32_operand("rms_norm", x)?;
+    let s = f32_operand("rms_norm", scale)?;
+    let (rows, cols) = rows_cols(&x);
+    let out = alloc(x.device(), x.dims())?;
+    // SAFETY: x and out hold rows·cols floats, scale cols (checked by the caller).
+    unsafe {
+        launch(
+            x.device(),
+            "rows",
+            "nvg_rms_norm_f32",
+            LaunchConfig::per_row(rows, ROW_THREADS),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&s)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I32(rows as i32),
+                Arg::I32(cols as i32),
+                Arg::F32(eps),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// RoPE of x `[B, H, N, D]` with tables `[B, N, D/2]` or `[N, D/2]` (shapes checked by the caller).
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let x = f32_operand("rope", x)?;
+    let (c, s) = (f32_operand("rope", cos)?, f32_operand("rope", sin)?);
+    let [b, h, n, d] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
+    let out = alloc(x.device(), x.dims())?;
+    let pairs = b * h * n * d / 2;
+    // SAFETY: x/out hold b·h·n·d floats; the tables (b or 1)·n·d/2.
+    unsafe {
+        launch(
+            x.device(),
+            "rope",
+            "nvg_rope_f32",
+            LaunchConfig::for_elements(pairs),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&c)?),
+                Arg::Ptr(addr(&s)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I32(b as i32),
+                Arg::I32(h as i32),
+                Arg::I32(n as i32),
+                Arg::I32(d as i32),
+                Arg::I32((c.rank() == 3) as i32),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// `[..., m, k] · [..., k, n]` with broadcast batch dims `batch` (shapes checked by the caller).
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> {
+    same_device("matmul", a, b)?;
+    let (ra, rb) = (a.rank(), b.rank());
+    let (m, k, n) = (a.dims()[ra - 2], a.dims()[ra - 1], b.dims()[rb - 1]);
+    let nb: usize = batch.iter().product();
+    // Materialise the broadcast batch so each operand is [nb, rows, cols] with a fixed stride (0 when
+    // an operand has no batch dims at all).
+    let expand = |t: &Tensor, rows: usize, cols: usize| -> Result<(Tensor, i64)> {
+        let r = t.rank();
+        if t.dims()[..r - 2].iter().product::<usize>() == 1 {
+            return Ok((f32_operand("matmul", t)?, 0));
+        }
+        let mut dims = batch.to_vec();
+        dims.extend_from_slice(&[rows, cols]);
+        Ok((f32_operand("matmul", &t.broadcast_as(&dims)?)?, (rows * cols) as i64))
+    };
+    let (a, sa) = expand(a, m, k)?;
+    let (b, sb) = expand(b, k, n)?;
+    let mut dims = batch.to_vec();
+    dims.extend_from_slice(&[m, n]);
+    let out = alloc(a.device(), &dims)?;
+    if m * n == 0 {
+        return Ok(out);
+    }
+    let cfg = LaunchConfig {
+        grid: [n.div_ceil(64) as u32, m.div_ceil(64) as u32, nb.max(1) as u32],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    };
+    // SAFETY: a holds nb (or 1) m×k matrices at stride sa, b k×n at sb, out nb m×n.
+    unsafe {
+        launch(
+            a.device(),
+            "gemm",
+            "nvg_gemm_f32",
+            cfg,
+            &[
+                Arg::Ptr(addr(&a)?),
+                Arg::Ptr(addr(&b)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I32(m as i32),
+                Arg::I32(n as i32),
+                Arg::I32(k as i32),
+                Arg::I64(sa),
+                Arg::I64(sb),
+                Arg::I64((m * n) as i64),
+            ],
+        )?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,355 @@
+//! Conformance of the device backends with the CPU reference: every op that has a CUDA kernel runs on
+//! each available device and is compared with the same op on the CPU, on odd shapes, strided views and
+//! broadcasting. `CudaEmu` (the kernels' host build, launched through the CUDA backend) is always
+//! available; a real `Cuda` device is tested when this build can drive one, and otherwise the test says
+//! why it is skipped.
+//!
+//! Tolerance: both sides compute in f32; they differ in summation order (block reductions, GEMM tiles)
+//! and in transcendental implementations (libm on the device side, the engine's vectorised polynomials
+//! on the CPU), a few ulps per element. `|device − cpu| ≤ 1e-5 + 1e-5·|cpu|` (3e-5 relative for
+//! reductions over hundreds of elements and for GEMMs with k up to 300).
+
+use nvg_engine::{Binary, DType, Device, Tensor, Unary};
+
+fn devices() -> Vec<Device> {
+    let mut v = vec![Device::CudaEmu];
+    if nvg_engine::cuda::is_available(Device::Cuda(0)) {
+        v.push(Device::Cuda(0));
+    } else {
+        eprintln!("skipping Device::Cuda(0): this build has no CUDA driver backend (CudaEmu runs the same kernels)");
+    }
+    v
+}
+
+/// Deterministic values in about [-2, 2].
+fn rand(dims: &[usize], seed: u64) -> Tensor {
+    let n: usize = dims.iter().product();
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, dims).unwrap()
+}
+
+#[track_caller]
+fn check(what: &str, dev: Device, got: &Tensor, want: &Tensor, rtol: f32) {
+    assert_eq!(got.device(), dev, "{what}: result not on {dev}");
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let (g, w) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let ok = (a - b).abs() <= 1e-5 + rtol * b.abs() || (a.is_nan() && b.is_nan()) || a == b;
+        assert!(ok, "{what} on {dev}: element {i}: {a} vs CPU {b}");
+    }
+}
+
+fn on(dev: Device, t: &Tensor) -> Tensor {
+    t.to_device(dev).unwrap()
+}
+
+#[test]
+fn transfers_round_trip_every_dtype() {
+    for dev in devices() {
+        let f = rand(&[3, 5], 1);
+        let g = on(dev, &f);
+        assert_eq!(g.device(), dev);
+        assert_eq!(g.to_f32_vec().unwrap(), f.to_f32_vec().unwrap());
+        let ids = Tensor::from_vec(vec![3i64, -1, 7, 1 << 40], &[2, 2]).unwrap();
+        assert_eq!(on(dev, &ids).to_i64_vec().unwrap(), ids.to_i64_vec().unwrap());
+        let h = f.to_dtype(DType::BF16).unwrap();
+        let back = on(dev, &h).to_device(Device::Cpu).unwrap();
+        assert_eq!(back.dtype(), DType::BF16);
+        assert_eq!(back.to_f32_vec().unwrap(), h.to_f32_vec().unwrap());
+        let z = Tensor::zeros(&[4], DType::F32, dev).unwrap();
+        assert_eq!(z.device(), dev);
+        assert_eq!(z.to_f32_vec().unwrap(), vec![0.0; 4]);
+        // A strided view goes over packed.
+        let t = rand(&[4, 6, 5], 2);
+        let view = t.permute(&[2, 0, 1]).unwrap().narrow(1, 1, 2).unwrap();
+        check(
+            "strided view transfer",
+            dev,
+            &on(dev, &view),
+            &view.contiguous().unwrap(),
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn contiguous_copies_strided_views_on_the_device() {
+    for dev in devices() {
+        let t = rand(&[5, 7, 3], 3);
+        let d = on(dev, &t);
+        for (name, cpu, gpu) in [
+            (
+                "permute",
+                t.permute(&[2, 0, 1]).unwrap(),
+                d.permute(&[2, 0, 1]).unwrap(),
+            ),
+            ("narrow", t.narrow(1, 2, 4).unwrap(), d.narrow(1, 2, 4).unwrap()),
+            (
+                "transpose+narrow",
+                t.transpose(0, 2).unwrap().narrow(0, 1, 2).unwrap(),
+                d.transpose(0, 2).unwrap().narrow(0, 1, 2).unwrap(),
+            ),
+            (
+                "broadcast",
+                t.narrow(0, 0, 1).unwrap().broadcast_as(&[4, 7, 3]).unwrap(),
+                d.narrow(0, 0, 1).unwrap().broadcast_as(&[4, 7, 3]).unwrap(),
+            ),
+        ] {
+            check(name, dev, &gpu.contiguous().unwrap(), &cpu.contiguous().unwrap(), 0.0);
+        }
+    }
+}
+
+#[test]
+fn unary_ops() {
+    let x = rand(&[3, 37], 4);
+    let pos = x.abs().unwrap().add_scalar(0.1).unwrap(); // for log, sqrt, rsqrt, recip
+    for dev in devices() {
+        for op in [
+            Unary::Neg,
+            Unary::Abs,
+            Unary::Exp,
+            Unary::Log,
+            Unary::Sqrt,
+            Unary::Rsqrt,
+            Unary::Recip,
+            Unary::Sqr,
+            Unary::Tanh,
+            Unary::Sin,
+            Unary::Cos,
+            Unary::Sigmoid,
+            Unary::Silu,
+            Unary::GeluTanh,
+            Unary::Relu,
+        ] {
+            let input = if matches!(op, Unary::Log | Unary::Sqrt | Unary::Rsqrt | Unary::Recip) {
+                &pos
+            } else {
+                &x
+            };
+            check(
+                op.name(),
+                dev,
+                &on(dev, input).unary(op).unwrap(),
+                &input.unary(op).unwrap(),
+                1e-5,
+            );
+        }
+        check(
+            "affine",
+            dev,
+            &on(dev, &x).affine(1.5, -0.25).unwrap(),
+            &x.affine(1.5, -0.25).unwrap(),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn binary_ops_with_broadcasting_and_strided_operands() {
+    let a = rand(&[4, 1, 9], 5);
+    let b = rand(&[3, 9], 6).abs().unwrap().add_scalar(0.5).unwrap();
+    let wide = rand(&[9, 3], 7).transpose(0, 1).unwrap(); // strided [3, 9]
+    for dev in devices() {
+        for op in [
+            Binary::Add,
+            Binary::Sub,
+            Binary::Mul,
+            Binary::Div,
+            Binary::Maximum,
+            Binary::Minimum,
+        ] {
+            check(
+                op.name(),
+                dev,
+                &on(dev, &a).binary(&on(dev, &b), op).unwrap(),
+                &a.binary(&b, op).unwrap(),
+                1e-6,
+            );
+            let dw = on(dev, &rand(&[9, 3], 7)).transpose(0, 1).unwrap();
+            check(
+                &format!("{} strided rhs", op.name()),
+                dev,
+                &on(dev, &a).binary(&dw, op).unwrap(),
+                &a.binary(&wide, op).unwrap(),
+                1e-6,
+            );
+        }
+        let s = Tensor::scalar(2.5);
+        check(
+            "scalar rhs",
+            dev,
+            &on(dev, &a).mul(&on(dev, &s)).unwrap(),
+            &a.mul(&s).unwrap(),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn row_reductions_softmax_and_norms() {
+    for (rows, cols) in [(1, 1), (3, 31), (5, 257), (2, 1000)] {
+        let x = rand(&[rows, cols], 8 + cols as u64).mul_scalar(3.0).unwrap();
+        let w = rand(&[cols], 9);
+        let b = rand(&[cols], 10);
+        for dev in devices() {
+            let d = on(dev, &x);
+            check("sum", dev, &d.sum(-1, false).unwrap(), &x.sum(-1, false).unwrap(), 3e-5);
+            check(
+                "sum keepdim",
+                dev,
+                &d.sum(1, true).unwrap(),
+                &x.sum(1, true).unwrap(),
+                3e-5,
+            );
+            check(
+                "mean",
+                dev,
+                &d.mean(-1, false).unwrap(),
+                &x.mean(-1, false).unwrap(),
+                3e-5,
+            );
+            check("softmax", dev, &d.softmax(-1).unwrap(), &x.softmax(-1).unwrap(), 3e-5);
+            check(
+                "log_softmax",
+                dev,
+                &d.log_softmax(-1).unwrap(),
+                &x.log_softmax(-1).unwrap(),
+                3e-5,
+            );
+            let (dw, db) = (on(dev, &w), on(dev, &b));
+            check(
+                "layer_norm affine",
+                dev,
+                &d.layer_norm(Some(&dw), Some(&db), 1e-6).unwrap(),
+                &x.layer_norm(Some(&w), Some(&b), 1e-6).unwrap(),
+                3e-5,
+            );
+            check(
+                "layer_norm",
+                dev,
+                &d.layer_norm(None, None, 1e-6).unwrap(),
+                &x.layer_norm(None, None, 1e-6).unwrap(),
+                3e-5,
+            );
+            check(
+                "rms_norm",
+                dev,
+                &d.rms_norm(&dw, 1e-6).unwrap(),
+                &x.rms_norm(&w, 1e-6).unwrap(),
+                3e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_with_batched_and_shared_tables() {
+    let (b, h, n, d) = (2, 3, 5, 8);
+    let x = rand(&[b, h, n, d], 11);
+    let angles = rand(&[b, n, d / 2], 12);
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    for dev in devices() {
+        let (dc, ds) = (on(dev, &cos), on(dev, &sin));
+        check(
+            "rope batched table",
+            dev,
+            &on(dev, &x).rope(&dc, &ds).unwrap(),
+            &x.rope(&cos, &sin).unwrap(),
+            1e-6,
+        );
+        let (c1, s1) = (
+            cos.narrow(0, 0, 1).unwrap().squeeze(0).unwrap(),
+            sin.narrow(0, 0, 1).unwrap().squeeze(0).unwrap(),
+        );
+        check(
+            "rope shared table",
+            dev,
+            &on(dev, &x).rope(&on(dev, &c1), &on(dev, &s1)).unwrap(),
+            &x.rope(&c1, &s1).unwrap(),
+            1e-6,
+        );
+        // A head view of a fused projection (strided input).
+        let fused = rand(&[b, n, 2 * h * d], 13);
+        let view = |t: &Tensor| {
+            t.narrow(2, h * d, h * d)
+                .unwrap()
+                .unflatten(2, &[h, d])
+                .unwrap()
+                .permute(&[0, 2, 1, 3])
+                .unwrap()
+        };
+        check(
+            "rope strided",
+            dev,
+            &view(&on(dev, &fused)).rope(&dc, &ds).unwrap(),
+            &view(&fused).rope(&cos, &sin).unwrap(),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn matmul_and_linear() {
+    for (m, k, n) in [(1, 1, 1), (7, 13, 5), (65, 70, 129), (3, 300, 2)] {
+        let a = rand(&[m, k], 14 + m as u64);
+        let b = rand(&[k, n], 15 + n as u64);
+        for dev in devices() {
+            check(
+                &format!("matmul {m}x{k}x{n}"),
+                dev,
+                &on(dev, &a).matmul(&on(dev, &b)).unwrap(),
+                &a.matmul(&b).unwrap(),
+                3e-5,
+            );
+        }
+    }
+    let a = rand(&[2, 3, 9, 11], 16);
+    let b = rand(&[11, 6], 17);
+    let bt = rand(&[3, 6, 11], 18).transpose(-1, -2).unwrap();
+    let w = rand(&[6, 11], 19);
+    let bias = rand(&[6], 20);
+    for dev in devices() {
+        check(
+            "matmul batch × matrix",
+            dev,
+            &on(dev, &a).matmul(&on(dev, &b)).unwrap(),
+            &a.matmul(&b).unwrap(),
+            3e-5,
+        );
+        let dbt = on(dev, &rand(&[3, 6, 11], 18)).transpose(-1, -2).unwrap();
+        check(
+            "matmul broadcast batch, strided rhs",
+            dev,
+            &on(dev, &a).matmul(&dbt).unwrap(),
+            &a.matmul(&bt).unwrap(),
+            3e-5,
+        );
+        check(
+            "linear",
+            dev,
+            &on(dev, &a).linear(&on(dev, &w), Some(&on(dev, &bias))).unwrap(),
+            &a.linear(&w, Some(&bias)).unwrap(),
+            3e-5,
+        );
+    }
+}
+
+#[test]
+fn ops_without_a_kernel_and_the_real_gpu_say_so() {
+    let x = on(Device::CudaEmu, &rand(&[2, 3], 21));
+    let e = x.argsort(-1, false).unwrap_err().to_string();
+    assert!(e.contains("cuda-emu") && e.contains("to_device"), "{e}");
+    let e = x.mul(&rand(&[2, 3], 22)).unwrap_err().to_string();
+    assert!(e.contains("cpu") && e.contains("cuda-emu"), "mixing devices: {e}");
+    let e = rand(&[2], 23).to_device(Device::Cuda(0)).unwrap_err().to_string();
+    assert!(e.contains("cuda:0") && e.contains("CudaEmu"), "{e}");
+}

@@ -1,0 +1,92 @@
+// Element-wise unary and broadcasting binary ops on f32 (op codes match the engine's `Unary` and
+// `Binary` enums, in declaration order).
+#include "common.cuh"
+
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__device__ __forceinline__ float unary_op(int op, float x) {
+    switch (op) {
+        case 0: return -x;                                   // neg
+        case 1: return fabsf(x);                             // abs
+        case 2: return expf(x);                              // exp
+        case 3: return logf(x);                              // log
+        case 4: return sqrtf(x);                             // sqrt
+        case 5: return 1.0f / sqrtf(x);                      // rsqrt
+        case 6: return 1.0f / x;                             // recip
+        case 7: return x * x;                                // sqr
+        case 8: return tanhf(x);                             // tanh
+        case 9: return sinf(x);                              // sin
+        case 10: return cosf(x);                             // cos
+        case 11: return sigmoid_f(x);                        // sigmoid
+        case 12: return x * sigmoid_f(x);                    // silu
+        case 13: {                                           // gelu (tanh approximation)
+            float y = 0.7978845608f * (x + 0.044715f * x * x * x);
+            return x / (1.0f + expf(-2.0f * y));
+        }
+        default: return x > 0.0f ? x : 0.0f;                 // relu
+    }
+}
+
+extern "C" __global__ void nvg_unary_f32(const float* __restrict__ x, float* __restrict__ y, long long n, int op) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = unary_op(op, x[i]);
+}
+NVG_KERNEL(nvg_unary_f32);
+
+// Shapes and element strides of a broadcast: out has `dims`; a and b are read at strides sa, sb
+// (0 along broadcast dimensions).
+struct Broadcast {
+    int rank;
+    long long dims[8];
+    long long sa[8];
+    long long sb[8];
+};
+
+__device__ __forceinline__ float binary_op(int op, float a, float b) {
+    switch (op) {
+        case 0: return a + b;
+        case 1: return a - b;
+        case 2: return a * b;
+        case 3: return a / b;
+        case 4: return a != a || b != b ? a + b : fmaxf(a, b);  // NaN propagates
+        default: return a != a || b != b ? a + b : fminf(a, b);
+    }
+}
+
+extern "C" __global__ void nvg_binary_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                          float* __restrict__ out, long long n, int op, Broadcast bc) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        long long rem = i, ia = 0, ib = 0;
+        for (int d = bc.rank - 1; d >= 0; --d) {
+            long long c = rem % bc.dims[d];
+            rem /= bc.dims[d];
+            ia += c * bc.sa[d];
+            ib += c * bc.sb[d];
+        }
+        out[i] = binary_op(op, a[ia], b[ib]);
+    }
+}
+NVG_KERNEL(nvg_binary_f32);
+
+// y = x·mul + add.
+extern "C" __global__ void nvg_affine_f32(const float* __restrict__ x, float* __restrict__ y, long long n, float mul,
+                                          float add) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = x[i] * mul + add;
+}
+NVG_KERNEL(nvg_affine_f32);
+
+// dst[i] = src[offset + Σ_d c_d·stride_d] for the row-major coordinates c of i in `dims` (a strided view
+// made contiguous; strides in `sa`).
+extern "C" __global__ void nvg_strided_copy_f32(const float* __restrict__ src, float* __restrict__ dst, long long n,
+                                                long long offset, Broadcast layout) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        long long rem = i, at = offset;
+        for (int d = layout.rank - 1; d >= 0; --d) {
+            at += (rem % layout.dims[d]) * layout.sa[d];
+            rem /= layout.dims[d];
+        }
+        dst[i] = src[at];
+    }
+}
+NVG_KERNEL(nvg_strided_copy_f32);
