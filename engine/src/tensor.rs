@@ -362,7 +362,7 @@ impl Tensor {
                 Tensor::from_parts(Storage::Cuda(st), Layout::contiguous(&dims))
             }
             (Storage::Cuda(g), Device::Cpu) => {
-                let bytes = g.to_bytes();
+                let bytes = g.to_bytes()?;
                 let start = packed.layout.offset() * g.dtype().size();
                 let data = CpuStorage::from_bytes(g.dtype(), &bytes[start..start + packed.numel() * g.dtype().size()]);
                 Tensor::from_cpu(data, &dims)

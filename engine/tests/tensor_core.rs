@@ -725,6 +725,7 @@ fn to_f32_vec_converts_integer_tensors_as_documented() {
 }
 
 #[test]
+#[cfg(not(feature = "cuda"))]
 fn cuda_requests_fail_with_built_without_cuda_support() {
     let t = iota(&[2], DType::F32, 0);
     let m = err_msg(t.to_device(Device::Cuda(0)));

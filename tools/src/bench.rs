@@ -732,3 +732,96 @@ pub fn train_bench(opts: &TrainBenchOptions) -> Result<String> {
     }
     Ok(report)
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Device benchmark
+// ---------------------------------------------------------------------------------------------------
+
+/// Parses `--device` of the device commands: `cuda` (GPU 0), `cuda:N` or `cuda-emu`.
+pub fn parse_device(s: &str) -> Result<nvg_engine::Device> {
+    use nvg_engine::Device;
+    Ok(match s {
+        "cpu" => Device::Cpu,
+        "cuda-emu" => Device::CudaEmu,
+        "cuda" => Device::Cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => Device::Cuda(i),
+            None => anyhow::bail!("--device {s}: expected cpu, cuda, cuda:N or cuda-emu"),
+        },
+    })
+}
+
+/// Times the device kernels at NVG-like shapes next to the CPU backend in the same process, and checks
+/// each result against the CPU's (max relative error). Returns a Markdown report.
+pub fn device_bench(device: nvg_engine::Device, scale: usize, iters: usize) -> Result<String> {
+    use nvg_engine::Device;
+    nvg_engine::cuda::check_device("bench device", device)?;
+    // (name, flops, run) at `scale` (1 = small shapes for the emulator; 4 = d16-like on a GPU).
+    let m = 64 * scale;
+    let a = randn(&[m, 4 * m], 300);
+    let b = randn(&[4 * m, m], 301);
+    let x = randn(&[4 * m, 16 * scale], 302);
+    let w = randn(&[16 * scale], 303);
+    type Case<'a> = (
+        &'static str,
+        f64,
+        Box<dyn Fn(&Tensor, &Tensor) -> nvg_engine::Result<Tensor> + 'a>,
+    );
+    let cases: Vec<(Case, [&Tensor; 2])> = vec![
+        (
+            (
+                "matmul (SIMT GEMM)",
+                2.0 * (m * 4 * m * m) as f64,
+                Box::new(|p: &Tensor, q: &Tensor| p.matmul(q)),
+            ),
+            [&a, &b],
+        ),
+        (
+            ("softmax rows", 0.0, Box::new(|p: &Tensor, _: &Tensor| p.softmax(-1))),
+            [&x, &x],
+        ),
+        (
+            (
+                "rms_norm rows",
+                0.0,
+                Box::new(|p: &Tensor, q: &Tensor| p.rms_norm(q, 1e-6)),
+            ),
+            [&x, &w],
+        ),
+        (("silu", 0.0, Box::new(|p: &Tensor, _: &Tensor| p.silu())), [&x, &x]),
+    ];
+    let mut report = format!(
+        "device {device} vs cpu ({}), scale {scale}, best of {iters}\n\n| op | shape | {device} ms | cpu ms | {device} GFLOP/s | max rel err vs cpu |\n|---|---|---:|---:|---:|---:|\n",
+        cpu_name()
+    );
+    for ((name, flops, f), [p, q]) in &cases {
+        let (dp, dq) = (p.to_device(device)?, q.to_device(device)?);
+        let want = f(p, q)?;
+        let got = f(&dp, &dq)?;
+        let (g, wv) = (got.to_f32_vec()?, want.to_f32_vec()?);
+        let err = g
+            .iter()
+            .zip(&wv)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-3))
+            .fold(0.0f32, f32::max);
+        let t_dev = best_of(iters, || Ok(f(&dp, &dq)?))?;
+        let t_cpu = best_of(iters, || Ok(f(p, q)?))?;
+        report.push_str(&format!(
+            "| {name} | {:?} | {:.3} | {:.3} | {} | {err:.1e} |\n",
+            p.dims(),
+            t_dev * 1e3,
+            t_cpu * 1e3,
+            if *flops > 0.0 {
+                format!("{:.1}", flops / t_dev / 1e9)
+            } else {
+                "-".into()
+            }
+        ));
+    }
+    if device == Device::CudaEmu {
+        report.push_str(
+            "\nCudaEmu runs each CUDA thread as a fiber on the CPU: a correctness tool, its times are not GPU times.\n",
+        );
+    }
+    Ok(report)
+}

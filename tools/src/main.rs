@@ -278,6 +278,22 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The CUDA kernels on a device (`cuda`, `cuda:N`, or `cuda-emu`), timed next to the CPU backend
+    /// in the same process, each result checked against the CPU's.
+    Device {
+        /// cuda, cuda:N or cuda-emu.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// Shape scale: 1 is small (fine for cuda-emu), 8 is d16-like.
+        #[arg(long, default_value_t = 8)]
+        scale: usize,
+        /// Timed repetitions; the best is reported.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Also write the report (Markdown) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Training throughput: full optimiser steps (teacher-forced forward of all stages, backward,
     /// clipping, AdamW, EMA) of a model with the official initialisation on made-up tokenized images,
     /// split into forward, backward and optimiser time; images/s, tokens/s, GFLOP/s and memory per image.
@@ -560,6 +576,21 @@ fn run() -> Result<()> {
                 iters,
                 full_sample,
             })?;
+            print!("{report}");
+            if let Some(path) = out {
+                nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, report.as_bytes()))?;
+            }
+        }
+        Command::Bench(BenchCommand::Device {
+            device,
+            scale,
+            iters,
+            out,
+        }) => {
+            if scale == 0 || iters == 0 {
+                anyhow::bail!("--scale and --iters must be at least 1");
+            }
+            let report = nvg_tools::bench::device_bench(nvg_tools::bench::parse_device(&device)?, scale, iters)?;
             print!("{report}");
             if let Some(path) = out {
                 nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, report.as_bytes()))?;

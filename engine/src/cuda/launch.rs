@@ -91,7 +91,7 @@ pub unsafe fn launch(device: Device, module: &str, name: &str, cfg: LaunchConfig
     }
     match device {
         Device::CudaEmu => {
-            let _ = module; // the emulation library holds every module's kernels
+            let _ = module; // the emulation library holds every module's kernels in one registry
             // SAFETY: the caller guarantees that `args` match the kernel and address valid memory.
             unsafe { nvg_kernels::emu::launch(name, cfg.grid, cfg.block, cfg.shared_bytes, &mut params) }.map_err(|e| {
                 Error::Unsupported {
@@ -101,6 +101,13 @@ pub unsafe fn launch(device: Device, module: &str, name: &str, cfg: LaunchConfig
                 }
             })
         }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => {
+            let driver = super::driver::driver(i)?;
+            // SAFETY: the caller guarantees that `args` match the kernel and address device memory.
+            unsafe { driver.launch(module, name, cfg.grid, cfg.block, cfg.shared_bytes, &mut params) }
+        }
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(super::unavailable("launch", device)),
         Device::Cpu => Err(Error::arg(
             "launch",

@@ -4,9 +4,12 @@
 //! Two devices go through this module. `Device::CudaEmu` runs the kernels' host build (one fiber per
 //! CUDA thread, see `kernels/emu/cuda_emu.h`) on "device memory" that is host memory, through the same
 //! launch path as a GPU: argument marshalling, grid and block sizes, shared memory. CI exercises every
-//! kernel that way. `Device::Cuda(i)`, the real GPU through the driver API, is not in this build yet:
-//! using it is an error that says so (docs/cuda.md).
+//! kernel that way. `Device::Cuda(i)` is the real GPU through the driver API (`driver.rs`, feature
+//! `cuda`); without the feature, or without a driver, a device or built kernels, using it is an error
+//! that says which (docs/cuda.md).
 
+#[cfg(feature = "cuda")]
+pub(crate) mod driver;
 mod launch;
 pub(crate) mod ops;
 
@@ -15,13 +18,34 @@ pub use launch::{Arg, LaunchConfig, launch};
 use crate::error::{Error, Result};
 use crate::{DType, Device};
 
+/// Where a device buffer lives.
+enum Memory {
+    /// Emulated device memory (8-byte aligned, so any element type can be read from it in place).
+    Host(Vec<u64>),
+    /// GPU memory, returned to the driver's cache on drop.
+    #[cfg(feature = "cuda")]
+    Gpu {
+        ptr: u64,
+        bytes: usize,
+        driver: std::sync::Arc<driver::Driver>,
+    },
+}
+
 /// Device memory of one tensor: a buffer of `len` elements of `dtype`.
 pub struct CudaStorage {
     device: Device,
     dtype: DType,
     len: usize,
-    /// Emulated device memory (8-byte aligned, so any element type can be read from it in place).
-    host: Vec<u64>,
+    memory: Memory,
+}
+
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        #[cfg(feature = "cuda")]
+        if let Memory::Gpu { ptr, bytes, driver } = &self.memory {
+            driver.free(*ptr, *bytes);
+        }
+    }
 }
 
 impl CudaStorage {
@@ -38,33 +62,63 @@ impl CudaStorage {
         self.len == 0
     }
 
-    /// Uninitialised-to-zero device memory for `len` elements of `dtype`.
+    /// Device memory for `len` elements of `dtype` (zeroed when emulated; uninitialised on a GPU —
+    /// every kernel writes its whole output).
     pub(crate) fn alloc(device: Device, dtype: DType, len: usize) -> Result<CudaStorage> {
         check_device("alloc", device)?;
         let bytes = len * dtype.size();
+        let memory = match device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                let driver = driver::driver(i)?;
+                Memory::Gpu {
+                    ptr: driver.alloc(bytes)?,
+                    bytes,
+                    driver,
+                }
+            }
+            _ => Memory::Host(vec![0u64; bytes.div_ceil(8)]),
+        };
         Ok(CudaStorage {
             device,
             dtype,
             len,
-            host: vec![0u64; bytes.div_ceil(8)],
+            memory,
         })
     }
 
     /// A copy of `bytes` (host → device).
     pub(crate) fn from_bytes(device: Device, dtype: DType, len: usize, bytes: &[u8]) -> Result<CudaStorage> {
         let mut s = CudaStorage::alloc(device, dtype, len)?;
-        bytemuck::cast_slice_mut::<u64, u8>(&mut s.host)[..bytes.len()].copy_from_slice(bytes);
+        match &mut s.memory {
+            Memory::Host(h) => bytemuck::cast_slice_mut::<u64, u8>(h)[..bytes.len()].copy_from_slice(bytes),
+            #[cfg(feature = "cuda")]
+            Memory::Gpu { ptr, driver, .. } => driver.htod(*ptr, bytes)?,
+        }
         Ok(s)
     }
 
     /// The bytes of the buffer (device → host copy).
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        bytemuck::cast_slice::<u64, u8>(&self.host)[..self.len * self.dtype.size()].to_vec()
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>> {
+        let n = self.len * self.dtype.size();
+        match &self.memory {
+            Memory::Host(h) => Ok(bytemuck::cast_slice::<u64, u8>(h)[..n].to_vec()),
+            #[cfg(feature = "cuda")]
+            Memory::Gpu { ptr, driver, .. } => {
+                let mut out = vec![0u8; n];
+                driver.dtoh(&mut out, *ptr)?;
+                Ok(out)
+            }
+        }
     }
 
     /// The device address of the buffer, as a kernel argument.
     pub(crate) fn ptr(&self) -> u64 {
-        self.host.as_ptr() as u64
+        match &self.memory {
+            Memory::Host(h) => h.as_ptr() as u64,
+            #[cfg(feature = "cuda")]
+            Memory::Gpu { ptr, .. } => *ptr,
+        }
     }
 }
 
@@ -73,20 +127,28 @@ pub fn is_available(device: Device) -> bool {
     check_device("is_available", device).is_ok()
 }
 
-/// The error for the real-GPU device, which this build does not drive yet.
+/// The error for the real GPU in a build without the `cuda` feature.
 pub fn unavailable(op: &'static str, device: Device) -> Error {
     Error::Unsupported {
         op,
         device,
-        msg: "this build has no CUDA driver backend yet (use Device::CudaEmu to run the kernels on the CPU)"
+        msg: "built without CUDA support (build with `--features cuda`; Device::CudaEmu runs the kernels on the CPU)"
             .to_string(),
     }
 }
 
-/// Checks that `device` can hold tensors in this build.
+/// Checks that `device` can hold tensors: always for the CPU and CudaEmu; for a GPU, that this build
+/// has the driver backend and the driver, the device and the kernels are there.
 pub fn check_device(op: &'static str, device: Device) -> Result<()> {
     match device {
         Device::Cpu | Device::CudaEmu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => driver::driver(i).map(|_| ()),
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(unavailable(op, device)),
     }
+    .map_err(|e| match e {
+        Error::Unsupported { device, msg, .. } => Error::Unsupported { op, device, msg },
+        e => e,
+    })
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The real-GPU check, in two halves (the device machine has no network and no Rust toolchain, so the
+# binaries are built here and carried there):
+#
+#   tools/gpu-check.sh build     # here: nvcc wheels, then the conformance tests and `nvg` with the CUDA
+#                                #   backend, copied into gpu-check/ (git-ignored, debug info stripped)
+#   tools/gpu-check.sh run [OUT] # on the GPU machine: conformance suite on Device::Cuda(0) and CudaEmu,
+#                                #   the emulator self-tests, and `nvg bench device`; report in OUT
+#                                #   (default gpu-check/report.md). Under 8 minutes on one H200.
+#
+# With the device tool: run `build`, then `run` with carry=["gpu-check"] and OUT=$OUT.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+dir="$root/gpu-check"
+case "${1:-}" in
+build)
+  "$root/tools/install-nvcc.sh"
+  cd "$root"
+  mkdir -p "$dir"
+  cargo build --release -p nvg-tools --features cuda
+  cp target/release/nvg "$dir/nvg"
+  for t in device_conformance tensor_core; do
+    bin="$(cargo test -p nvg-engine --features cuda --test "$t" --no-run --message-format=json 2>/dev/null |
+      python3 -c 'import json,sys; print([json.loads(l)["executable"] for l in sys.stdin if "\"executable\":\"/" in l][-1])')"
+    cp "$bin" "$dir/$t"
+  done
+  bin="$(cargo test -p nvg-kernels --test emu --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys; print([json.loads(l)["executable"] for l in sys.stdin if "\"executable\":\"/" in l][-1])')"
+  cp "$bin" "$dir/emu"
+  strip --strip-debug "$dir"/* 2>/dev/null || true   # the device tool carries at most 64 MiB
+  du -sh "$dir"
+  ;;
+run)
+  out="${2:-$dir/report.md}"
+  mkdir -p "$(dirname "$out")"
+  {
+    echo "# nvg-rs GPU check — $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo '```'
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "nvidia-smi unavailable"
+    echo '```'
+    for t in emu device_conformance tensor_core; do
+      echo
+      echo "## $t"
+      echo '```'
+      "$dir/$t" --nocapture --test-threads=1 2>&1 | grep -Ev '^\s*$' | tail -40 || echo "FAILED: $t"
+      echo '```'
+    done
+    echo
+    echo "## nvg bench device"
+    "$dir/nvg" bench device --device cuda --scale 8 --iters 10 2>&1 || echo "FAILED: bench device"
+  } > "$out"
+  cat "$out"
+  ;;
+*)
+  echo "usage: tools/gpu-check.sh build | run [OUT]" >&2
+  exit 2
+  ;;
+esac
