@@ -126,3 +126,25 @@ pub fn assert_same_ints(got: &Tensor, want: &Tensor, what: &str) {
         );
     }
 }
+
+/// Runs a program (the `nvg` binary under test: `env!("CARGO_BIN_EXE_nvg")`) with `args`; returns
+/// whether it succeeded, its stdout and its stderr.
+pub fn run_program(program: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh, empty directory `nvg-<suite>-<pid>-<name>` under the system temp directory.
+pub fn fresh_dir(suite: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nvg-{suite}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+    d
+}

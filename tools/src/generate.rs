@@ -16,28 +16,68 @@ use nvg::weights::WeightSet;
 use nvg_engine::Tensor;
 use std::path::{Path, PathBuf};
 
-/// Options of `nvg generate` (see the command's help for each).
-#[derive(Debug, Clone)]
+/// Options of `nvg generate` (each flag documented once, here; clap builds `--help` from it).
+#[derive(Debug, Clone, clap::Args)]
 pub struct GenerateOptions {
+    /// Generator weights (.safetensors from `nvg convert`, official key names).
+    #[arg(long)]
     pub generator: PathBuf,
+    /// Tokenizer weights (.safetensors from `nvg convert` of ae.ckpt): its decoder turns canvases into
+    /// images.
+    #[arg(long)]
     pub tokenizer: PathBuf,
+    /// Use the generator file's EMA weights (`ema_model.nvgformer.*`) when it holds both sets.
+    #[arg(long)]
     pub ema: bool,
-    /// `207,360`, ranges `0-9`, `all`, or `null` (unconditional).
+    /// Classes: ids and ranges (`207,360`, `0-9`), `all`, or `null` for unconditional samples.
+    #[arg(long)]
     pub classes: String,
+    /// Images per class (indices 0..N).
+    #[arg(long, default_value_t = 1)]
     pub per_class: usize,
+    /// Seed: with the class and the index, it determines an image.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Content guidance per stage: a constant, a range `a-b` over the stages, or a list. A schedule
+    /// that is 1 everywhere turns guidance off (no unconditional pass).
+    #[arg(long, default_value = "1-3.5")]
     pub cfg: String,
+    /// Structure-flow guidance per stage (same forms as --cfg).
+    #[arg(long, default_value = "1-2.5")]
     pub structure_cfg: String,
+    /// Nucleus sampling per stage: a constant, a range `a-b` (the official negative-log schedule), or a
+    /// list; 1 keeps every code.
+    #[arg(long, default_value = "1-0.5")]
     pub top_p: String,
+    /// Keep only the K most likely codes (0: all; 1: greedy).
+    #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Softmax temperature of the code draws.
+    #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
+    /// Euler steps of the structure flow at each stage that has one.
+    #[arg(long, default_value_t = 25)]
     pub structure_steps: usize,
+    /// Images generated together (does not change any image).
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Output directory.
+    #[arg(long)]
     pub out: PathBuf,
+    /// Also write a grid of the job's images (up to 32 classes × 16 images) to this PNG.
+    #[arg(long)]
     pub grid: Option<PathBuf>,
+    /// Also write each image's stage-by-stage strip (decoded after every stage, over its structure
+    /// map) as OUT/CCCC_IIIII_stages.png.
+    #[arg(long)]
     pub progressive: bool,
-    /// `(i, n)`: this run does image j of the job when `j % n == i`.
+    /// Generate only part i of n of the job (image j when j mod n = i), e.g. for a job array; run
+    /// every shard into the same --out.
+    #[arg(long, default_value = "0/1", value_parser = parse_shard)]
     pub shard: (usize, usize),
+    /// Also write every image of the job (all shards must be done) as an ADM-evaluator batch: uint8
+    /// N×H×W×3 under key arr_0.
+    #[arg(long)]
     pub npz: Option<PathBuf>,
 }
 

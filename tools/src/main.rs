@@ -51,68 +51,7 @@ enum Command {
     /// same command skips the images that exist, so an interrupted job resumes where it stopped. The
     /// defaults are the official README sampling settings (CFG 1-3.5, structure CFG 1-2.5, top-p 1-0.5,
     /// 25 flow steps). OUT/job.json records the settings; a re-run with other settings is refused.
-    Generate {
-        /// Generator weights (.safetensors from `nvg convert`, official key names).
-        #[arg(long)]
-        generator: PathBuf,
-        /// Tokenizer weights (.safetensors from `nvg convert` of ae.ckpt): its decoder turns canvases into
-        /// images.
-        #[arg(long)]
-        tokenizer: PathBuf,
-        /// Use the generator file's EMA weights (`ema_model.nvgformer.*`) when it holds both sets.
-        #[arg(long)]
-        ema: bool,
-        /// Classes: ids and ranges (`207,360`, `0-9`), `all`, or `null` for unconditional samples.
-        #[arg(long)]
-        classes: String,
-        /// Images per class (indices 0..N).
-        #[arg(long, default_value_t = 1)]
-        per_class: usize,
-        /// Seed: with the class and the index, it determines an image.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Content guidance per stage: a constant, a range `a-b` over the stages, or a list. A schedule
-        /// that is 1 everywhere turns guidance off (no unconditional pass).
-        #[arg(long, default_value = "1-3.5")]
-        cfg: String,
-        /// Structure-flow guidance per stage (same forms as --cfg).
-        #[arg(long, default_value = "1-2.5")]
-        structure_cfg: String,
-        /// Nucleus sampling per stage: a constant, a range `a-b` (the official negative-log schedule), or a
-        /// list; 1 keeps every code.
-        #[arg(long, default_value = "1-0.5")]
-        top_p: String,
-        /// Keep only the K most likely codes (0: all; 1: greedy).
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        /// Softmax temperature of the code draws.
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f32,
-        /// Euler steps of the structure flow at each stage that has one.
-        #[arg(long, default_value_t = 25)]
-        structure_steps: usize,
-        /// Images generated together (does not change any image).
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// Also write a grid of the job's images (up to 32 classes × 16 images) to this PNG.
-        #[arg(long)]
-        grid: Option<PathBuf>,
-        /// Also write each image's stage-by-stage strip (decoded after every stage, over its structure
-        /// map) as OUT/CCCC_IIIII_stages.png.
-        #[arg(long)]
-        progressive: bool,
-        /// Generate only part i of n of the job (image j when j mod n = i), e.g. for a job array; run
-        /// every shard into the same --out.
-        #[arg(long, default_value = "0/1")]
-        shard: String,
-        /// Also write every image of the job (all shards must be done) as an ADM-evaluator batch: uint8
-        /// N×H×W×3 under key arr_0.
-        #[arg(long)]
-        npz: Option<PathBuf>,
-    },
+    Generate(nvg_tools::generate::GenerateOptions),
     /// Train an NVG generator on a pre-tokenized dataset (from `nvg tokenize`).
     ///
     /// Every step runs the teacher-forced forward of all content stages and structure-flow instances of
@@ -122,63 +61,7 @@ enum Command {
     /// writes OUT/last.safetensors atomically every --checkpoint-every steps: weights, EMA weights,
     /// optimiser state, step and data order. `--resume` continues exactly where it stopped; the
     /// checkpoint loads in `nvg generate --generator OUT/last.safetensors [--ema]`.
-    Train {
-        /// Pre-tokenized dataset (.nvgtok from `nvg tokenize`).
-        #[arg(long)]
-        data: PathBuf,
-        /// The tokenizer the dataset was made with (its fingerprint is checked).
-        #[arg(long)]
-        tokenizer: PathBuf,
-        /// Model size: d16, d20, d24 or depth=N (even N; width 64·N).
-        #[arg(long, default_value = "d16")]
-        config: String,
-        /// Images per micro-batch.
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
-        /// Micro-batches per optimiser step (gradient accumulation).
-        #[arg(long, default_value_t = 1)]
-        accum: usize,
-        /// Peak learning rate [default: the official 1e-4 × batch·accum / 256].
-        #[arg(long)]
-        lr: Option<f32>,
-        /// Linear warmup steps from 0.005·lr [default: min(1000, steps/10)].
-        #[arg(long)]
-        warmup: Option<u64>,
-        /// Optimiser steps of the run (or give --epochs).
-        #[arg(long)]
-        steps: Option<u64>,
-        /// Epochs of the run (or give --steps).
-        #[arg(long)]
-        epochs: Option<u64>,
-        /// Output directory (checkpoint and log).
-        #[arg(long)]
-        out: PathBuf,
-        /// Continue from OUT/last.safetensors.
-        #[arg(long)]
-        resume: bool,
-        /// Start from these generator weights instead of the official random initialisation.
-        #[arg(long)]
-        init: Option<PathBuf>,
-        /// Seed of the initialisation, data order, class dropout, flow noise and DropPath.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Write the checkpoint every N steps (and at the end).
-        #[arg(long, default_value_t = 500)]
-        checkpoint_every: u64,
-        /// Print the losses every N steps.
-        #[arg(long, default_value_t = 10)]
-        log_every: u64,
-        /// Turn DropPath off (on by default with the official per-block rates).
-        #[arg(long)]
-        no_drop_path: bool,
-        /// EMA decay.
-        #[arg(long, default_value_t = 0.9999)]
-        ema_decay: f64,
-        /// Stop after N steps of this invocation (with a checkpoint), e.g. to fit a job's time limit;
-        /// run again with --resume to continue.
-        #[arg(long)]
-        stop_after: Option<u64>,
-    },
+    Train(nvg_tools::train::TrainOptions),
     /// Turn an image folder into a pre-tokenized dataset for `nvg train`: every image is preprocessed as
     /// the official code does (shorter side to 1.125× the resolution, Lanczos-4, then a crop), encoded,
     /// clustered into its 9 structure maps and quantised; the file keeps class, structure and codes.
@@ -350,85 +233,8 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { file } => print!("{}", nvg_tools::inspect::inspect(&file)?),
-        Command::Train {
-            data,
-            tokenizer,
-            config,
-            batch,
-            accum,
-            lr,
-            warmup,
-            steps,
-            epochs,
-            out,
-            resume,
-            init,
-            seed,
-            checkpoint_every,
-            log_every,
-            no_drop_path,
-            ema_decay,
-            stop_after,
-        } => nvg_tools::train::run(&nvg_tools::train::TrainOptions {
-            data,
-            tokenizer,
-            config,
-            batch,
-            accum,
-            lr,
-            warmup,
-            steps,
-            epochs,
-            out,
-            resume,
-            init,
-            seed,
-            checkpoint_every,
-            log_every,
-            no_drop_path,
-            ema_decay,
-            stop_after,
-        })?,
-        Command::Generate {
-            generator,
-            tokenizer,
-            ema,
-            classes,
-            per_class,
-            seed,
-            cfg,
-            structure_cfg,
-            top_p,
-            top_k,
-            temperature,
-            structure_steps,
-            batch,
-            out,
-            grid,
-            progressive,
-            shard,
-            npz,
-        } => {
-            let opts = nvg_tools::generate::GenerateOptions {
-                generator,
-                tokenizer,
-                ema,
-                classes,
-                per_class,
-                seed,
-                cfg,
-                structure_cfg,
-                top_p,
-                top_k,
-                temperature,
-                structure_steps,
-                batch,
-                out,
-                grid,
-                progressive,
-                shard: nvg_tools::generate::parse_shard(&shard)?,
-                npz,
-            };
+        Command::Train(opts) => nvg_tools::train::run(&opts)?,
+        Command::Generate(opts) => {
             let r = nvg_tools::generate::run(&opts)?;
             println!(
                 "{} new images ({} already there) of the {} in this shard ({} in the job) in {:.1} s → {}",

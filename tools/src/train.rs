@@ -10,27 +10,63 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Options of `nvg train` (see the command's help).
-#[derive(Debug, Clone)]
+/// Options of `nvg train` (each flag documented once, here; clap builds `--help` from it).
+#[derive(Debug, Clone, clap::Args)]
 pub struct TrainOptions {
+    /// Pre-tokenized dataset (.nvgtok from `nvg tokenize`).
+    #[arg(long)]
     pub data: PathBuf,
+    /// The tokenizer the dataset was made with (its fingerprint is checked).
+    #[arg(long)]
     pub tokenizer: PathBuf,
-    /// `d16`, `d20`, `d24` or `depth=N`.
+    /// Model size: d16, d20, d24 or depth=N (even N; width 64·N).
+    #[arg(long, default_value = "d16")]
     pub config: String,
+    /// Images per micro-batch.
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Micro-batches per optimiser step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
     pub accum: usize,
+    /// Peak learning rate [default: the official 1e-4 × batch·accum / 256].
+    #[arg(long)]
     pub lr: Option<f32>,
+    /// Linear warmup steps from 0.005·lr [default: min(1000, steps/10)].
+    #[arg(long)]
     pub warmup: Option<u64>,
+    /// Optimiser steps of the run (or give --epochs).
+    #[arg(long)]
     pub steps: Option<u64>,
+    /// Epochs of the run (or give --steps).
+    #[arg(long)]
     pub epochs: Option<u64>,
+    /// Output directory (checkpoint and log).
+    #[arg(long)]
     pub out: PathBuf,
+    /// Continue from OUT/last.safetensors.
+    #[arg(long)]
     pub resume: bool,
+    /// Start from these generator weights instead of the official random initialisation.
+    #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Seed of the initialisation, data order, class dropout, flow noise and DropPath.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write the checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 500)]
     pub checkpoint_every: u64,
+    /// Print the losses every N steps.
+    #[arg(long, default_value_t = 10)]
     pub log_every: u64,
+    /// Turn DropPath off (on by default with the official per-block rates).
+    #[arg(long)]
     pub no_drop_path: bool,
+    /// EMA decay.
+    #[arg(long, default_value_t = 0.9999)]
     pub ema_decay: f64,
+    /// Stop after N steps of this invocation (with a checkpoint), e.g. to fit a job's time limit;
+    /// run again with --resume to continue.
+    #[arg(long)]
     pub stop_after: Option<u64>,
 }
 

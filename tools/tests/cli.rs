@@ -2,24 +2,13 @@
 
 use nvg_engine::{DType, Device, Tensor};
 use std::path::PathBuf;
-use std::process::Command;
 
 fn nvg(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nvg"))
-        .args(args)
-        .output()
-        .expect("run nvg");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    nvg_testkit::run_program(env!("CARGO_BIN_EXE_nvg"), args)
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nvg-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    nvg_testkit::fresh_dir("cli", name)
 }
 
 #[test]

@@ -10,25 +10,13 @@ use nvg_engine::io::zip::ZipArchive;
 use nvg_testkit::Fixtures;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn nvg(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nvg"))
-        .args(args)
-        .output()
-        .expect("run nvg");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    nvg_testkit::run_program(env!("CARGO_BIN_EXE_nvg"), args)
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nvg-generate-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    nvg_testkit::fresh_dir("generate", name)
 }
 
 /// `nvg generate` on the fixture models with a tiny job; `extra` holds `--flag value` pairs that add to
@@ -191,7 +179,7 @@ fn a_killed_job_completes_on_rerun_without_redoing_finished_images() {
         "--out",
         dir.to_str().unwrap(),
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nvg"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nvg"))
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -7,18 +7,9 @@ use nvg::tokenizer::Tokenizer;
 use nvg_engine::Tensor;
 use nvg_testkit::Fixtures;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn nvg(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nvg"))
-        .args(args)
-        .output()
-        .expect("run nvg");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    nvg_testkit::run_program(env!("CARGO_BIN_EXE_nvg"), args)
 }
 
 fn asset(name: &str) -> PathBuf {

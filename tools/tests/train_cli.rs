@@ -6,28 +6,14 @@ use nvg::image::{RgbImage, write_png};
 use nvg_engine::io::safetensors::SafetensorsFile;
 use nvg_testkit::Fixtures;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn nvg(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nvg"))
-        .args(args)
-        .output()
-        .expect("run nvg");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (ok, out, err) = nvg_testkit::run_program(env!("CARGO_BIN_EXE_nvg"), args);
+    (ok, format!("{out}{err}"))
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nvg-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    nvg_testkit::fresh_dir("train", name)
 }
 
 /// Two classes of four 256×256 images: colour gradients and discs.
