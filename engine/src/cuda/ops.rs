@@ -91,49 +91,24 @@ pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-pub(crate) fn unary(x: &Tensor, op: Unary) -> Result<Tensor> {
-    let x = f32_operand(op.name(), x)?;
+/// An element-wise kernel `name(x, out, n, extra...)` over a contiguous f32 copy of `x`.
+fn map_kernel(op: &'static str, name: &str, x: &Tensor, extra: &[Arg]) -> Result<Tensor> {
+    let x = f32_operand(op, x)?;
     let out = alloc(x.device(), x.dims())?;
     let n = x.numel();
-    // SAFETY: x and out hold n contiguous floats.
-    unsafe {
-        launch(
-            x.device(),
-            "elementwise",
-            "nvg_unary_f32",
-            LaunchConfig::for_elements(n),
-            &[
-                Arg::Ptr(addr(&x)?),
-                Arg::Ptr(addr(&out)?),
-                Arg::I64(n as i64),
-                Arg::I32(op as i32),
-            ],
-        )?;
-    }
+    let mut args = vec![Arg::Ptr(addr(&x)?), Arg::Ptr(addr(&out)?), Arg::I64(n as i64)];
+    args.extend_from_slice(extra);
+    // SAFETY: x and out hold n contiguous floats; `extra` are the kernel's scalar parameters.
+    unsafe { launch(x.device(), "elementwise", name, LaunchConfig::for_elements(n), &args)? };
     Ok(out)
 }
 
+pub(crate) fn unary(x: &Tensor, op: Unary) -> Result<Tensor> {
+    map_kernel(op.name(), "nvg_unary_f32", x, &[Arg::I32(op as i32)])
+}
+
 pub(crate) fn affine(x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
-    let x = f32_operand("affine", x)?;
-    let out = alloc(x.device(), x.dims())?;
-    let n = x.numel();
-    // SAFETY: x and out hold n contiguous floats.
-    unsafe {
-        launch(
-            x.device(),
-            "elementwise",
-            "nvg_affine_f32",
-            LaunchConfig::for_elements(n),
-            &[
-                Arg::Ptr(addr(&x)?),
-                Arg::Ptr(addr(&out)?),
-                Arg::I64(n as i64),
-                Arg::F32(mul),
-                Arg::F32(add),
-            ],
-        )?;
-    }
-    Ok(out)
+    map_kernel("affine", "nvg_affine_f32", x, &[Arg::F32(mul), Arg::F32(add)])
 }
 
 pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Binary, dims: &[usize]) -> Result<Tensor> {
@@ -211,90 +186,49 @@ pub(crate) fn sum_last(x: &Tensor, keepdim: bool) -> Result<Tensor> {
     Ok(out)
 }
 
-/// Softmax (or log-softmax) over the last dimension.
-pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
-    let x = f32_operand("softmax", x)?;
+/// A one-block-per-row kernel `name(x, params..., out, rows, cols, extra...)` over the last dimension
+/// of a contiguous f32 copy of `x`; `params` are per-column vectors (or null pointers).
+fn row_kernel(op: &'static str, name: &str, x: &Tensor, params: &[Option<&Tensor>], extra: &[Arg]) -> Result<Tensor> {
+    let x = f32_operand(op, x)?;
     let (rows, cols) = rows_cols(&x);
+    let params: Vec<Option<Tensor>> = params
+        .iter()
+        .map(|p| p.map(|t| f32_operand(op, t)).transpose())
+        .collect::<Result<_>>()?;
     let out = alloc(x.device(), x.dims())?;
-    // SAFETY: x and out hold rows·cols floats.
+    let mut args = vec![Arg::Ptr(addr(&x)?)];
+    for p in &params {
+        args.push(Arg::Ptr(match p {
+            Some(t) => addr(t)?,
+            None => 0,
+        }));
+    }
+    args.extend([Arg::Ptr(addr(&out)?), Arg::I32(rows as i32), Arg::I32(cols as i32)]);
+    args.extend_from_slice(extra);
+    // SAFETY: x and out hold rows·cols floats; each parameter vector cols (checked by the caller).
     unsafe {
         launch(
             x.device(),
             "rows",
-            "nvg_softmax_rows_f32",
+            name,
             LaunchConfig::per_row(rows, ROW_THREADS),
-            &[
-                Arg::Ptr(addr(&x)?),
-                Arg::Ptr(addr(&out)?),
-                Arg::I32(rows as i32),
-                Arg::I32(cols as i32),
-                Arg::I32(log as i32),
-            ],
-        )?;
-    }
+            &args,
+        )?
+    };
     Ok(out)
 }
 
-fn optional(op: &'static str, t: Option<&Tensor>) -> Result<(Option<Tensor>, u64)> {
-    match t {
-        Some(t) => {
-            let t = f32_operand(op, t)?;
-            let a = addr(&t)?;
-            Ok((Some(t), a))
-        }
-        None => Ok((None, 0)),
-    }
+/// Softmax (or log-softmax) over the last dimension.
+pub(crate) fn softmax_last(x: &Tensor, log: bool) -> Result<Tensor> {
+    row_kernel("softmax", "nvg_softmax_rows_f32", x, &[], &[Arg::I32(log as i32)])
 }
 
 pub(crate) fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
-    let x = f32_operand("layer_norm", x)?;
-    let (rows, cols) = rows_cols(&x);
-    let ((_w, wp), (_b, bp)) = (optional("layer_norm", w)?, optional("layer_norm", b)?);
-    let out = alloc(x.device(), x.dims())?;
-    // SAFETY: x and out hold rows·cols floats; weight and bias (if any) cols (checked by the caller).
-    unsafe {
-        launch(
-            x.device(),
-            "rows",
-            "nvg_layer_norm_f32",
-            LaunchConfig::per_row(rows, ROW_THREADS),
-            &[
-                Arg::Ptr(addr(&x)?),
-                Arg::Ptr(wp),
-                Arg::Ptr(bp),
-                Arg::Ptr(addr(&out)?),
-                Arg::I32(rows as i32),
-                Arg::I32(cols as i32),
-                Arg::F32(eps),
-            ],
-        )?;
-    }
-    Ok(out)
+    row_kernel("layer_norm", "nvg_layer_norm_f32", x, &[w, b], &[Arg::F32(eps)])
 }
 
 pub(crate) fn rms_norm(x: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
-    let x = f32_operand("rms_norm", x)?;
-    let s = f32_operand("rms_norm", scale)?;
-    let (rows, cols) = rows_cols(&x);
-    let out = alloc(x.device(), x.dims())?;
-    // SAFETY: x and out hold rows·cols floats, scale cols (checked by the caller).
-    unsafe {
-        launch(
-            x.device(),
-            "rows",
-            "nvg_rms_norm_f32",
-            LaunchConfig::per_row(rows, ROW_THREADS),
-            &[
-                Arg::Ptr(addr(&x)?),
-                Arg::Ptr(addr(&s)?),
-                Arg::Ptr(addr(&out)?),
-                Arg::I32(rows as i32),
-                Arg::I32(cols as i32),
-                Arg::F32(eps),
-            ],
-        )?;
-    }
-    Ok(out)
+    row_kernel("rms_norm", "nvg_rms_norm_f32", x, &[Some(scale)], &[Arg::F32(eps)])
 }
 
 /// RoPE of x `[B, H, N, D]` with tables `[B, N, D/2]` or `[N, D/2]` (shapes checked by the caller).
