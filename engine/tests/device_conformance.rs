@@ -343,6 +343,102 @@ fn matmul_and_linear() {
 }
 
 #[test]
+fn attention_with_and_without_segment_ids() {
+    let (b, h, nq, nk, d) = (2, 3, 9, 11, 16);
+    let q = rand(&[b, h, nq, d], 24);
+    let k = rand(&[b, h, nk, d], 25);
+    let v = rand(&[b, h, nk, 8], 26);
+    // Packed sequences: queries and keys in segments 0..3 (every query has a key in its segment).
+    let qs = Tensor::from_vec((0..b * nq).map(|i| (i % nq % 3) as i64).collect::<Vec<_>>(), &[b, nq]).unwrap();
+    let ks = Tensor::from_vec((0..b * nk).map(|i| (i % nk % 3) as i64).collect::<Vec<_>>(), &[b, nk]).unwrap();
+    for dev in devices() {
+        let (dq, dk, dvv) = (on(dev, &q), on(dev, &k), on(dev, &v));
+        let want = nvg_engine::sdpa(&q, &k, &v, None, None).unwrap();
+        check(
+            "sdpa",
+            dev,
+            &nvg_engine::sdpa(&dq, &dk, &dvv, None, None).unwrap(),
+            &want,
+            3e-5,
+        );
+        let want = nvg_engine::sdpa(&q, &k, &v, Some(0.3), Some((&qs, &ks))).unwrap();
+        let got = nvg_engine::sdpa(&dq, &dk, &dvv, Some(0.3), Some((&on(dev, &qs), &on(dev, &ks)))).unwrap();
+        check("sdpa with segment ids", dev, &got, &want, 3e-5);
+        // Heads of a fused projection (strided q/k/v views), as the model calls it.
+        let fused = rand(&[b, nq, 3 * h * d], 27);
+        let head = |t: &Tensor, i: usize| {
+            t.narrow(2, i * h * d, h * d)
+                .unwrap()
+                .unflatten(2, &[h, d])
+                .unwrap()
+                .permute(&[0, 2, 1, 3])
+                .unwrap()
+        };
+        let df = on(dev, &fused);
+        let want = nvg_engine::sdpa(&head(&fused, 0), &head(&fused, 1), &head(&fused, 2), None, None).unwrap();
+        let got = nvg_engine::sdpa(&head(&df, 0), &head(&df, 1), &head(&df, 2), None, None).unwrap();
+        check("sdpa on head views", dev, &got, &want, 3e-5);
+        // The model's next step: [B, H, N, D] → [B, N, H·D].
+        check(
+            "sdpa output reshaped",
+            dev,
+            &got.transpose(1, 2).unwrap().reshape(&[b, nq, h * d]).unwrap(),
+            &want.transpose(1, 2).unwrap().reshape(&[b, nq, h * d]).unwrap(),
+            3e-5,
+        );
+    }
+}
+
+#[test]
+fn embedding_gather_segment_mean_and_argmax() {
+    let table = rand(&[11, 6], 28);
+    let ids = Tensor::from_vec(vec![3i64, 0, 10, 3], &[4]).unwrap();
+    let x = rand(&[2, 16, 5], 29);
+    let labels = Tensor::from_vec((0..32).map(|i| ((i * 7) % 16 / 4) as i64).collect::<Vec<_>>(), &[2, 16]).unwrap();
+    let mut scores = rand(&[7, 33], 30).to_f32_vec().unwrap();
+    scores[5] = scores[4]; // a tie: the first index wins on both sides
+    let scores = Tensor::from_vec(scores, &[7, 33]).unwrap();
+    for dev in devices() {
+        let (dt, di) = (on(dev, &table), on(dev, &ids));
+        check(
+            "embedding",
+            dev,
+            &dt.embedding(&di).unwrap(),
+            &table.embedding(&ids).unwrap(),
+            0.0,
+        );
+        check(
+            "index_select dim 1",
+            dev,
+            &dt.index_select(1, &on(dev, &Tensor::from_vec(vec![5i64, 1], &[2]).unwrap()))
+                .unwrap(),
+            &table
+                .index_select(1, &Tensor::from_vec(vec![5i64, 1], &[2]).unwrap())
+                .unwrap(),
+            0.0,
+        );
+        check(
+            "segment_mean (with an empty segment)",
+            dev,
+            &on(dev, &x).segment_mean(&on(dev, &labels), 5).unwrap(),
+            &x.segment_mean(&labels, 5).unwrap(),
+            1e-6,
+        );
+        let got = on(dev, &scores).argmax(-1, false).unwrap();
+        assert_eq!(got.device(), dev);
+        assert_eq!(
+            got.to_i64_vec().unwrap(),
+            scores.argmax(-1, false).unwrap().to_i64_vec().unwrap(),
+            "argmax on {dev}"
+        );
+        // Out-of-range ids are refused before any launch.
+        let bad = on(dev, &Tensor::from_vec(vec![11i64], &[1]).unwrap());
+        let e = dt.embedding(&bad).unwrap_err().to_string();
+        assert!(e.contains("11"), "{e}");
+    }
+}
+
+#[test]
 fn ops_without_a_kernel_and_the_real_gpu_say_so() {
     let x = on(Device::CudaEmu, &rand(&[2, 3], 21));
     let e = x.argsort(-1, false).unwrap_err().to_string();

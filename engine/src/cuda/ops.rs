@@ -313,3 +313,163 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> 
     }
     Ok(out)
 }
+
+/// A contiguous i64 device operand (ids, labels, segment ids).
+fn i64_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
+    if t.dtype() != DType::I64 {
+        return Err(Error::dtype(op, "an i64 tensor", t.dtype()));
+    }
+    t.contiguous()
+}
+
+/// Attention of q `[B, H, Nq, D]`, k `[B, H, Nk, D]`, v `[B, H, Nk, Dv]` (shapes checked by the
+/// caller); optional segment ids `[B, Nq]`, `[B, Nk]`. Returns `[B, H, Nq, Dv]` as a view of
+/// `[B, Nq, H, Dv]` storage, like the CPU backend.
+pub(crate) fn sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    segments: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    let (q, k, v) = (
+        f32_operand("sdpa", q)?,
+        f32_operand("sdpa", k)?,
+        f32_operand("sdpa", v)?,
+    );
+    let [b, h, nq, d] = [q.dims()[0], q.dims()[1], q.dims()[2], q.dims()[3]];
+    let (nk, dv) = (k.dims()[2], v.dims()[3]);
+    if d > 128 || dv > 128 {
+        return Err(Error::Unsupported {
+            op: "sdpa",
+            device: q.device(),
+            msg: format!("the device kernel takes head dims up to 128, got {d} / {dv}"),
+        });
+    }
+    let segs = match segments {
+        Some((qs, ks)) => Some((i64_operand("sdpa", qs)?, i64_operand("sdpa", ks)?)),
+        None => None,
+    };
+    let (qs, ks) = match &segs {
+        Some((qs, ks)) => (addr(qs)?, addr(ks)?),
+        None => (0, 0),
+    };
+    let out = alloc(q.device(), &[b, nq, h, dv])?;
+    // SAFETY: q, k, v, out hold the documented shapes contiguously; the segment ids [B, Nq] / [B, Nk].
+    unsafe {
+        launch(
+            q.device(),
+            "attention",
+            "nvg_attention_f32",
+            LaunchConfig::for_elements(b * h * nq),
+            &[
+                Arg::Ptr(addr(&q)?),
+                Arg::Ptr(addr(&k)?),
+                Arg::Ptr(addr(&v)?),
+                Arg::Ptr(qs),
+                Arg::Ptr(ks),
+                Arg::Ptr(addr(&out)?),
+                Arg::I32(b as i32),
+                Arg::I32(h as i32),
+                Arg::I32(nq as i32),
+                Arg::I32(nk as i32),
+                Arg::I32(d as i32),
+                Arg::I32(dv as i32),
+                Arg::F32(scale),
+            ],
+        )?;
+    }
+    out.permute(&[0, 2, 1, 3])
+}
+
+/// `index_select` along `dim` with validated ids.
+pub(crate) fn index_select(x: &Tensor, dim: usize, ids: &Tensor) -> Result<Tensor> {
+    let x = f32_operand("index_select", x)?;
+    let ids = i64_operand("index_select", ids)?.to_device(x.device())?;
+    let (outer, size, inner) = crate::ops::split_at_dim(x.dims(), dim);
+    let mut dims = x.dims().to_vec();
+    dims[dim] = ids.numel();
+    let out = alloc(x.device(), &dims)?;
+    // SAFETY: every id is in 0..size (checked by the caller); shapes as documented in the kernel.
+    unsafe {
+        launch(
+            x.device(),
+            "index",
+            "nvg_index_select_f32",
+            LaunchConfig::for_elements(out.numel()),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&ids)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(outer as i64),
+                Arg::I64(size as i64),
+                Arg::I64(inner as i64),
+                Arg::I64(ids.numel() as i64),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// Segment mean of x `[..., N, C]` by labels `[..., N]` (validated by the caller) into `[..., S, C]`.
+pub(crate) fn segment_mean(x: &Tensor, labels: &Tensor, segments: usize) -> Result<Tensor> {
+    let x = f32_operand("segment_mean", x)?;
+    let labels = i64_operand("segment_mean", labels)?.to_device(x.device())?;
+    let r = x.rank();
+    let (n, c) = (x.dims()[r - 2], x.dims()[r - 1]);
+    let batch: usize = x.dims()[..r - 2].iter().product();
+    let mut dims = x.dims()[..r - 2].to_vec();
+    dims.extend_from_slice(&[segments, c]);
+    let out = alloc(x.device(), &dims)?;
+    // SAFETY: labels are in 0..segments (checked by the caller); shapes as documented in the kernel.
+    unsafe {
+        launch(
+            x.device(),
+            "index",
+            "nvg_segment_mean_f32",
+            LaunchConfig::for_elements(out.numel()),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&labels)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I32(batch as i32),
+                Arg::I32(n as i32),
+                Arg::I32(c as i32),
+                Arg::I32(segments as i32),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// Argmax over the last dimension (non-empty), as i64 `[..]` (or `[.., 1]` with `keepdim`).
+pub(crate) fn argmax_last(x: &Tensor, keepdim: bool) -> Result<Tensor> {
+    let x = f32_operand("argmax", x)?;
+    let (rows, cols) = rows_cols(&x);
+    let mut dims = x.dims().to_vec();
+    if keepdim {
+        *dims.last_mut().unwrap() = 1;
+    } else {
+        dims.pop();
+    }
+    let out = Tensor::from_parts(
+        Storage::Cuda(CudaStorage::alloc(x.device(), DType::I64, rows)?),
+        Layout::contiguous(&dims),
+    );
+    // SAFETY: x holds rows·cols floats, out rows i64.
+    unsafe {
+        launch(
+            x.device(),
+            "index",
+            "nvg_argmax_rows_f32",
+            LaunchConfig::for_elements(rows),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(rows as i64),
+                Arg::I32(cols as i32),
+            ],
+        )?;
+    }
+    Ok(out)
+}

@@ -64,6 +64,20 @@ pub fn sdpa(
             ),
         ));
     }
+    if !q.device().is_cpu() {
+        if let Some((qs, ks)) = segments {
+            want_int(op, "query segment ids", qs)?;
+            want_int(op, "key segment ids", ks)?;
+            super::want_shape(op, "query segment ids", qs, &[b, nq])?;
+            super::want_shape(op, "key segment ids", ks, &[b, nk])?;
+        }
+        let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
+        let out = crate::cuda::ops::sdpa(q, k, v, scale, segments)?;
+        return Ok(match segments {
+            None => out.record(&[q, k, v], || Op::Sdpa(q.clone(), k.clone(), v.clone(), scale)),
+            Some(_) => out.record_unsupported("sdpa with segment ids", &[q, k, v]),
+        });
+    }
     let seg = match segments {
         None => None,
         Some((qs, ks)) => {

@@ -53,6 +53,17 @@ impl Tensor {
             ));
         }
         let d = self.layout().dim_index(op, dim)?;
+        if !self.device().is_cpu() {
+            let size = self.dims()[d];
+            let idv = ids.to_i64_vec()?;
+            check_indices(
+                op,
+                &format!("index into dim {d} of {}", fmt_shape(self.dims())),
+                &idv,
+                size,
+            )?;
+            return crate::cuda::ops::index_select(self, d, ids);
+        }
         let (outer, size, inner) = split_at_dim(self.dims(), d);
         let idv = ids.i64_data(op)?;
         check_indices(
@@ -187,6 +198,10 @@ impl Tensor {
                     fmt_shape(self.dims())
                 ),
             ));
+        }
+        if !self.device().is_cpu() {
+            check_indices(op, "label", &labels.to_i64_vec()?, num_segments)?;
+            return crate::cuda::ops::segment_mean(self, labels, num_segments);
         }
         let (n, c) = (self.dims()[r - 2], self.dims()[r - 1]);
         let batch: usize = self.dims()[..r - 2].iter().product();

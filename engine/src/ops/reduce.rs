@@ -169,6 +169,9 @@ impl Tensor {
                 format!("argmax over empty dim {d} of shape {}", fmt_shape(self.dims())),
             ));
         }
+        if !self.device().is_cpu() && d + 1 == self.rank() {
+            return crate::cuda::ops::argmax_last(self, keepdim);
+        }
         let x = self.f32_data("argmax")?;
         let mut out = vec![0i64; outer * inner];
         for o in 0..outer {
