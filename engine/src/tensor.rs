@@ -605,6 +605,10 @@ impl Tensor {
             cuda::check_device("cat", t.device())?;
             dims[d] += t.dims()[d];
         }
+        if !first.device().is_cpu() {
+            let out = cuda::ops::cat(tensors, d, &dims)?;
+            return Ok(out.record(tensors, || Op::Cat(tensors.iter().map(|t| (*t).clone()).collect(), d)));
+        }
         let outer: usize = dims[..d].iter().product();
         fn cat_typed<T: Element>(ts: &[&Tensor], d: usize, outer: usize) -> Result<Vec<T>> {
             let parts: Vec<Cow<[T]>> = ts.iter().map(|t| t.typed_data::<T>("cat")).collect::<Result<_>>()?;

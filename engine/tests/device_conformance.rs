@@ -108,6 +108,46 @@ fn contiguous_copies_strided_views_on_the_device() {
 }
 
 #[test]
+fn cat_and_true_division() {
+    let a = rand(&[2, 3, 4], 31);
+    let b = rand(&[2, 5, 4], 32);
+    let c = rand(&[4, 2, 3], 33).permute(&[1, 2, 0]).unwrap(); // strided [2, 3, 4]
+    for dev in devices() {
+        let (da, db) = (on(dev, &a), on(dev, &b));
+        let dc = on(dev, &rand(&[4, 2, 3], 33)).permute(&[1, 2, 0]).unwrap();
+        check(
+            "cat dim 1",
+            dev,
+            &Tensor::cat(&[&da, &db, &da], 1).unwrap(),
+            &Tensor::cat(&[&a, &b, &a], 1).unwrap(),
+            0.0,
+        );
+        check(
+            "cat dim 2 strided",
+            dev,
+            &Tensor::cat(&[&da, &dc], 2).unwrap(),
+            &Tensor::cat(&[&a, &c], 2).unwrap(),
+            0.0,
+        );
+        check(
+            "cat dim 0",
+            dev,
+            &Tensor::cat(&[&da, &dc], 0).unwrap(),
+            &Tensor::cat(&[&a, &c], 0).unwrap(),
+            0.0,
+        );
+        // A true division (not a multiplication by the reciprocal): bit-equal to the CPU.
+        check(
+            "div_scalar",
+            dev,
+            &da.div_scalar(1.6080).unwrap(),
+            &a.div_scalar(1.6080).unwrap(),
+            0.0,
+        );
+    }
+}
+
+#[test]
 fn unary_ops() {
     let x = rand(&[3, 37], 4);
     let pos = x.abs().unwrap().add_scalar(0.1).unwrap(); // for log, sqrt, rsqrt, recip

@@ -68,6 +68,13 @@ extern "C" __global__ void nvg_binary_f32(const float* __restrict__ a, const flo
 }
 NVG_KERNEL(nvg_binary_f32);
 
+// y = x / v (a true division, as the CPU backend computes it).
+extern "C" __global__ void nvg_div_scalar_f32(const float* __restrict__ x, float* __restrict__ y, long long n, float v) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = x[i] / v;
+}
+NVG_KERNEL(nvg_div_scalar_f32);
+
 // y = x·mul + add.
 extern "C" __global__ void nvg_affine_f32(const float* __restrict__ x, float* __restrict__ y, long long n, float mul,
                                           float add) {
@@ -76,17 +83,19 @@ extern "C" __global__ void nvg_affine_f32(const float* __restrict__ x, float* __
 }
 NVG_KERNEL(nvg_affine_f32);
 
-// dst[i] = src[offset + Σ_d c_d·stride_d] for the row-major coordinates c of i in `dims` (a strided view
-// made contiguous; strides in `sa`).
+// For every coordinate c of `dims` (n elements): dst[dst_offset + Σ c_d·sb[d]] = src[offset + Σ c_d·sa[d]].
+// Packs strided views (sb = row-major strides) and places a tensor into a slice of another (cat).
 extern "C" __global__ void nvg_strided_copy_f32(const float* __restrict__ src, float* __restrict__ dst, long long n,
-                                                long long offset, Broadcast layout) {
+                                                long long offset, long long dst_offset, Broadcast layout) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        long long rem = i, at = offset;
+        long long rem = i, at = offset, to = dst_offset;
         for (int d = layout.rank - 1; d >= 0; --d) {
-            at += (rem % layout.dims[d]) * layout.sa[d];
+            long long c = rem % layout.dims[d];
+            at += c * layout.sa[d];
+            to += c * layout.sb[d];
             rem /= layout.dims[d];
         }
-        dst[i] = src[at];
+        dst[to] = src[at];
     }
 }
 NVG_KERNEL(nvg_strided_copy_f32);

@@ -48,6 +48,51 @@ fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Copies the f32 view `src` into `dst` (a packed device tensor) at element `dst_offset`, with `dst`'s
+/// strides taken from `dst_dims` (row-major).
+fn copy_into(src: &Tensor, dst: &Tensor, dst_dims: &[usize], dst_offset: usize) -> Result<()> {
+    let l = src.layout();
+    if l.dims().len() > 8 {
+        return Err(Error::shape("copy", "device tensors have at most 8 dimensions"));
+    }
+    let dst_strides = crate::layout::contiguous_strides(dst_dims);
+    let mut bc = BroadcastArg {
+        rank: l.dims().len() as i32,
+        ..Default::default()
+    };
+    for (d, (&n, &s)) in l.dims().iter().zip(l.strides()).enumerate() {
+        bc.dims[d] = n as i64;
+        bc.sa[d] = s as i64;
+        bc.sb[d] = dst_strides[d] as i64;
+    }
+    let base = match src.storage() {
+        Storage::Cuda(c) => c.ptr(),
+        Storage::Cpu(_) => return Err(Error::arg("copy", "a CPU tensor where a device tensor was expected")),
+    };
+    let n = src.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    // SAFETY: src covers its view of its storage; dst holds dst_dims elements and the copied block fits
+    // inside it at dst_offset (callers pass slices of dst_dims).
+    unsafe {
+        launch(
+            src.device(),
+            "elementwise",
+            "nvg_strided_copy_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(base),
+                Arg::Ptr(addr(dst)?),
+                Arg::I64(n as i64),
+                Arg::I64(l.offset() as i64),
+                Arg::I64(dst_offset as i64),
+                Arg::Broadcast(bc),
+            ],
+        )
+    }
+}
+
 /// Packs a strided f32 view.
 pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
     if t.dtype() != DType::F32 {
@@ -55,40 +100,36 @@ pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
         return t.to_device(Device::Cpu)?.contiguous()?.to_device(t.device());
     }
     let out = alloc(t.device(), t.dims())?;
-    let l = t.layout();
-    let mut bc = BroadcastArg {
-        rank: l.dims().len() as i32,
-        ..Default::default()
-    };
-    if l.dims().len() > 8 {
-        return Err(Error::shape("contiguous", "device tensors have at most 8 dimensions"));
+    copy_into(t, &out, t.dims(), 0)?;
+    Ok(out)
+}
+
+/// Concatenation along `dim` of f32 device tensors (shapes checked by the caller).
+pub(crate) fn cat(tensors: &[&Tensor], dim: usize, dims: &[usize]) -> Result<Tensor> {
+    let device = tensors[0].device();
+    if let Some(t) = tensors.iter().find(|t| t.device() != device || t.dtype() != DType::F32) {
+        return Err(Error::Unsupported {
+            op: "cat",
+            device,
+            msg: format!(
+                "device cat takes f32 tensors on one device, got {} on {}",
+                t.dtype(),
+                t.device()
+            ),
+        });
     }
-    for (d, (&n, &s)) in l.dims().iter().zip(l.strides()).enumerate() {
-        bc.dims[d] = n as i64;
-        bc.sa[d] = s as i64;
-    }
-    let base = match t.storage() {
-        Storage::Cuda(c) => c.ptr(),
-        Storage::Cpu(_) => unreachable!("device tensor"),
-    };
-    let n = t.numel();
-    // SAFETY: src covers offset + Σ (dims−1)·strides (a valid view of its storage); dst holds n floats.
-    unsafe {
-        launch(
-            t.device(),
-            "elementwise",
-            "nvg_strided_copy_f32",
-            LaunchConfig::for_elements(n),
-            &[
-                Arg::Ptr(base),
-                Arg::Ptr(addr(&out)?),
-                Arg::I64(n as i64),
-                Arg::I64(l.offset() as i64),
-                Arg::Broadcast(bc),
-            ],
-        )?;
+    let out = alloc(device, dims)?;
+    let inner: usize = dims[dim + 1..].iter().product();
+    let mut at = 0;
+    for t in tensors {
+        copy_into(t, &out, dims, at * inner)?;
+        at += t.dims()[dim];
     }
     Ok(out)
+}
+
+pub(crate) fn div_scalar(x: &Tensor, v: f32) -> Result<Tensor> {
+    map_kernel("div_scalar", "nvg_div_scalar_f32", x, &[Arg::F32(v)])
 }
 
 /// An element-wise kernel `name(x, out, n, extra...)` over a contiguous f32 copy of `x`.

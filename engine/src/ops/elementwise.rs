@@ -448,6 +448,9 @@ impl Tensor {
     }
 
     fn div_scalar_untracked(&self, v: f32) -> Result<Tensor> {
+        if !self.device().is_cpu() {
+            return crate::cuda::ops::div_scalar(self, v);
+        }
         let x = self.f32_data("div_scalar")?;
         Ok(Tensor::from_f32_as(
             par_map(&x, move |a| a / v),
