@@ -81,7 +81,7 @@ impl ContentTransformer {
         for row in label_rows.chunks(grid.tokens()) {
             positions.extend(rope_positions(grid, &structure_features(grid, row, stage), &[0.0]));
         }
-        let (cos, sin) = rope_from_positions(grid, positions, r, 1 + grid.tokens())?;
+        let (cos, sin) = rope_from_positions(grid, positions, r, 1 + grid.tokens(), self.class_embed.device())?;
         Ok(BlockInputs {
             tokens: x,
             vec,
@@ -135,7 +135,8 @@ impl ContentTransformer {
             .x0_head
             .forward(&x, &vec_silu)?
             .div_scalar(self.scale_factors[grid.stages()])?;
-        let cluster_mean = x0_hat.sub(canvas)?.segment_mean(labels, grid.clusters(stage))?;
+        let labels = labels.to_device(x0_hat.device())?;
+        let cluster_mean = x0_hat.sub(canvas)?.segment_mean(&labels, grid.clusters(stage))?;
         let logits = self.cls_head.forward(&cluster_mean)?;
         Ok(ContentOutput {
             x0_hat,

@@ -49,15 +49,24 @@ pub(crate) fn class_rows(table: &Tensor, classes: &[usize], num_classes: usize) 
             num_classes - 1
         );
     }
-    let ids = Tensor::from_vec(classes.iter().map(|&c| c as i64).collect::<Vec<_>>(), &[classes.len()])?;
+    let ids = Tensor::from_vec(classes.iter().map(|&c| c as i64).collect::<Vec<_>>(), &[classes.len()])?
+        .to_device(table.device())?;
     Ok(table.embedding(&ids)?)
 }
 
 /// RoPE cos/sin tables `[rows, n, 32]` from flat positions `[rows, n, 3 + bits]`.
-pub(crate) fn rope_from_positions(grid: &Grid, positions: Vec<f32>, rows: usize, n: usize) -> Result<(Tensor, Tensor)> {
+/// The RoPE tables of per-token positions, built on the CPU and placed on `device` (the model's).
+pub(crate) fn rope_from_positions(
+    grid: &Grid,
+    positions: Vec<f32>,
+    rows: usize,
+    n: usize,
+    device: nvg_engine::Device,
+) -> Result<(Tensor, Tensor)> {
     let axes = grid.rope_axes();
     let pos = Tensor::from_vec(positions, &[rows, n, axes.len()])?;
-    Ok(rope_tables(&pos, &axes, ROPE_THETA)?)
+    let (cos, sin) = rope_tables(&pos, &axes, ROPE_THETA)?;
+    Ok((cos.to_device(device)?, sin.to_device(device)?))
 }
 
 /// Both transformers of an NVG generator.

@@ -83,7 +83,7 @@ impl StructureTransformer {
             let features = structure_features(grid, row, stage);
             positions.extend(rope_positions(grid, &features, &[CONDITION_TOKEN, NOISY_TOKEN]));
         }
-        let (cos, sin) = rope_from_positions(grid, positions, r, 1 + 2 * tk)?;
+        let (cos, sin) = rope_from_positions(grid, positions, r, 1 + 2 * tk, self.class_embed.device())?;
         Ok(FlowContext {
             stage,
             rows: r,
@@ -110,7 +110,9 @@ impl StructureTransformer {
         }
         let zt = self.embed.forward(z)?;
         let x = Tensor::cat(&[&fc.ctx.unsqueeze(1)?, &fc.cond, &zt], 1)?;
-        let time = self.time_embed.forward(&timestep_embedding(t, TIME_FEATURES)?)?;
+        let time = self
+            .time_embed
+            .forward(&timestep_embedding(t, TIME_FEATURES)?.to_device(self.class_embed.device())?)?;
         // (class + time) + stage, the official order of the additions.
         let vec = fc.ctx.add(&time)?.add(&self.stage_embed.narrow(0, fc.stage, 1)?)?;
         Ok(BlockInputs {
