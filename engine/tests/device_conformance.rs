@@ -430,6 +430,46 @@ fn attention_with_and_without_segment_ids() {
 }
 
 #[test]
+fn tensor_core_matmul_with_bf16_operands() {
+    // The device runs mma.sync m16n8k16 (emulated per lane under CudaEmu); the CPU rounds the operands
+    // to bf16 and runs its f32 GEMM: the same products, summed in another order.
+    for (m, k, n) in [(1, 1, 1), (16, 16, 8), (7, 13, 5), (65, 70, 129)] {
+        let a = rand(&[m, k], 40 + m as u64);
+        let b = rand(&[k, n], 41 + n as u64);
+        let want = a.matmul_bf16(&b).unwrap();
+        for dev in devices() {
+            let got = on(dev, &a).matmul_bf16(&on(dev, &b)).unwrap();
+            check(&format!("matmul_bf16 {m}x{k}x{n}"), dev, &got, &want, 3e-5);
+        }
+        if k >= 13 {
+            // The rounding is real: the bf16 product differs from the f32 one.
+            let f32_result = a.matmul(&b).unwrap().to_f32_vec().unwrap();
+            let differs = want
+                .to_f32_vec()
+                .unwrap()
+                .iter()
+                .zip(&f32_result)
+                .any(|(x, y)| (x - y).abs() > 1e-4);
+            assert!(
+                differs,
+                "matmul_bf16 {m}x{k}x{n} equals the f32 product: operands were not rounded"
+            );
+        }
+    }
+    let a = rand(&[2, 3, 20, 33], 42);
+    let b = rand(&[33, 17], 43);
+    for dev in devices() {
+        check(
+            "matmul_bf16 batched",
+            dev,
+            &on(dev, &a).matmul_bf16(&on(dev, &b)).unwrap(),
+            &a.matmul_bf16(&b).unwrap(),
+            3e-5,
+        );
+    }
+}
+
+#[test]
 fn embedding_gather_segment_mean_and_argmax() {
     let table = rand(&[11, 6], 28);
     let ids = Tensor::from_vec(vec![3i64, 0, 10, 3], &[4]).unwrap();

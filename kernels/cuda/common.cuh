@@ -15,6 +15,35 @@
 
 #define FULL_MASK 0xffffffffu
 
+// The bf16 bits (round to nearest even) of an f32.
+__device__ __forceinline__ unsigned short bf16_bits(float x) {
+#ifdef NVG_EMU
+    return __float2bfloat16(x).bits;
+#else
+    return __bfloat16_as_ushort(__float2bfloat16(x));
+#endif
+}
+
+// Two bf16 values in one 32-bit register, the lower-index element in the low half (PTX .bf16x2).
+__device__ __forceinline__ uint32_t pack_bf16x2(unsigned short lo, unsigned short hi) {
+    return (uint32_t)lo | ((uint32_t)hi << 16);
+}
+
+// D = A·B + C on one m16n8k16 tile with bf16 inputs and f32 accumulation (tensor cores; emulated
+// lane by lane on the host). Fragment layout: see nvg_emu::mma_bf16_16816 in emu/cuda_emu.h.
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+#ifdef NVG_EMU
+    nvg_emu::mma_bf16_16816(d, a, b, c);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;

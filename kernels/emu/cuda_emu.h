@@ -50,6 +50,8 @@ void sync_warp();
 void* dynamic_smem();
 // Exchange slot of the calling lane in its warp (64 bits per lane).
 uint64_t* warp_slots();
+// Per-warp fragment exchange for the mma emulation: 8 words per lane.
+uint32_t (*warp_fragments())[8];
 unsigned int lane_count();  // active lanes in the calling warp
 }  // namespace nvg_emu
 
@@ -113,6 +115,49 @@ inline int __all_sync(unsigned m, int pred) {
     unsigned full = n == 32 ? 0xffffffffu : ((1u << n) - 1);
     return __ballot_sync(m, pred) == full;
 }
+
+// ---- mma.sync ------------------------------------------------------------------------------------
+namespace nvg_emu {
+inline float bf16_bits_to_float(uint32_t bits16) {
+    uint32_t u = bits16 << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with the PTX fragment layout: lane = 4·g + t;
+// a: {A[g][2t..2t+1]}, {A[g+8][2t..]}, {A[g][2t+8..]}, {A[g+8][2t+8..]}; b: {B[2t..2t+1][g]},
+// {B[2t+8..2t+9][g]}; c, d: C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1] (low half = lower index).
+// Every lane publishes its fragments, then computes its four outputs from the whole tiles.
+inline void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    uint32_t(*frag)[8] = warp_fragments();
+    unsigned lane = current().linear % 32;
+    for (int i = 0; i < 4; ++i) frag[lane][i] = a[i];
+    frag[lane][4] = b[0];
+    frag[lane][5] = b[1];
+    sync_warp();
+    float A[16][16], B[16][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        unsigned g = l / 4, t = l % 4;
+        const uint32_t* f = frag[l];
+        for (int h = 0; h < 2; ++h) {
+            A[g][2 * t + h] = bf16_bits_to_float((f[0] >> (16 * h)) & 0xffff);
+            A[g + 8][2 * t + h] = bf16_bits_to_float((f[1] >> (16 * h)) & 0xffff);
+            A[g][2 * t + 8 + h] = bf16_bits_to_float((f[2] >> (16 * h)) & 0xffff);
+            A[g + 8][2 * t + 8 + h] = bf16_bits_to_float((f[3] >> (16 * h)) & 0xffff);
+            B[2 * t + h][g] = bf16_bits_to_float((f[4] >> (16 * h)) & 0xffff);
+            B[2 * t + 8 + h][g] = bf16_bits_to_float((f[5] >> (16 * h)) & 0xffff);
+        }
+    }
+    sync_warp();  // fragments read by every lane before anyone reuses the buffer
+    unsigned g = lane / 4, t = lane % 4;
+    const unsigned rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int i = 0; i < 4; ++i) {
+        float s = c[i];
+        for (int k = 0; k < 16; ++k) s += A[rows[i]][k] * B[k][cols[i]];
+        d[i] = s;
+    }
+}
+}  // namespace nvg_emu
 
 // ---- atomics (fibers never preempt each other) -----------------------------------------------------
 template <typename T>

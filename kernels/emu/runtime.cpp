@@ -30,6 +30,7 @@ thread_local std::vector<std::unique_ptr<char[]>> stack_pool;
 
 struct Warp {
     uint64_t slots[32];
+    uint32_t fragments[32][8];
     unsigned arrived = 0;
     unsigned generation = 0;
     unsigned lanes = 0;
@@ -107,6 +108,8 @@ void sync_warp() {
 }
 
 uint64_t* warp_slots() { return active->warps[active->current / 32].slots; }
+
+uint32_t (*warp_fragments())[8] { return active->warps[active->current / 32].fragments; }
 
 unsigned int lane_count() { return active->warps[active->current / 32].lanes; }
 

@@ -302,8 +302,9 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-/// `[..., m, k] · [..., k, n]` with broadcast batch dims `batch` (shapes checked by the caller).
-pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> {
+/// `[..., m, k] · [..., k, n]` with broadcast batch dims `batch` (shapes checked by the caller): the
+/// SIMT kernel in f32, or with `tensor_cores` the mma.sync kernel on bf16-rounded operands.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], tensor_cores: bool) -> Result<Tensor> {
     same_device("matmul", a, b)?;
     let (ra, rb) = (a.rank(), b.rank());
     let (m, k, n) = (a.dims()[ra - 2], a.dims()[ra - 1], b.dims()[rb - 1]);
@@ -327,9 +328,14 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> 
     if m * n == 0 {
         return Ok(out);
     }
+    let (kernel, threads) = if tensor_cores {
+        ("nvg_gemm_bf16tc_f32", 128)
+    } else {
+        ("nvg_gemm_f32", 256)
+    };
     let cfg = LaunchConfig {
         grid: [n.div_ceil(64) as u32, m.div_ceil(64) as u32, nb.max(1) as u32],
-        block: [256, 1, 1],
+        block: [threads, 1, 1],
         shared_bytes: 0,
     };
     // SAFETY: a holds nb (or 1) m×k matrices at stride sa, b k×n at sb, out nb m×n.
@@ -337,7 +343,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize]) -> Result<Tensor> 
         launch(
             a.device(),
             "gemm",
-            "nvg_gemm_f32",
+            kernel,
             cfg,
             &[
                 Arg::Ptr(addr(&a)?),

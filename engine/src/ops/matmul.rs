@@ -67,11 +67,19 @@ impl Tensor {
     /// `[..., m, k] · [..., k, n] → [..., m, n]`; batch dims broadcast (NumPy rules). Float inputs of
     /// the same dtype; the result has that dtype.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        let out = self.matmul_untracked(rhs)?;
+        let out = self.matmul_untracked(rhs, false)?;
         Ok(out.record(&[self, rhs], || Op::Matmul(self.clone(), rhs.clone())))
     }
 
-    fn matmul_untracked(&self, rhs: &Tensor) -> Result<Tensor> {
+    /// `self · rhs` with both operands rounded to bf16 and products accumulated in f32: the precision of
+    /// the GPU's tensor-core path (`mma.sync` bf16), which device tensors use; on the CPU the operands
+    /// are rounded and the f32 GEMM runs. No backward rule.
+    pub fn matmul_bf16(&self, rhs: &Tensor) -> Result<Tensor> {
+        let out = self.matmul_untracked(rhs, true)?;
+        Ok(out.record_unsupported("matmul_bf16", &[self, rhs]))
+    }
+
+    fn matmul_untracked(&self, rhs: &Tensor, bf16_inputs: bool) -> Result<Tensor> {
         let op = "matmul";
         same_device(op, self, rhs)?;
         want_float(op, "lhs", self)?;
@@ -117,7 +125,11 @@ impl Tensor {
             )
         })?;
         if !self.device().is_cpu() || !rhs.device().is_cpu() {
-            return crate::cuda::ops::matmul(self, rhs, &batch);
+            return crate::cuda::ops::matmul(self, rhs, &batch, bf16_inputs);
+        }
+        if bf16_inputs {
+            let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+            return round(self)?.matmul_untracked(&round(rhs)?, false);
         }
         let a = f32_operand(self)?;
         let b = f32_operand(rhs)?;
