@@ -114,9 +114,10 @@ fn ptx_is_embedded_when_nvcc_was_found() {
             assert!(ptx.contains(&format!(".target {arch}")), "{module} {arch}");
         }
     }
+    let gemm = nvg_kernels::ptx("gemm", "sm_90").unwrap();
+    assert!(gemm.contains(".entry nvg_gemm_f32") && gemm.contains(".entry nvg_gemm_bf16tc_f32"));
     assert!(
-        nvg_kernels::ptx("gemm", "sm_90")
-            .unwrap()
-            .contains(".entry nvg_gemm_f32")
+        gemm.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+        "the tensor-core path uses mma.sync"
     );
 }
