@@ -777,6 +777,14 @@ pub fn device_bench(device: nvg_engine::Device, scale: usize, iters: usize) -> R
             [&a, &b],
         ),
         (
+            (
+                "matmul_bf16 (tensor cores)",
+                2.0 * (m * 4 * m * m) as f64,
+                Box::new(|p: &Tensor, q: &Tensor| p.matmul_bf16(q)),
+            ),
+            [&a, &b],
+        ),
+        (
             ("softmax rows", 0.0, Box::new(|p: &Tensor, _: &Tensor| p.softmax(-1))),
             [&x, &x],
         ),
