@@ -316,6 +316,14 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
+        if !self.device().is_cpu() {
+            let out = cuda::ops::cast(self, dtype)?;
+            return Ok(if self.dtype().is_float() && dtype.is_float() {
+                out.record(&[self], || Op::Copy(self.clone()))
+            } else {
+                out
+            });
+        }
         let dims = self.dims().to_vec();
         let st = self.cpu_storage("to_dtype")?;
         let storage = match (st.dtype(), dtype) {

@@ -430,6 +430,62 @@ fn attention_with_and_without_segment_ids() {
 }
 
 #[test]
+fn bf16_storage_with_f32_compute() {
+    // bf16 tensors on the device are widened for the kernels and the results rounded back, as on the
+    // CPU: both sides see the same bf16 inputs and round the same f32 results, so they agree to one
+    // bf16 step (2^-8 relative) where the f32 results straddle a rounding boundary.
+    let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+    let x = bf(rand(&[3, 40], 50));
+    let y = bf(rand(&[1, 40], 51));
+    let w = bf(rand(&[40], 52));
+    let m = bf(rand(&[40, 9], 53));
+    for dev in devices() {
+        let (dx, dy, dw, dm) = (on(dev, &x), on(dev, &y), on(dev, &w), on(dev, &m));
+        assert_eq!(dx.dtype(), DType::BF16);
+        let cases: Vec<(&str, Tensor, Tensor)> = vec![
+            ("silu", dx.silu().unwrap(), x.silu().unwrap()),
+            (
+                "mul",
+                dx.mul(&dy).unwrap(),
+                x.mul(&dy.to_device(Device::Cpu).unwrap()).unwrap(),
+            ),
+            ("softmax", dx.softmax(-1).unwrap(), x.softmax(-1).unwrap()),
+            (
+                "rms_norm",
+                dx.rms_norm(&dw, 1e-6).unwrap(),
+                x.rms_norm(&w, 1e-6).unwrap(),
+            ),
+            ("matmul", dx.matmul(&dm).unwrap(), x.matmul(&m).unwrap()),
+            (
+                "cat",
+                Tensor::cat(&[&dx, &dx], 0).unwrap(),
+                Tensor::cat(&[&x, &x], 0).unwrap(),
+            ),
+        ];
+        for (name, got, want) in cases {
+            assert_eq!(got.dtype(), DType::BF16, "{name} keeps bf16 on {dev}");
+            check(&format!("bf16 {name}"), dev, &got, &want, 1.0 / 256.0);
+        }
+        // Conversions on the device round like the CPU's.
+        let f = rand(&[5, 7], 54);
+        check(
+            "f32 -> bf16",
+            dev,
+            &on(dev, &f).to_dtype(DType::BF16).unwrap(),
+            &bf(f.clone()),
+            0.0,
+        );
+        check(
+            "bf16 -> f32",
+            dev,
+            &dx.to_dtype(DType::F32).unwrap(),
+            &x.to_dtype(DType::F32).unwrap(),
+            0.0,
+        );
+    }
+}
+
+#[test]
 fn tensor_core_matmul_with_bf16_operands() {
     // The device runs mma.sync m16n8k16 (emulated per lane under CudaEmu); the CPU rounds the operands
     // to bf16 and runs its f32 GEMM: the same products, summed in another order.

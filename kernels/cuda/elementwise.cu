@@ -99,3 +99,21 @@ extern "C" __global__ void nvg_strided_copy_f32(const float* __restrict__ src, f
     }
 }
 NVG_KERNEL(nvg_strided_copy_f32);
+
+// bf16 storage ↔ f32 compute: device tensors stored as bf16 are widened before a kernel runs and the
+// result rounded back (round to nearest even), as the CPU backend does.
+extern "C" __global__ void nvg_bf16_to_f32(const unsigned short* __restrict__ x, float* __restrict__ y, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        unsigned int u = (unsigned int)x[i] << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        y[i] = f;
+    }
+}
+NVG_KERNEL(nvg_bf16_to_f32);
+
+extern "C" __global__ void nvg_f32_to_bf16(const float* __restrict__ x, unsigned short* __restrict__ y, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = bf16_bits(x[i]);
+}
+NVG_KERNEL(nvg_f32_to_bf16);

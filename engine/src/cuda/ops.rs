@@ -21,16 +21,54 @@ fn addr(t: &Tensor) -> Result<u64> {
     }
 }
 
-/// `t` as a contiguous f32 device tensor.
+/// `t` as a contiguous f32 device tensor (bf16 storage is widened on the device).
 fn f32_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
-    if t.dtype() != DType::F32 {
-        return Err(Error::Unsupported {
+    match t.dtype() {
+        DType::F32 => t.contiguous(),
+        DType::BF16 => cast(&t.contiguous()?, DType::F32),
+        other => Err(Error::Unsupported {
             op,
             device: t.device(),
-            msg: format!("device kernels take f32 tensors, got {}", t.dtype()),
-        });
+            msg: format!("device kernels take f32 or bf16 tensors, got {other}"),
+        }),
     }
-    t.contiguous()
+}
+
+/// An op's f32 result in the dtype of its input (bf16 in, bf16 out — as on the CPU).
+fn like(out: Tensor, dtype: DType) -> Result<Tensor> {
+    if dtype == DType::BF16 {
+        cast(&out, DType::BF16)
+    } else {
+        Ok(out)
+    }
+}
+
+/// f32 ↔ bf16 conversion of a contiguous device tensor.
+pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let name = match (t.dtype(), dtype) {
+        (a, b) if a == b => return Ok(t.clone()),
+        (DType::BF16, DType::F32) => "nvg_bf16_to_f32",
+        (DType::F32, DType::BF16) => "nvg_f32_to_bf16",
+        // Other conversions go through the CPU.
+        _ => return t.to_device(Device::Cpu)?.to_dtype(dtype)?.to_device(t.device()),
+    };
+    let t = t.contiguous()?;
+    let n = t.numel();
+    let out = Tensor::from_parts(
+        Storage::Cuda(CudaStorage::alloc(t.device(), dtype, n)?),
+        Layout::contiguous(t.dims()),
+    );
+    // SAFETY: t and out hold n contiguous elements of their dtypes.
+    unsafe {
+        launch(
+            t.device(),
+            "elementwise",
+            name,
+            LaunchConfig::for_elements(n),
+            &[Arg::Ptr(addr(&t)?), Arg::Ptr(addr(&out)?), Arg::I64(n as i64)],
+        )?;
+    }
+    Ok(out)
 }
 
 fn alloc(device: Device, dims: &[usize]) -> Result<Tensor> {
@@ -106,26 +144,23 @@ pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
 
 /// Concatenation along `dim` of f32 device tensors (shapes checked by the caller).
 pub(crate) fn cat(tensors: &[&Tensor], dim: usize, dims: &[usize]) -> Result<Tensor> {
-    let device = tensors[0].device();
-    if let Some(t) = tensors.iter().find(|t| t.device() != device || t.dtype() != DType::F32) {
-        return Err(Error::Unsupported {
-            op: "cat",
-            device,
-            msg: format!(
-                "device cat takes f32 tensors on one device, got {} on {}",
-                t.dtype(),
-                t.device()
-            ),
-        });
+    let (device, dtype) = (tensors[0].device(), tensors[0].dtype());
+    if let Some(t) = tensors.iter().find(|t| t.device() != device) {
+        return Err(Error::arg("cat", format!("tensors on {device} and {}", t.device())));
     }
     let out = alloc(device, dims)?;
     let inner: usize = dims[dim + 1..].iter().product();
     let mut at = 0;
     for t in tensors {
-        copy_into(t, &out, dims, at * inner)?;
+        let part = if t.dtype() == DType::F32 {
+            (*t).clone()
+        } else {
+            f32_operand("cat", t)?
+        };
+        copy_into(&part, &out, dims, at * inner)?;
         at += t.dims()[dim];
     }
-    Ok(out)
+    like(out, dtype)
 }
 
 pub(crate) fn div_scalar(x: &Tensor, v: f32) -> Result<Tensor> {
@@ -134,6 +169,7 @@ pub(crate) fn div_scalar(x: &Tensor, v: f32) -> Result<Tensor> {
 
 /// An element-wise kernel `name(x, out, n, extra...)` over a contiguous f32 copy of `x`.
 fn map_kernel(op: &'static str, name: &str, x: &Tensor, extra: &[Arg]) -> Result<Tensor> {
+    let dtype = x.dtype();
     let x = f32_operand(op, x)?;
     let out = alloc(x.device(), x.dims())?;
     let n = x.numel();
@@ -141,7 +177,7 @@ fn map_kernel(op: &'static str, name: &str, x: &Tensor, extra: &[Arg]) -> Result
     args.extend_from_slice(extra);
     // SAFETY: x and out hold n contiguous floats; `extra` are the kernel's scalar parameters.
     unsafe { launch(x.device(), "elementwise", name, LaunchConfig::for_elements(n), &args)? };
-    Ok(out)
+    like(out, dtype)
 }
 
 pub(crate) fn unary(x: &Tensor, op: Unary) -> Result<Tensor> {
@@ -153,6 +189,7 @@ pub(crate) fn affine(x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
 }
 
 pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Binary, dims: &[usize]) -> Result<Tensor> {
+    let dtype = a.dtype();
     same_device(op.name(), a, b)?;
     let (a, b) = (f32_operand(op.name(), a)?, f32_operand(op.name(), b)?);
     if dims.len() > 8 {
@@ -189,7 +226,7 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Binary, dims: &[usize]) -> Resu
             ],
         )?;
     }
-    Ok(out)
+    like(out, dtype)
 }
 
 /// `[rows, cols]` view of a tensor over its last dimension.
@@ -200,6 +237,7 @@ fn rows_cols(t: &Tensor) -> (usize, usize) {
 
 /// Sum over the last dimension.
 pub(crate) fn sum_last(x: &Tensor, keepdim: bool) -> Result<Tensor> {
+    let dtype = x.dtype();
     let x = f32_operand("sum", x)?;
     let (rows, cols) = rows_cols(&x);
     let mut dims = x.dims().to_vec();
@@ -224,12 +262,13 @@ pub(crate) fn sum_last(x: &Tensor, keepdim: bool) -> Result<Tensor> {
             ],
         )?;
     }
-    Ok(out)
+    like(out, dtype)
 }
 
 /// A one-block-per-row kernel `name(x, params..., out, rows, cols, extra...)` over the last dimension
 /// of a contiguous f32 copy of `x`; `params` are per-column vectors (or null pointers).
 fn row_kernel(op: &'static str, name: &str, x: &Tensor, params: &[Option<&Tensor>], extra: &[Arg]) -> Result<Tensor> {
+    let dtype = x.dtype();
     let x = f32_operand(op, x)?;
     let (rows, cols) = rows_cols(&x);
     let params: Vec<Option<Tensor>> = params
@@ -256,7 +295,7 @@ fn row_kernel(op: &'static str, name: &str, x: &Tensor, params: &[Option<&Tensor
             &args,
         )?
     };
-    Ok(out)
+    like(out, dtype)
 }
 
 /// Softmax (or log-softmax) over the last dimension.
@@ -274,6 +313,7 @@ pub(crate) fn rms_norm(x: &Tensor, scale: &Tensor, eps: f32) -> Result<Tensor> {
 
 /// RoPE of x `[B, H, N, D]` with tables `[B, N, D/2]` or `[N, D/2]` (shapes checked by the caller).
 pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
     let x = f32_operand("rope", x)?;
     let (c, s) = (f32_operand("rope", cos)?, f32_operand("rope", sin)?);
     let [b, h, n, d] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
@@ -299,12 +339,13 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             ],
         )?;
     }
-    Ok(out)
+    like(out, dtype)
 }
 
 /// `[..., m, k] · [..., k, n]` with broadcast batch dims `batch` (shapes checked by the caller): the
 /// SIMT kernel in f32, or with `tensor_cores` the mma.sync kernel on bf16-rounded operands.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], tensor_cores: bool) -> Result<Tensor> {
+    let dtype = a.dtype();
     same_device("matmul", a, b)?;
     let (ra, rb) = (a.rank(), b.rank());
     let (m, k, n) = (a.dims()[ra - 2], a.dims()[ra - 1], b.dims()[rb - 1]);
@@ -358,7 +399,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], tensor_cores: bool
             ],
         )?;
     }
-    Ok(out)
+    like(out, dtype)
 }
 
 /// A contiguous i64 device operand (ids, labels, segment ids).
@@ -379,6 +420,7 @@ pub(crate) fn sdpa(
     scale: f32,
     segments: Option<(&Tensor, &Tensor)>,
 ) -> Result<Tensor> {
+    let dtype = q.dtype();
     let (q, k, v) = (
         f32_operand("sdpa", q)?,
         f32_operand("sdpa", k)?,
@@ -426,11 +468,12 @@ pub(crate) fn sdpa(
             ],
         )?;
     }
-    out.permute(&[0, 2, 1, 3])
+    like(out, dtype)?.permute(&[0, 2, 1, 3])
 }
 
 /// `index_select` along `dim` with validated ids.
 pub(crate) fn index_select(x: &Tensor, dim: usize, ids: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
     let x = f32_operand("index_select", x)?;
     let ids = i64_operand("index_select", ids)?.to_device(x.device())?;
     let (outer, size, inner) = crate::ops::split_at_dim(x.dims(), dim);
@@ -455,11 +498,12 @@ pub(crate) fn index_select(x: &Tensor, dim: usize, ids: &Tensor) -> Result<Tenso
             ],
         )?;
     }
-    Ok(out)
+    like(out, dtype)
 }
 
 /// Segment mean of x `[..., N, C]` by labels `[..., N]` (validated by the caller) into `[..., S, C]`.
 pub(crate) fn segment_mean(x: &Tensor, labels: &Tensor, segments: usize) -> Result<Tensor> {
+    let dtype = x.dtype();
     let x = f32_operand("segment_mean", x)?;
     let labels = i64_operand("segment_mean", labels)?.to_device(x.device())?;
     let r = x.rank();
@@ -486,7 +530,7 @@ pub(crate) fn segment_mean(x: &Tensor, labels: &Tensor, segments: usize) -> Resu
             ],
         )?;
     }
-    Ok(out)
+    like(out, dtype)
 }
 
 /// Argmax over the last dimension (non-empty), as i64 `[..]` (or `[.., 1]` with `keepdim`).
