@@ -575,6 +575,74 @@ fn embedding_gather_segment_mean_and_argmax() {
 }
 
 #[test]
+fn conv2d_upsample_and_group_norm() {
+    use nvg_engine::Padding;
+    let x = rand(&[2, 3, 9, 7], 60);
+    let w3 = rand(&[5, 3, 3, 3], 61);
+    let w1 = rand(&[4, 3, 1, 1], 62);
+    let bias = rand(&[5], 63);
+    let asym = Padding {
+        top: 0,
+        bottom: 1,
+        left: 0,
+        right: 1,
+    }; // the encoder's downsample padding
+    for dev in devices() {
+        let (dx, dw3, dw1, db) = (on(dev, &x), on(dev, &w3), on(dev, &w1), on(dev, &bias));
+        check(
+            "conv3x3 pad 1 bias",
+            dev,
+            &dx.conv2d(&dw3, Some(&db), 1, Padding::uniform(1)).unwrap(),
+            &x.conv2d(&w3, Some(&bias), 1, Padding::uniform(1)).unwrap(),
+            3e-5,
+        );
+        check(
+            "conv3x3 stride 2 asymmetric pad",
+            dev,
+            &dx.conv2d(&dw3, None, 2, asym).unwrap(),
+            &x.conv2d(&w3, None, 2, asym).unwrap(),
+            3e-5,
+        );
+        check(
+            "conv1x1",
+            dev,
+            &dx.conv2d(&dw1, None, 1, Padding::default()).unwrap(),
+            &x.conv2d(&w1, None, 1, Padding::default()).unwrap(),
+            3e-5,
+        );
+        check(
+            "upsample x2",
+            dev,
+            &dx.upsample_nearest2x().unwrap(),
+            &x.upsample_nearest2x().unwrap(),
+            0.0,
+        );
+        let g = rand(&[2, 6, 5, 4], 64)
+            .mul_scalar(3.0)
+            .unwrap()
+            .add_scalar(1.0)
+            .unwrap();
+        let (gw, gb) = (rand(&[6], 65), rand(&[6], 66));
+        let dg = on(dev, &g);
+        check(
+            "group_norm affine",
+            dev,
+            &dg.group_norm(3, Some(&on(dev, &gw)), Some(&on(dev, &gb)), 1e-6)
+                .unwrap(),
+            &g.group_norm(3, Some(&gw), Some(&gb), 1e-6).unwrap(),
+            3e-5,
+        );
+        check(
+            "group_norm",
+            dev,
+            &dg.group_norm(2, None, None, 1e-6).unwrap(),
+            &g.group_norm(2, None, None, 1e-6).unwrap(),
+            3e-5,
+        );
+    }
+}
+
+#[test]
 fn ops_without_a_kernel_and_the_real_gpu_say_so() {
     let x = on(Device::CudaEmu, &rand(&[2, 3], 21));
     let e = x.argsort(-1, false).unwrap_err().to_string();

@@ -108,7 +108,16 @@ fn ptx_is_embedded_when_nvcc_was_found() {
         eprintln!("no PTX in this build (nvcc not found at build time; run tools/install-nvcc.sh)");
         return;
     }
-    for module in ["attention", "elementwise", "gemm", "index", "rope", "rows", "selftest"] {
+    for module in [
+        "attention",
+        "elementwise",
+        "gemm",
+        "image",
+        "index",
+        "rope",
+        "rows",
+        "selftest",
+    ] {
         for arch in ["sm_90", "sm_80"] {
             let ptx = nvg_kernels::ptx(module, arch).unwrap_or_else(|| panic!("no PTX for {module} {arch}"));
             assert!(ptx.contains(&format!(".target {arch}")), "{module} {arch}");

@@ -564,3 +564,125 @@ pub(crate) fn argmax_last(x: &Tensor, keepdim: bool) -> Result<Tensor> {
     }
     Ok(out)
 }
+
+/// Direct 2-D convolution of x `[B, C, H, W]` with weight `[O, C, kh, kw]` (validated by the caller)
+/// into `[B, O, oh, ow]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad_top: usize,
+    pad_left: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let (x, w) = (f32_operand("conv2d", x)?, f32_operand("conv2d", weight)?);
+    let bias = bias.map(|t| f32_operand("conv2d", t)).transpose()?;
+    let [b, c, h, wd] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
+    let [o, _, kh, kw] = [w.dims()[0], w.dims()[1], w.dims()[2], w.dims()[3]];
+    let out = alloc(x.device(), &[b, o, oh, ow])?;
+    let i = |v: usize| Arg::I32(v as i32);
+    // SAFETY: shapes as documented in the kernel; bias holds O floats when present.
+    unsafe {
+        launch(
+            x.device(),
+            "image",
+            "nvg_conv2d_f32",
+            LaunchConfig::for_elements(out.numel()),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&w)?),
+                Arg::Ptr(match &bias {
+                    Some(t) => addr(t)?,
+                    None => 0,
+                }),
+                Arg::Ptr(addr(&out)?),
+                i(b),
+                i(c),
+                i(h),
+                i(wd),
+                i(o),
+                i(kh),
+                i(kw),
+                i(stride),
+                i(pad_top),
+                i(pad_left),
+                i(oh),
+                i(ow),
+            ],
+        )?;
+    }
+    like(out, dtype)
+}
+
+/// Nearest-neighbour ×2 upsampling of `[B, C, H, W]`.
+pub(crate) fn upsample2x(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = f32_operand("upsample_nearest2x", x)?;
+    let [b, c, h, w] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
+    let out = alloc(x.device(), &[b, c, 2 * h, 2 * w])?;
+    // SAFETY: x holds b·c·h·w floats, out four times as many.
+    unsafe {
+        launch(
+            x.device(),
+            "image",
+            "nvg_upsample2x_f32",
+            LaunchConfig::for_elements(out.numel()),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64((b * c) as i64),
+                Arg::I32(h as i32),
+                Arg::I32(w as i32),
+            ],
+        )?;
+    }
+    like(out, dtype)
+}
+
+/// Group norm of `[B, C, ...]` (validated by the caller).
+pub(crate) fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = f32_operand("group_norm", x)?;
+    let w = weight.map(|t| f32_operand("group_norm", t)).transpose()?;
+    let bb = bias.map(|t| f32_operand("group_norm", t)).transpose()?;
+    let (b, c) = (x.dims()[0], x.dims()[1]);
+    let spatial: usize = x.dims()[2..].iter().product();
+    let out = alloc(x.device(), x.dims())?;
+    let ptr = |t: &Option<Tensor>| -> Result<u64> {
+        match t {
+            Some(t) => addr(t),
+            None => Ok(0),
+        }
+    };
+    // SAFETY: x/out hold b·c·spatial floats, weight and bias c when present.
+    unsafe {
+        launch(
+            x.device(),
+            "image",
+            "nvg_group_norm_f32",
+            LaunchConfig::per_row(b * groups, ROW_THREADS),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(ptr(&w)?),
+                Arg::Ptr(ptr(&bb)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I32(b as i32),
+                Arg::I32(c as i32),
+                Arg::I64(spatial as i64),
+                Arg::I32(groups as i32),
+                Arg::F32(eps),
+            ],
+        )?;
+    }
+    like(out, dtype)
+}

@@ -76,6 +76,9 @@ impl Tensor {
             super::want_shape(op, "bias", bias, &[o])?;
         }
         let (oh, ow) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+        if !self.device().is_cpu() {
+            return crate::cuda::ops::conv2d(self, weight, bias, stride, pad.top, pad.left, oh, ow);
+        }
         let x = self.f32_data(op)?;
         let wt = weight.f32_data(op)?;
         let bv = bias.map(|t| t.f32_data(op)).transpose()?;
@@ -128,6 +131,9 @@ impl Tensor {
         let op = "upsample_nearest2x";
         want_float(op, "input", self)?;
         let [b, c, h, w] = self.dims_n::<4>(op)?;
+        if !self.device().is_cpu() {
+            return crate::cuda::ops::upsample2x(self);
+        }
         let x = self.f32_data(op)?;
         let mut out = vec![0.0f32; b * c * 4 * h * w];
         if h * w > 0 {

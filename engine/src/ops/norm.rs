@@ -174,6 +174,14 @@ impl Tensor {
             ));
         }
         check_eps(op, eps)?;
+        if !self.device().is_cpu() {
+            for (name, t) in [("weight", weight), ("bias", bias)] {
+                if let Some(t) = t {
+                    super::want_shape(op, name, t, &[c])?;
+                }
+            }
+            return crate::cuda::ops::group_norm(self, groups, weight, bias, eps);
+        }
         let w = channel_vec(op, "weight", weight, c)?;
         let bb = channel_vec(op, "bias", bias, c)?;
         let spatial: usize = self.dims()[2..].iter().product();
