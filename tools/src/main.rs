@@ -229,6 +229,15 @@ fn main() {
     }
 }
 
+/// Prints a benchmark report and, with `--out`, writes it atomically.
+fn emit_report(report: &str, out: Option<&std::path::Path>) -> Result<()> {
+    print!("{report}");
+    if let Some(path) = out {
+        nvg_engine::io::atomic_write(path, |f| std::io::Write::write_all(f, report.as_bytes()))?;
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -360,10 +369,7 @@ fn run() -> Result<()> {
                 anyhow::bail!("--threads and --images must be at least 1");
             }
             let report = nvg_tools::bench::tokenizer_bench(images, threads)?;
-            print!("{report}");
-            if let Some(path) = out {
-                nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, report.as_bytes()))?;
-            }
+            emit_report(&report, out.as_deref())?;
         }
         Command::Bench(BenchCommand::Model {
             config,
@@ -382,10 +388,7 @@ fn run() -> Result<()> {
                 iters,
                 full_sample,
             })?;
-            print!("{report}");
-            if let Some(path) = out {
-                nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, report.as_bytes()))?;
-            }
+            emit_report(&report, out.as_deref())?;
         }
         Command::Bench(BenchCommand::Device {
             device,
@@ -397,10 +400,7 @@ fn run() -> Result<()> {
                 anyhow::bail!("--scale and --iters must be at least 1");
             }
             let report = nvg_tools::bench::device_bench(nvg_tools::bench::parse_device(&device)?, scale, iters)?;
-            print!("{report}");
-            if let Some(path) = out {
-                nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, report.as_bytes()))?;
-            }
+            emit_report(&report, out.as_deref())?;
         }
         Command::Bench(BenchCommand::Train {
             config,
@@ -419,10 +419,7 @@ fn run() -> Result<()> {
                 steps,
                 threads,
             })?;
-            print!("{report}");
-            if let Some(path) = out {
-                nvg_engine::io::atomic_write(&path, |f| std::io::Write::write_all(f, report.as_bytes()))?;
-            }
+            emit_report(&report, out.as_deref())?;
         }
     }
     Ok(())

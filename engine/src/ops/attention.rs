@@ -64,14 +64,16 @@ pub fn sdpa(
             ),
         ));
     }
+    if let Some((qs, ks)) = segments {
+        same_device(op, q, qs)?;
+        same_device(op, q, ks)?;
+        want_int(op, "query segment ids", qs)?;
+        want_int(op, "key segment ids", ks)?;
+        super::want_shape(op, "query segment ids", qs, &[b, nq])?;
+        super::want_shape(op, "key segment ids", ks, &[b, nk])?;
+    }
+    let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
     if !q.device().is_cpu() {
-        if let Some((qs, ks)) = segments {
-            want_int(op, "query segment ids", qs)?;
-            want_int(op, "key segment ids", ks)?;
-            super::want_shape(op, "query segment ids", qs, &[b, nq])?;
-            super::want_shape(op, "key segment ids", ks, &[b, nk])?;
-        }
-        let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
         let out = crate::cuda::ops::sdpa(q, k, v, scale, segments)?;
         return Ok(match segments {
             None => out.record(&[q, k, v], || Op::Sdpa(q.clone(), k.clone(), v.clone(), scale)),
@@ -80,17 +82,8 @@ pub fn sdpa(
     }
     let seg = match segments {
         None => None,
-        Some((qs, ks)) => {
-            same_device(op, q, qs)?;
-            same_device(op, q, ks)?;
-            want_int(op, "query segment ids", qs)?;
-            want_int(op, "key segment ids", ks)?;
-            super::want_shape(op, "query segment ids", qs, &[b, nq])?;
-            super::want_shape(op, "key segment ids", ks, &[b, nk])?;
-            Some((qs.i64_data(op)?, ks.i64_data(op)?))
-        }
+        Some((qs, ks)) => Some((qs.i64_data(op)?, ks.i64_data(op)?)),
     };
-    let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
     let (qf, kf, vf) = (
         q.to_dtype(DType::F32)?,
         k.to_dtype(DType::F32)?,

@@ -10,6 +10,16 @@ use crate::{DType, Tensor};
 use half::{bf16, f16};
 
 /// Checks `idx < size` for every index, naming the op, the position and the range.
+/// The values of an index tensor on the host: borrowed for CPU tensors, copied from a device (ids are
+/// validated on the host before any kernel reads them).
+fn host_ids<'a>(op: &'static str, ids: &'a Tensor) -> Result<std::borrow::Cow<'a, [i64]>> {
+    if ids.device().is_cpu() {
+        ids.i64_data(op)
+    } else {
+        Ok(std::borrow::Cow::Owned(ids.to_i64_vec()?))
+    }
+}
+
 fn check_indices(op: &'static str, what: &str, ids: &[i64], size: usize) -> Result<()> {
     if let Some((pos, &bad)) = ids.iter().enumerate().find(|&(_, &i)| i < 0 || i as usize >= size) {
         return Err(Error::index(
@@ -53,25 +63,17 @@ impl Tensor {
             ));
         }
         let d = self.layout().dim_index(op, dim)?;
-        if !self.device().is_cpu() {
-            let size = self.dims()[d];
-            let idv = ids.to_i64_vec()?;
-            check_indices(
-                op,
-                &format!("index into dim {d} of {}", fmt_shape(self.dims())),
-                &idv,
-                size,
-            )?;
-            return crate::cuda::ops::index_select(self, d, ids);
-        }
         let (outer, size, inner) = split_at_dim(self.dims(), d);
-        let idv = ids.i64_data(op)?;
+        let idv = host_ids(op, ids)?;
         check_indices(
             op,
             &format!("index into dim {d} of {}", fmt_shape(self.dims())),
             &idv,
             size,
         )?;
+        if !self.device().is_cpu() {
+            return crate::cuda::ops::index_select(self, d, ids);
+        }
         let mut dims = self.dims().to_vec();
         dims[d] = idv.len();
         let storage = match self.dtype() {
@@ -199,14 +201,13 @@ impl Tensor {
                 ),
             ));
         }
+        let lab = host_ids(op, labels)?;
+        check_indices(op, "label", &lab, num_segments)?;
         if !self.device().is_cpu() {
-            check_indices(op, "label", &labels.to_i64_vec()?, num_segments)?;
             return crate::cuda::ops::segment_mean(self, labels, num_segments);
         }
         let (n, c) = (self.dims()[r - 2], self.dims()[r - 1]);
         let batch: usize = self.dims()[..r - 2].iter().product();
-        let lab = labels.i64_data(op)?;
-        check_indices(op, "label", &lab, num_segments)?;
         let x = self.f32_data(op)?;
         let mut out = vec![0.0f32; batch * num_segments * c];
         let mut counts = vec![0usize; num_segments];
