@@ -30,6 +30,7 @@ pub use ops::attention::sdpa;
 pub use ops::conv::Padding;
 pub use ops::elementwise::{Binary, Unary};
 pub use ops::rope::rope_tables;
+pub use ops::sample::CategoricalSampling;
 pub use storage::{CpuStorage, Element};
 pub use tensor::Tensor;
 

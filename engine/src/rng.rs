@@ -6,8 +6,8 @@
 //! (the CUDA kernels use the same function). Transforms are computed in f64 and rounded once, so the
 //! CPU and GPU agree bit for bit.
 
-use crate::Tensor;
 use crate::error::Result;
+use crate::{Device, Tensor};
 use rayon::prelude::*;
 
 const M0: u32 = 0xD251_1F53;
@@ -106,6 +106,22 @@ impl Tensor {
         let mut v = vec![0.0f32; dims.iter().product()];
         rng.fill(dist, offset, &mut v);
         Tensor::from_vec(v, dims)
+    }
+
+    /// [`Tensor::random`] drawn on `device` (on a GPU by the Philox kernel: the same values, see
+    /// `kernels/cuda/random.cu`).
+    pub fn random_on(
+        dims: &[usize],
+        dist: Distribution,
+        rng: RngStream,
+        offset: u64,
+        device: Device,
+    ) -> Result<Tensor> {
+        if device.is_cpu() {
+            return Tensor::random(dims, dist, rng, offset);
+        }
+        crate::cuda::check_device("random", device)?;
+        crate::cuda::sample::random(device, dims, dist, rng, offset)
     }
 }
 

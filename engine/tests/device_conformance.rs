@@ -575,6 +575,86 @@ fn embedding_gather_segment_mean_and_argmax() {
 }
 
 #[test]
+fn categorical_sampling_and_random_numbers() {
+    use nvg_engine::CategoricalSampling;
+    use nvg_engine::rng::{Distribution, RngStream};
+    // Rows of a vocabulary that is not a power of two (the kernel pads its sort), with ties and a
+    // NaN-free range; every filter combination the sampler uses.
+    let (rows, vocab) = (6, 45);
+    let mut x = rand(&[rows, vocab], 70).to_f32_vec().unwrap();
+    x[3] = x[7]; // a tie inside a row
+    let logits = Tensor::from_vec(x, &[rows, vocab]).unwrap();
+    let rng = RngStream::new(0x5eed, 3);
+    let u = Tensor::random(&[rows], Distribution::Uniform, rng, 11).unwrap();
+    let settings = [
+        (1.0, 0, 1.0),
+        (0.8, 0, 1.0),
+        (1.0, 1, 1.0),
+        (1.2, 5, 1.0),
+        (1.0, 0, 0.5),
+        (0.9, 10, 0.7),
+        (1.0, 0, 1e-6),
+        (1.0, vocab, 0.95),
+    ];
+    for dev in devices() {
+        let (dl, du) = (on(dev, &logits), on(dev, &u));
+        for (temperature, top_k, top_p) in settings {
+            let s = CategoricalSampling {
+                temperature,
+                top_k,
+                top_p,
+            };
+            let got = dl.sample_categorical(s, &du).unwrap();
+            assert_eq!(got.device(), dev);
+            assert_eq!(
+                got.to_i64_vec().unwrap(),
+                logits.sample_categorical(s, &u).unwrap().to_i64_vec().unwrap(),
+                "sample_categorical {s:?} on {dev}"
+            );
+        }
+        // Many uniforms over one row: every interval boundary of the distribution is crossed.
+        let sweep_u: Vec<f32> = (0..64).map(|j| (j as f32 + 0.5) / 64.0).collect();
+        let row = logits
+            .narrow(0, 0, 1)
+            .unwrap()
+            .broadcast_as(&[64, vocab])
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let sweep_u = Tensor::from_vec(sweep_u, &[64]).unwrap();
+        let s = CategoricalSampling {
+            temperature: 0.5,
+            top_k: 0,
+            top_p: 1.0,
+        };
+        assert_eq!(
+            on(dev, &row)
+                .sample_categorical(s, &on(dev, &sweep_u))
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            row.sample_categorical(s, &sweep_u).unwrap().to_i64_vec().unwrap(),
+            "uniform sweep on {dev}"
+        );
+        // Counter-based random numbers: uniforms bit for bit; normal / Gumbel within one f32 ulp (the
+        // device's f64 log / cos may differ from the host libm in the last bit).
+        for dist in [Distribution::Uniform, Distribution::Normal, Distribution::Gumbel] {
+            let got = Tensor::random_on(&[3, 700], dist, rng, 1 << 33, dev).unwrap();
+            assert_eq!(got.device(), dev);
+            let want = Tensor::random(&[3, 700], dist, rng, 1 << 33)
+                .unwrap()
+                .to_f32_vec()
+                .unwrap();
+            for (i, (a, b)) in got.to_f32_vec().unwrap().iter().zip(&want).enumerate() {
+                let ulps = (a.to_bits() as i64 - b.to_bits() as i64).abs();
+                let limit = if dist == Distribution::Uniform { 0 } else { 1 };
+                assert!(ulps <= limit, "{dist:?} on {dev}: element {i}: {a} vs CPU {b}");
+            }
+        }
+    }
+}
+
+#[test]
 fn conv2d_upsample_and_group_norm() {
     use nvg_engine::Padding;
     let x = rand(&[2, 3, 9, 7], 60);

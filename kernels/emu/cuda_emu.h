@@ -172,8 +172,19 @@ inline T atomicMax(T* p, T v) {
     *p = old > v ? old : v;
     return old;
 }
+template <typename T>
+inline T atomicMin(T* p, T v) {
+    T old = *p;
+    *p = old < v ? old : v;
+    return old;
+}
 
 // ---- math intrinsics ---------------------------------------------------------------------------------
+// CUDA's integer min/max overloads.
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }

@@ -12,6 +12,7 @@
 pub(crate) mod driver;
 mod launch;
 pub(crate) mod ops;
+pub(crate) mod sample;
 
 pub use launch::{Arg, LaunchConfig, launch};
 

@@ -14,7 +14,7 @@ use crate::{DType, Device, Tensor};
 const ROW_THREADS: u32 = 256;
 
 /// The device address of a contiguous tensor's first element.
-fn addr(t: &Tensor) -> Result<u64> {
+pub(super) fn addr(t: &Tensor) -> Result<u64> {
     match t.storage() {
         Storage::Cuda(c) => Ok(c.ptr() + (t.layout().offset() * c.dtype().size()) as u64),
         Storage::Cpu(_) => Err(Error::arg("cuda op", "a CPU tensor where a device tensor was expected")),
@@ -22,7 +22,7 @@ fn addr(t: &Tensor) -> Result<u64> {
 }
 
 /// `t` as a contiguous f32 device tensor (bf16 storage is widened on the device).
-fn f32_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
+pub(super) fn f32_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
     match t.dtype() {
         DType::F32 => t.contiguous(),
         DType::BF16 => cast(&t.contiguous()?, DType::F32),
@@ -71,7 +71,7 @@ pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
     Ok(out)
 }
 
-fn alloc(device: Device, dims: &[usize]) -> Result<Tensor> {
+pub(super) fn alloc(device: Device, dims: &[usize]) -> Result<Tensor> {
     let n = dims.iter().product();
     Ok(Tensor::from_parts(
         Storage::Cuda(CudaStorage::alloc(device, DType::F32, n)?),
@@ -230,7 +230,7 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Binary, dims: &[usize]) -> Resu
 }
 
 /// `[rows, cols]` view of a tensor over its last dimension.
-fn rows_cols(t: &Tensor) -> (usize, usize) {
+pub(super) fn rows_cols(t: &Tensor) -> (usize, usize) {
     let cols = t.dims().last().copied().unwrap_or(1);
     (t.numel() / cols.max(1), cols)
 }

@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod norm;
 pub mod reduce;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 pub mod sort;
 

@@ -5,7 +5,6 @@
 //! Every image's randomness comes from its own counter-based streams (`ImageNoise`), and the engine's
 //! arithmetic is batch-invariant, so an image is the same whatever batch it is generated in.
 
-pub mod codes;
 pub mod flow;
 pub mod schedule;
 
@@ -14,9 +13,8 @@ use crate::model::Generator;
 use crate::structure_map::{cluster_split, structure_features};
 use crate::tokenizer::Quantizer;
 use anyhow::{Result, bail};
-use codes::{CodeSampling, sample_code};
 use nvg_engine::rng::{Distribution, RngStream};
-use nvg_engine::{DType, Device, Tensor};
+use nvg_engine::{CategoricalSampling, DType, Device, Tensor};
 use schedule::{Schedule, round_bf16};
 
 /// Sampling settings, per stage where the official code has per-stage schedules.
@@ -255,19 +253,20 @@ pub fn generate(
         )?;
         let logits = guide(out.logits.to_f32_vec()?, cfg.content_cfg.as_ref().map(|v| v[s]));
         let (clusters, vocab) = (grid.clusters(s), gc.vocab_size);
-        let sampling = CodeSampling {
+        let sampling = CategoricalSampling {
             temperature: cfg.temperature,
             top_k: cfg.top_k[s],
             top_p: cfg.top_p[s],
         };
-        let mut codes = Vec::with_capacity(b * clusters);
-        for (i, image) in logits.chunks(clusters * vocab).enumerate() {
-            for (k, row) in image.chunks(vocab).enumerate() {
-                let u = noise[i].codes.sample(Distribution::Uniform, ImageNoise::counter(s, k));
-                codes.push(sample_code(row, sampling, u));
-            }
-        }
-        let codes_t = Tensor::from_vec(codes, &[b, clusters])?;
+        let uniforms: Vec<f32> = (0..b * clusters)
+            .map(|r| {
+                noise[r / clusters]
+                    .codes
+                    .sample(Distribution::Uniform, ImageNoise::counter(s, r % clusters))
+            })
+            .collect();
+        let logits = Tensor::from_vec(logits, &[b, clusters, vocab])?;
+        let codes_t = logits.sample_categorical(sampling, &Tensor::from_vec(uniforms, &[b, clusters])?)?;
         let codes_per_token = codes_t.gather(1, &labels_t)?;
         canvas = quant.next_canvas(&canvas, &codes_per_token, s)?;
 
@@ -324,11 +323,7 @@ pub fn generate(
             canvas: canvas.clone(),
             x0_hat: out.x0_hat,
             split_scores: split_scores.map(|v| Tensor::from_vec(v, &[b, t])).transpose()?,
-            logits: if cfg.keep_logits {
-                Some(Tensor::from_vec(logits, &[b, clusters, vocab])?)
-            } else {
-                None
-            },
+            logits: cfg.keep_logits.then_some(logits),
         });
     }
     Ok(Generation { canvas, stages })
