@@ -9,6 +9,12 @@
 //!    plus the fiber scheduler `emu/runtime.cpp`, into a static library linked whole (the kernels
 //!    register themselves by name from static constructors). This needs only a C++17 compiler (`CXX`,
 //!    default `c++`), so CI runs every kernel on the CPU.
+//! 3. **NVTX** (feature `nvtx` only): `host/nvtx.c`, a two-function shim over the header-only NVTX3 API
+//!    (`nvtxRangePushA` / `nvtxRangePop`), compiled with the C compiler (`CC`, default `cc`) against
+//!    `nvtx3/nvToolsExt.h` from the pinned `nvidia-nvtx` wheel (`NVG_NVCC_DIR`, default
+//!    `<workspace>/target/nvcc`, as installed by `tools/install-nvcc.sh`) or a CUDA toolkit
+//!    (`CUDA_HOME`/`CUDA_PATH`), and linked with `libdl` (NVTX3 dlopens the profiler's injection library).
+//!    Without the header the build fails and says how to get it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,6 +59,24 @@ fn find_nvcc(workspace: &Path) -> Option<PathBuf> {
     works(&p).then_some(p)
 }
 
+/// The include directory that holds `nvtx3/nvToolsExt.h`: the pinned wheel first (the version CI
+/// tests), then a CUDA toolkit.
+fn find_nvtx_include(workspace: &Path) -> Result<PathBuf, Vec<PathBuf>> {
+    let wheel_dir = std::env::var("NVG_NVCC_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace.join("target/nvcc"));
+    let mut candidates = vec![wheel_dir.join("nvidia/cu13/include")];
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Ok(home) = std::env::var(var) {
+            candidates.push(Path::new(&home).join("include"));
+        }
+    }
+    match candidates.iter().find(|d| d.join("nvtx3/nvToolsExt.h").is_file()) {
+        Some(d) => Ok(d.clone()),
+        None => Err(candidates),
+    }
+}
+
 fn run(cmd: &mut Command, what: &str) {
     let out = cmd
         .output()
@@ -79,6 +103,11 @@ fn main() {
     for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "NVG_NVCC_DIR", "CXX", "PATH"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
+    // 3. The NVTX shim, built first: a missing header fails the build before the long compiles.
+    if std::env::var_os("CARGO_FEATURE_NVTX").is_some() {
+        build_nvtx(&manifest, &workspace, &out);
+    }
+
     let srcs = sources(&cuda_dir);
 
     // 1. PTX.
@@ -146,4 +175,42 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", out.display());
     println!("cargo:rustc-link-lib=static:+whole-archive=nvg_emu");
     println!("cargo:rustc-link-lib=dylib=stdc++");
+}
+
+fn build_nvtx(manifest: &Path, workspace: &Path, out: &Path) {
+    println!("cargo:rerun-if-env-changed=CC");
+    let src = manifest.join("host/nvtx.c");
+    println!("cargo:rerun-if-changed={}", src.display());
+    let include = find_nvtx_include(workspace).unwrap_or_else(|searched| {
+        let searched: Vec<String> = searched
+            .iter()
+            .map(|d| d.join("nvtx3/nvToolsExt.h").display().to_string())
+            .collect();
+        panic!(
+            "feature `nvtx`: the NVTX3 header nvtx3/nvToolsExt.h was not found (looked for {}). \
+             Run tools/install-nvcc.sh (it installs the pinned nvidia-nvtx wheel into target/nvcc; \
+             elsewhere set NVG_NVCC_DIR to its directory) or set CUDA_HOME to a CUDA toolkit, \
+             or build without the `nvtx` feature.",
+            searched.join(", ")
+        )
+    });
+    println!("cargo:rerun-if-changed={}", include.join("nvtx3").display());
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+    let obj = out.join("nvtx.o");
+    run(
+        Command::new(&cc)
+            .args(["-std=c99", "-O2", "-g", "-fPIC", "-Wall"])
+            .arg("-I")
+            .arg(&include)
+            .arg("-c")
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj),
+        &format!("{cc} (NVTX shim) {}", src.display()),
+    );
+    let lib = out.join("libnvg_nvtx.a");
+    let _ = std::fs::remove_file(&lib);
+    run(Command::new("ar").arg("crs").arg(&lib).arg(&obj), "ar (NVTX shim)");
+    println!("cargo:rustc-link-lib=static=nvg_nvtx");
+    println!("cargo:rustc-link-lib=dylib=dl");
 }

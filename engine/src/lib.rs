@@ -16,6 +16,7 @@ mod dtype;
 mod error;
 pub mod io;
 pub mod layout;
+pub mod nvtx;
 pub mod ops;
 pub mod optim;
 pub mod rng;

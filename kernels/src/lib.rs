@@ -101,3 +101,30 @@ pub mod emu {
         }
     }
 }
+
+/// NVTX ranges (feature `nvtx`): `nvtxRangePushA` / `nvtxRangePop` of the NVTX3 API through the C shim
+/// `host/nvtx.c`. The engine wraps them in `nvg_engine::nvtx`; use that.
+#[cfg(feature = "nvtx")]
+pub mod nvtx {
+    use std::ffi::{CStr, c_char};
+
+    unsafe extern "C" {
+        fn nvg_nvtx_push(name: *const c_char) -> i32;
+        fn nvg_nvtx_pop() -> i32;
+    }
+
+    /// Starts a range named `name` on the calling thread: the 0-based nesting level when a tool
+    /// (Nsight Systems) is attached, a negative value otherwise (`NVTX_NO_PUSH_POP_TRACKING`, -2).
+    #[inline]
+    pub fn push(name: &CStr) -> i32 {
+        // SAFETY: `name` is NUL-terminated and valid for the call (a tool copies what it keeps).
+        unsafe { nvg_nvtx_push(name.as_ptr()) }
+    }
+
+    /// Ends the calling thread's innermost range: its level under a tool, negative otherwise.
+    #[inline]
+    pub fn pop() -> i32 {
+        // SAFETY: no arguments; NVTX tolerates a pop without a push (it reports an error value).
+        unsafe { nvg_nvtx_pop() }
+    }
+}

@@ -1,5 +1,6 @@
 //! Kernel launches: arguments marshalled as the driver API takes them (one pointer per parameter,
-//! pointing at its value), a launch configuration, and dispatch to the device.
+//! pointing at its value), a launch configuration, and dispatch to the device. Each launch is an NVTX
+//! range named after the kernel (feature `nvtx`).
 
 use crate::Device;
 use crate::error::{Error, Result};
@@ -62,6 +63,9 @@ impl LaunchConfig {
 /// `args` must match the kernel's parameters, and every pointer must address device memory of
 /// `device` large enough for the kernel's accesses.
 pub unsafe fn launch(device: Device, module: &str, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    // Every device op reaches its kernels through here: one NVTX range per launch, named after the
+    // kernel (feature `nvtx`; launches are synchronous, so the range spans the kernel's run).
+    let _range = crate::nvtx::range(name);
     // Values live here while the kernel runs; `params` points at them.
     let mut values: Vec<Box<dyn std::any::Any>> = Vec::with_capacity(args.len());
     let mut params: Vec<*mut c_void> = Vec::with_capacity(args.len());

@@ -7,7 +7,7 @@ use crate::config::GeneratorConfig;
 use crate::structure_map::{check_labels, rope_positions, structure_features};
 use crate::weights::WeightMap;
 use anyhow::{Result, bail};
-use nvg_engine::Tensor;
+use nvg_engine::{Tensor, nvtx};
 
 /// Content-branch outputs for `R` rows at stage s.
 pub struct ContentOutput {
@@ -114,6 +114,7 @@ impl ContentTransformer {
         keep: &[Tensor],
         mut trace: Option<&mut Trace>,
     ) -> Result<ContentOutput> {
+        let _range = nvtx::range_fmt(format_args!("content forward stage {stage}"));
         let inputs = self.embed(canvas, labels, classes, stage)?;
         if let Some(t) = trace.as_deref_mut() {
             t.record("tokens_in", &inputs.tokens);

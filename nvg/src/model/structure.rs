@@ -8,7 +8,7 @@ use crate::config::GeneratorConfig;
 use crate::structure_map::{check_labels, rope_positions, structure_features};
 use crate::weights::WeightMap;
 use anyhow::{Result, bail};
-use nvg_engine::Tensor;
+use nvg_engine::{Tensor, nvtx};
 
 /// Width of the sinusoidal time features.
 const TIME_FEATURES: usize = 64;
@@ -61,6 +61,7 @@ impl StructureTransformer {
         classes: &[usize],
         stage: usize,
     ) -> Result<FlowContext> {
+        let _range = nvtx::range_fmt(format_args!("structure prepare stage {stage}"));
         let (grid, r) = (&self.cfg.grid, classes.len());
         if stage >= grid.flow_stages() {
             bail!(
@@ -137,6 +138,7 @@ impl StructureTransformer {
         keep: &[Tensor],
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
+        let _range = nvtx::range_fmt(format_args!("structure step stage {}", fc.stage));
         let inputs = self.embed(fc, z, t)?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.record("tokens_in", &inputs.tokens);

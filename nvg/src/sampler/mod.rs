@@ -241,6 +241,7 @@ pub fn generate(
     let mut labels = vec![0i64; b * t];
     let mut stages = Vec::with_capacity(grid.stages());
     for s in 0..grid.stages() {
+        let _stage = nvg_engine::nvtx::range_fmt(format_args!("generate stage {s}"));
         let labels_t = Tensor::from_vec(labels.clone(), &[b, t])?;
         // Content: one code per cluster, then the canvas update.
         let guided = cfg.content_cfg.is_some();

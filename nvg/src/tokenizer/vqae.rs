@@ -4,7 +4,7 @@
 
 use crate::weights::WeightMap;
 use anyhow::{Result, bail};
-use nvg_engine::{Padding, Tensor};
+use nvg_engine::{Padding, Tensor, nvtx};
 
 /// GroupNorm groups and epsilon of every normalisation layer.
 const GROUPS: usize = 32;
@@ -208,6 +208,7 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _range = nvtx::range_c(c"tokenizer encode");
         let mut h = self.conv_in.forward(x)?;
         for (blocks, down) in &self.levels {
             for b in blocks {
@@ -267,6 +268,7 @@ impl Decoder {
     }
 
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        let _range = nvtx::range_c(c"tokenizer decode");
         let mut h = self.conv_in.forward(z)?;
         for b in &self.mid {
             h = b.forward(&h)?;
