@@ -430,6 +430,45 @@ fn attention_with_and_without_segment_ids() {
 }
 
 #[test]
+fn tiled_and_baseline_attention_kernels_across_tile_boundaries() {
+    use nvg_engine::{AttentionKernel, sdpa_with_kernel};
+    // 70 queries (a second, partial query block) against 150 keys (two full K tiles and a partial one
+    // whose length is not a multiple of the 8-key chunk), for every tiled head dim.
+    let (b, h, nq, nk) = (2, 2, 70, 150);
+    // Segments in runs of 5 keys: some 8-key chunks see no key of a query's segment.
+    let qs = Tensor::from_vec((0..b * nq).map(|i| (i % nq % 4) as i64).collect::<Vec<_>>(), &[b, nq]).unwrap();
+    let ks = Tensor::from_vec(
+        (0..b * nk).map(|i| (i % nk / 5 % 4) as i64).collect::<Vec<_>>(),
+        &[b, nk],
+    )
+    .unwrap();
+    for d in [16, 32, 64] {
+        let q = rand(&[b, h, nq, d], 80 + d as u64);
+        let k = rand(&[b, h, nk, d], 81 + d as u64);
+        let v = rand(&[b, h, nk, d], 82 + d as u64);
+        let plain = nvg_engine::sdpa(&q, &k, &v, None, None).unwrap();
+        let segmented = nvg_engine::sdpa(&q, &k, &v, Some(0.2), Some((&qs, &ks))).unwrap();
+        for dev in devices() {
+            let (dq, dk, dvv) = (on(dev, &q), on(dev, &k), on(dev, &v));
+            let (dqs, dks) = (on(dev, &qs), on(dev, &ks));
+            for kernel in [AttentionKernel::Tiled, AttentionKernel::Baseline] {
+                let what = format!("{kernel:?} sdpa d={d}");
+                let got = sdpa_with_kernel(&dq, &dk, &dvv, None, None, kernel).unwrap();
+                check(&what, dev, &got, &plain, 3e-5);
+                let got = sdpa_with_kernel(&dq, &dk, &dvv, Some(0.2), Some((&dqs, &dks)), kernel).unwrap();
+                check(&format!("{what} with segment ids"), dev, &got, &segmented, 3e-5);
+            }
+        }
+    }
+    // The tiled kernel refuses head dims it has no instantiation for.
+    let q = on(Device::CudaEmu, &rand(&[1, 1, 4, 8], 90));
+    let e = sdpa_with_kernel(&q, &q, &q, None, None, AttentionKernel::Tiled)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tiled") && e.contains("8"), "{e}");
+}
+
+#[test]
 fn bf16_storage_with_f32_compute() {
     // bf16 tensors on the device are widened for the kernels and the results rounded back, as on the
     // CPU: both sides see the same bf16 inputs and round the same f32 results, so they agree to one

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use nvg_engine::rng::{Distribution, RngStream};
-use nvg_engine::{Padding, Tensor, sdpa};
+use nvg_engine::{AttentionKernel, Padding, Tensor, sdpa, sdpa_with_kernel};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -762,6 +762,19 @@ pub fn device_bench(device: nvg_engine::Device, scale: usize, iters: usize) -> R
     let b = randn(&[4 * m, m], 301);
     let x = randn(&[4 * m, 16 * scale], 302);
     let w = randn(&[16 * scale], 303);
+    // Attention as in the content transformer (16 heads of 64, 64·scale + 1 tokens; keys = values).
+    let (ah, an, ad) = (16, 64 * scale + 1, 64);
+    let aq = randn(&[2, ah, an, ad], 304);
+    let akv = randn(&[2, ah, an, ad], 305);
+    let attention_flops = 4.0 * (2 * ah * an * an * ad) as f64;
+    // One code per cluster of a batch of 8 at the 256-cluster stage, vocabulary 1024·scale.
+    let logits = randn(&[8 * 256, 1024 * scale], 306);
+    let uniforms = Tensor::random(&[8 * 256], Distribution::Uniform, RngStream::new(0, 307), 0)?;
+    let nucleus = nvg_engine::CategoricalSampling {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 0.8,
+    };
     type Case<'a> = (
         &'static str,
         f64,
@@ -797,6 +810,30 @@ pub fn device_bench(device: nvg_engine::Device, scale: usize, iters: usize) -> R
             [&x, &w],
         ),
         (("silu", 0.0, Box::new(|p: &Tensor, _: &Tensor| p.silu())), [&x, &x]),
+        (
+            (
+                "attention (baseline kernel)",
+                attention_flops,
+                Box::new(|p: &Tensor, q: &Tensor| sdpa_with_kernel(p, q, q, None, None, AttentionKernel::Baseline)),
+            ),
+            [&aq, &akv],
+        ),
+        (
+            (
+                "attention (tiled kernel)",
+                attention_flops,
+                Box::new(|p: &Tensor, q: &Tensor| sdpa_with_kernel(p, q, q, None, None, AttentionKernel::Tiled)),
+            ),
+            [&aq, &akv],
+        ),
+        (
+            (
+                "sample_categorical top-p 0.8",
+                0.0,
+                Box::new(move |p: &Tensor, q: &Tensor| p.sample_categorical(nucleus, q)),
+            ),
+            [&logits, &uniforms],
+        ),
     ];
     let mut report = format!(
         "device {device} vs cpu ({}), scale {scale}, best of {iters}\n\n| op | shape | {device} ms | cpu ms | {device} GFLOP/s | max rel err vs cpu |\n|---|---|---:|---:|---:|---:|\n",

@@ -6,12 +6,15 @@ use super::CudaStorage;
 use super::launch::{Arg, BroadcastArg, LaunchConfig, launch};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::ops::attention::AttentionKernel;
 use crate::ops::elementwise::{Binary, Unary};
 use crate::storage::Storage;
 use crate::{DType, Device, Tensor};
 
 /// Threads per block of the row kernels.
 const ROW_THREADS: u32 = 256;
+/// Queries per block of the tiled attention kernel (`ATT_TILE_Q` in attention.cu).
+const TILE_Q: usize = 64;
 
 /// The device address of a contiguous tensor's first element.
 pub(super) fn addr(t: &Tensor) -> Result<u64> {
@@ -410,15 +413,19 @@ fn i64_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
     t.contiguous()
 }
 
+/// Head dims with a tiled kernel instantiation (`ATTENTION_TILED` in attention.cu).
+const TILED_HEAD_DIMS: [usize; 3] = [16, 32, 64];
+
 /// Attention of q `[B, H, Nq, D]`, k `[B, H, Nk, D]`, v `[B, H, Nk, Dv]` (shapes checked by the
-/// caller); optional segment ids `[B, Nq]`, `[B, Nk]`. Returns `[B, H, Nq, Dv]` as a view of
-/// `[B, Nq, H, Dv]` storage, like the CPU backend.
+/// caller) with the chosen kernel; optional segment ids `[B, Nq]`, `[B, Nk]`. Returns `[B, H, Nq, Dv]`
+/// as a view of `[B, Nq, H, Dv]` storage, like the CPU backend.
 pub(crate) fn sdpa(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f32,
     segments: Option<(&Tensor, &Tensor)>,
+    kernel: AttentionKernel,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
     let (q, k, v) = (
@@ -444,6 +451,48 @@ pub(crate) fn sdpa(
         None => (0, 0),
     };
     let out = alloc(q.device(), &[b, nq, h, dv])?;
+    let tiled_fits = d == dv && TILED_HEAD_DIMS.contains(&d);
+    let tiled = match kernel {
+        AttentionKernel::Auto => tiled_fits,
+        AttentionKernel::Baseline => false,
+        AttentionKernel::Tiled if tiled_fits => true,
+        AttentionKernel::Tiled => {
+            return Err(Error::Unsupported {
+                op: "sdpa",
+                device: q.device(),
+                msg: format!("the tiled attention kernel takes equal head dims in {TILED_HEAD_DIMS:?}, got {d} / {dv}"),
+            });
+        }
+    };
+    if tiled {
+        let cfg = LaunchConfig {
+            grid: [nq.div_ceil(TILE_Q) as u32, (b * h) as u32, 1],
+            block: [TILE_Q as u32, 1, 1],
+            shared_bytes: 0,
+        };
+        // SAFETY: as below; the kernel's head dim is d = dv.
+        unsafe {
+            launch(
+                q.device(),
+                "attention",
+                &format!("nvg_attention_tiled_d{d}"),
+                cfg,
+                &[
+                    Arg::Ptr(addr(&q)?),
+                    Arg::Ptr(addr(&k)?),
+                    Arg::Ptr(addr(&v)?),
+                    Arg::Ptr(qs),
+                    Arg::Ptr(ks),
+                    Arg::Ptr(addr(&out)?),
+                    Arg::I32(h as i32),
+                    Arg::I32(nq as i32),
+                    Arg::I32(nk as i32),
+                    Arg::F32(scale),
+                ],
+            )?;
+        }
+        return like(out, dtype)?.permute(&[0, 2, 1, 3]);
+    }
     // SAFETY: q, k, v, out hold the documented shapes contiguously; the segment ids [B, Nq] / [B, Nk].
     unsafe {
         launch(

@@ -23,6 +23,17 @@ fn head_views(t: &Tensor) -> Vec<HeadView> {
     v
 }
 
+/// Which kernel `sdpa` runs on a CUDA device (the CPU has one implementation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The tiled kernel where it applies (equal q/k/v head dims of 16, 32 or 64), else the baseline.
+    Auto,
+    /// `nvg_attention_f32`: one thread per query, no shared memory; any head dims up to 128.
+    Baseline,
+    /// `nvg_attention_tiled_d{16,32,64}`: K/V tiles in shared memory; an error for other head dims.
+    Tiled,
+}
+
 /// `softmax(q·kᵀ·scale)·v` per (batch, head): q `[B, H, Nq, D]`, k `[B, H, Nk, D]`, v `[B, H, Nk, Dv]`
 /// → `[B, H, Nq, Dv]` (its storage is laid out `[B, Nq, H, Dv]`, so `.transpose(1, 2)` followed by a
 /// reshape to `[B, Nq, H·Dv]` is free). `scale` defaults to 1/√D. Inputs may be strided views (e.g.
@@ -37,6 +48,18 @@ pub fn sdpa(
     v: &Tensor,
     scale: Option<f32>,
     segments: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    sdpa_with_kernel(q, k, v, scale, segments, AttentionKernel::Auto)
+}
+
+/// [`sdpa`] with an explicit device kernel (benchmarks and conformance tests compare them).
+pub fn sdpa_with_kernel(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: Option<f32>,
+    segments: Option<(&Tensor, &Tensor)>,
+    kernel: AttentionKernel,
 ) -> Result<Tensor> {
     let op = "sdpa";
     same_device(op, q, k)?;
@@ -74,7 +97,7 @@ pub fn sdpa(
     }
     let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
     if !q.device().is_cpu() {
-        let out = crate::cuda::ops::sdpa(q, k, v, scale, segments)?;
+        let out = crate::cuda::ops::sdpa(q, k, v, scale, segments, kernel)?;
         return Ok(match segments {
             None => out.record(&[q, k, v], || Op::Sdpa(q.clone(), k.clone(), v.clone(), scale)),
             Some(_) => out.record_unsupported("sdpa with segment ids", &[q, k, v]),
