@@ -694,6 +694,94 @@ fn categorical_sampling_and_random_numbers() {
 }
 
 #[test]
+fn gather_and_scatter_add_along_every_dim() {
+    // Index values from a fixed LCG; `index` smaller than the source outside `dim`, as PyTorch allows.
+    let ids = |n: usize, bound: usize, seed: u64| -> Vec<i64> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) % bound as u64) as i64
+            })
+            .collect()
+    };
+    let src = rand(&[4, 5, 6], 100);
+    // A strided source (a transposed view) and the codes-per-token gather of the sampler (i64).
+    let strided = rand(&[6, 5, 4], 101).permute(&[2, 1, 0]).unwrap();
+    let codes = Tensor::from_vec(ids(2 * 8, 4096, 7), &[2, 8]).unwrap();
+    let labels = Tensor::from_vec(ids(2 * 64, 8, 8), &[2, 64]).unwrap();
+    for dev in devices() {
+        for dim in 0..3 {
+            let mut idims = vec![3, 4, 5];
+            idims[dim] = 7;
+            let index = Tensor::from_vec(ids(idims.iter().product(), src.dims()[dim], dim as u64), &idims).unwrap();
+            let di = on(dev, &index);
+            for (what, t) in [("gather", &src), ("gather of a strided view", &strided)] {
+                let got = on(dev, t).gather(dim as isize, &di).unwrap();
+                check(
+                    &format!("{what} dim {dim}"),
+                    dev,
+                    &got,
+                    &t.gather(dim as isize, &index).unwrap(),
+                    0.0,
+                );
+            }
+            let bf = src.to_dtype(DType::BF16).unwrap();
+            let got = on(dev, &bf).gather(dim as isize, &di).unwrap();
+            assert_eq!(got.dtype(), DType::BF16);
+            check(
+                &format!("bf16 gather dim {dim}"),
+                dev,
+                &got,
+                &bf.gather(dim as isize, &index).unwrap(),
+                0.0,
+            );
+            // scatter_add with repeated indices (sums of up to 7 values: f32 rounding only).
+            let add = rand(&idims, 110 + dim as u64);
+            let got = on(dev, &src).scatter_add(dim as isize, &di, &on(dev, &add)).unwrap();
+            check(
+                &format!("scatter_add dim {dim}"),
+                dev,
+                &got,
+                &src.scatter_add(dim as isize, &index, &add).unwrap(),
+                1e-6,
+            );
+        }
+        // The destination is copied, never modified in place.
+        let before = src.to_f32_vec().unwrap();
+        let dsrc = on(dev, &src);
+        let index = on(dev, &Tensor::from_vec(vec![0i64; 6], &[1, 1, 6]).unwrap());
+        dsrc.scatter_add(0, &index, &on(dev, &rand(&[1, 1, 6], 120))).unwrap();
+        assert_eq!(
+            dsrc.to_f32_vec().unwrap(),
+            before,
+            "scatter_add modified its input on {dev}"
+        );
+        // i64: the sampler's codes-per-token gather and an exact integer scatter_add.
+        let got = on(dev, &codes).gather(1, &on(dev, &labels)).unwrap();
+        assert_eq!(got.device(), dev);
+        assert_eq!(
+            got.to_i64_vec().unwrap(),
+            codes.gather(1, &labels).unwrap().to_i64_vec().unwrap()
+        );
+        let counts = Tensor::from_vec(vec![1i64 << 40; 2 * 8], &[2, 8]).unwrap();
+        let ones = Tensor::from_vec(vec![-3i64; 2 * 64], &[2, 64]).unwrap();
+        let got = on(dev, &counts)
+            .scatter_add(1, &on(dev, &labels), &on(dev, &ones))
+            .unwrap();
+        assert_eq!(
+            got.to_i64_vec().unwrap(),
+            counts.scatter_add(1, &labels, &ones).unwrap().to_i64_vec().unwrap(),
+            "i64 scatter_add on {dev}"
+        );
+        // Out-of-range values are refused before any launch, naming the value.
+        let bad = on(dev, &Tensor::from_vec(vec![0i64, 9], &[1, 2]).unwrap());
+        let e = on(dev, &codes).gather(1, &bad).unwrap_err().to_string();
+        assert!(e.contains("gather") && e.contains('9'), "{e}");
+    }
+}
+
+#[test]
 fn conv2d_upsample_and_group_norm() {
     use nvg_engine::Padding;
     let x = rand(&[2, 3, 9, 7], 60);

@@ -10,6 +10,7 @@
 
 #[cfg(feature = "cuda")]
 pub(crate) mod driver;
+pub(crate) mod gather;
 mod launch;
 pub(crate) mod ops;
 pub(crate) mod sample;

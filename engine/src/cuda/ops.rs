@@ -38,7 +38,7 @@ pub(super) fn f32_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
 }
 
 /// An op's f32 result in the dtype of its input (bf16 in, bf16 out — as on the CPU).
-fn like(out: Tensor, dtype: DType) -> Result<Tensor> {
+pub(super) fn like(out: Tensor, dtype: DType) -> Result<Tensor> {
     if dtype == DType::BF16 {
         cast(&out, DType::BF16)
     } else {
@@ -91,7 +91,7 @@ fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 
 /// Copies the f32 view `src` into `dst` (a packed device tensor) at element `dst_offset`, with `dst`'s
 /// strides taken from `dst_dims` (row-major).
-fn copy_into(src: &Tensor, dst: &Tensor, dst_dims: &[usize], dst_offset: usize) -> Result<()> {
+pub(super) fn copy_into(src: &Tensor, dst: &Tensor, dst_dims: &[usize], dst_offset: usize) -> Result<()> {
     let l = src.layout();
     if l.dims().len() > 8 {
         return Err(Error::shape("copy", "device tensors have at most 8 dimensions"));
@@ -406,7 +406,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], tensor_cores: bool
 }
 
 /// A contiguous i64 device operand (ids, labels, segment ids).
-fn i64_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
+pub(super) fn i64_operand(op: &'static str, t: &Tensor) -> Result<Tensor> {
     if t.dtype() != DType::I64 {
         return Err(Error::dtype(op, "an i64 tensor", t.dtype()));
     }

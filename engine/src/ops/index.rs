@@ -116,7 +116,11 @@ impl Tensor {
         let op = "gather";
         same_device(op, self, index)?;
         want_int(op, "index", index)?;
-        let offsets = gather_plan(op, self, dim, index)?;
+        let d = check_gather(op, self, dim, index)?;
+        if !self.device().is_cpu() {
+            return crate::cuda::gather::gather(self, d, index);
+        }
+        let offsets = gather_plan(op, self, d, index)?;
         // A pure copy: every dtype keeps its exact values.
         fn pick<T: Element>(t: &Tensor, offsets: &[usize]) -> Result<Vec<T>> {
             let x = t.typed_data::<T>("gather")?;
@@ -161,7 +165,11 @@ impl Tensor {
                 ),
             ));
         }
-        let offsets = gather_plan(op, self, dim, index)?;
+        let d = check_gather(op, self, dim, index)?;
+        if !self.device().is_cpu() {
+            return crate::cuda::gather::scatter_add(self, d, index, src);
+        }
+        let offsets = gather_plan(op, self, d, index)?;
         if self.dtype() == DType::I64 {
             let mut out = self.i64_data(op)?.into_owned();
             let s = src.i64_data(op)?;
@@ -238,17 +246,23 @@ impl Tensor {
 
 /// Validates a gather/scatter along `dim` and returns, for every position of `index`, the offset of the
 /// element of (packed) `src` it addresses.
-fn gather_plan(op: &'static str, src: &Tensor, dim: isize, index: &Tensor) -> Result<Vec<usize>> {
+/// Validates a gather / scatter (shapes and every index value; device indices are read back) and
+/// returns the resolved dim.
+fn check_gather(op: &'static str, src: &Tensor, dim: isize, index: &Tensor) -> Result<usize> {
     let d = src.layout().dim_index(op, dim)?;
     check_gather_shapes(op, src.dims(), index.dims(), d)?;
-    let idx = index.i64_data(op)?;
     check_indices(
         op,
         &format!("index into dim {d} of {}", fmt_shape(src.dims())),
-        &idx,
+        &host_ids(op, index)?,
         src.dims()[d],
     )?;
-    Ok(gather_offsets(src.dims(), index.dims(), &idx, d))
+    Ok(d)
+}
+
+/// The packed-source offset of every index position (CPU path; `check_gather` first).
+fn gather_plan(op: &'static str, src: &Tensor, d: usize, index: &Tensor) -> Result<Vec<usize>> {
+    Ok(gather_offsets(src.dims(), index.dims(), &index.i64_data(op)?, d))
 }
 
 /// For every position of `index` (row-major), the offset in a packed tensor of shape `src` of the
