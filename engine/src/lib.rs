@@ -28,7 +28,7 @@ pub use device::Device;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use ops::attention::{AttentionKernel, sdpa, sdpa_with_kernel};
-pub use ops::conv::Padding;
+pub use ops::conv::{ConvKernel, Padding};
 pub use ops::elementwise::{Binary, Unary};
 pub use ops::rope::rope_tables;
 pub use ops::sample::CategoricalSampling;

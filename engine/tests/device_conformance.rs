@@ -783,7 +783,7 @@ fn gather_and_scatter_add_along_every_dim() {
 
 #[test]
 fn conv2d_upsample_and_group_norm() {
-    use nvg_engine::Padding;
+    use nvg_engine::{ConvKernel, Padding};
     let x = rand(&[2, 3, 9, 7], 60);
     let w3 = rand(&[5, 3, 3, 3], 61);
     let w1 = rand(&[4, 3, 1, 1], 62);
@@ -796,27 +796,32 @@ fn conv2d_upsample_and_group_norm() {
     }; // the encoder's downsample padding
     for dev in devices() {
         let (dx, dw3, dw1, db) = (on(dev, &x), on(dev, &w3), on(dev, &w1), on(dev, &bias));
-        check(
-            "conv3x3 pad 1 bias",
-            dev,
-            &dx.conv2d(&dw3, Some(&db), 1, Padding::uniform(1)).unwrap(),
-            &x.conv2d(&w3, Some(&bias), 1, Padding::uniform(1)).unwrap(),
-            3e-5,
-        );
-        check(
-            "conv3x3 stride 2 asymmetric pad",
-            dev,
-            &dx.conv2d(&dw3, None, 2, asym).unwrap(),
-            &x.conv2d(&w3, None, 2, asym).unwrap(),
-            3e-5,
-        );
-        check(
-            "conv1x1",
-            dev,
-            &dx.conv2d(&dw1, None, 1, Padding::default()).unwrap(),
-            &x.conv2d(&w1, None, 1, Padding::default()).unwrap(),
-            3e-5,
-        );
+        for kernel in [ConvKernel::Direct, ConvKernel::Im2colGemm, ConvKernel::Auto] {
+            let conv = |x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: Padding| {
+                x.conv2d_with_kernel(w, b, stride, pad, kernel).unwrap()
+            };
+            check(
+                &format!("{kernel:?} conv3x3 pad 1 bias"),
+                dev,
+                &conv(&dx, &dw3, Some(&db), 1, Padding::uniform(1)),
+                &x.conv2d(&w3, Some(&bias), 1, Padding::uniform(1)).unwrap(),
+                3e-5,
+            );
+            check(
+                &format!("{kernel:?} conv3x3 stride 2 asymmetric pad"),
+                dev,
+                &conv(&dx, &dw3, None, 2, asym),
+                &x.conv2d(&w3, None, 2, asym).unwrap(),
+                3e-5,
+            );
+            check(
+                &format!("{kernel:?} conv1x1"),
+                dev,
+                &conv(&dx, &dw1, None, 1, Padding::default()),
+                &x.conv2d(&w1, None, 1, Padding::default()).unwrap(),
+                3e-5,
+            );
+        }
         check(
             "upsample x2",
             dev,

@@ -35,6 +35,28 @@ extern "C" __global__ void nvg_conv2d_f32(const float* __restrict__ in, const fl
 }
 NVG_KERNEL(nvg_conv2d_f32);
 
+// cols[b, (ci·kh + ky)·kw + kx, y·ow + x] = in[b, ci, y·s + ky − pad_top, x·s + kx − pad_left] (zero
+// outside the image): the convolution as a GEMM, weight [O, C·kh·kw] · cols[b]. One thread per element of
+// cols; consecutive threads write consecutive output pixels.
+extern "C" __global__ void nvg_im2col_f32(const float* __restrict__ in, float* __restrict__ cols, int b, int c, int h,
+                                          int wd, int kh, int kw, int stride, int pad_top, int pad_left, int oh,
+                                          int ow) {
+    long long pixels = (long long)oh * ow;
+    long long rows = (long long)c * kh * kw;
+    long long total = (long long)b * rows * pixels;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        long long p = e % pixels;
+        long long r = (e / pixels) % rows;
+        long long bi = e / (pixels * rows);
+        int x = (int)(p % ow), y = (int)(p / ow);
+        int kx = (int)(r % kw), ky = (int)((r / kw) % kh), ci = (int)(r / ((long long)kw * kh));
+        int iy = y * stride + ky - pad_top, ix = x * stride + kx - pad_left;
+        cols[e] = (iy >= 0 && iy < h && ix >= 0 && ix < wd) ? in[((bi * c + ci) * h + iy) * wd + ix] : 0.0f;
+    }
+}
+NVG_KERNEL(nvg_im2col_f32);
+
 // out[p, y, x] = in[p, y/2, x/2] over `planes` planes of h × w.
 extern "C" __global__ void nvg_upsample2x_f32(const float* __restrict__ in, float* __restrict__ out, long long planes,
                                               int h, int w) {

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use nvg_engine::rng::{Distribution, RngStream};
-use nvg_engine::{AttentionKernel, Padding, Tensor, sdpa, sdpa_with_kernel};
+use nvg_engine::{AttentionKernel, ConvKernel, Padding, Tensor, sdpa, sdpa_with_kernel};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -767,6 +767,11 @@ pub fn device_bench(device: nvg_engine::Device, scale: usize, iters: usize) -> R
     let aq = randn(&[2, ah, an, ad], 304);
     let akv = randn(&[2, ah, an, ad], 305);
     let attention_flops = 4.0 * (2 * ah * an * an * ad) as f64;
+    // A decoder-like 3x3 convolution, 16·scale channels at 32x32.
+    let cc = 16 * scale;
+    let cx = randn(&[1, cc, 32, 32], 308);
+    let cw = randn(&[cc, cc, 3, 3], 309);
+    let conv_flops = 2.0 * (cc * cc * 9 * 32 * 32) as f64;
     // One code per cluster of a batch of 8 at the 256-cluster stage, vocabulary 1024·scale.
     let logits = randn(&[8 * 256, 1024 * scale], 306);
     let uniforms = Tensor::random(&[8 * 256], Distribution::Uniform, RngStream::new(0, 307), 0)?;
@@ -825,6 +830,26 @@ pub fn device_bench(device: nvg_engine::Device, scale: usize, iters: usize) -> R
                 Box::new(|p: &Tensor, q: &Tensor| sdpa_with_kernel(p, q, q, None, None, AttentionKernel::Tiled)),
             ),
             [&aq, &akv],
+        ),
+        (
+            (
+                "conv3x3 (direct kernel)",
+                conv_flops,
+                Box::new(|p: &Tensor, q: &Tensor| {
+                    p.conv2d_with_kernel(q, None, 1, Padding::uniform(1), ConvKernel::Direct)
+                }),
+            ),
+            [&cx, &cw],
+        ),
+        (
+            (
+                "conv3x3 (im2col + GEMM)",
+                conv_flops,
+                Box::new(|p: &Tensor, q: &Tensor| {
+                    p.conv2d_with_kernel(q, None, 1, Padding::uniform(1), ConvKernel::Im2colGemm)
+                }),
+            ),
+            [&cx, &cw],
         ),
         (
             (

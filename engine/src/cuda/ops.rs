@@ -7,12 +7,15 @@ use super::launch::{Arg, BroadcastArg, LaunchConfig, launch};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::ops::attention::AttentionKernel;
+use crate::ops::conv::ConvKernel;
 use crate::ops::elementwise::{Binary, Unary};
 use crate::storage::Storage;
 use crate::{DType, Device, Tensor};
 
 /// Threads per block of the row kernels.
 const ROW_THREADS: u32 = 256;
+/// Largest im2col buffer (floats) `ConvKernel::Auto` allocates; larger convolutions run direct.
+const IM2COL_MAX_ELEMS: usize = 1 << 28;
 /// Queries per block of the tiled attention kernel (`ATT_TILE_Q` in attention.cu).
 const TILE_Q: usize = 64;
 
@@ -626,14 +629,54 @@ pub(crate) fn conv2d(
     pad_left: usize,
     oh: usize,
     ow: usize,
+    kernel: ConvKernel,
 ) -> Result<Tensor> {
     let dtype = x.dtype();
     let (x, w) = (f32_operand("conv2d", x)?, f32_operand("conv2d", weight)?);
     let bias = bias.map(|t| f32_operand("conv2d", t)).transpose()?;
     let [b, c, h, wd] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
     let [o, _, kh, kw] = [w.dims()[0], w.dims()[1], w.dims()[2], w.dims()[3]];
-    let out = alloc(x.device(), &[b, o, oh, ow])?;
     let i = |v: usize| Arg::I32(v as i32);
+    let cols_len = b * c * kh * kw * oh * ow;
+    let im2col = match kernel {
+        ConvKernel::Auto => cols_len <= IM2COL_MAX_ELEMS,
+        ConvKernel::Direct => false,
+        ConvKernel::Im2colGemm => true,
+    };
+    if im2col {
+        let cols = alloc(x.device(), &[b, c * kh * kw, oh * ow])?;
+        // SAFETY: shapes as documented in the kernel; cols holds B·C·kh·kw·OH·OW floats.
+        unsafe {
+            launch(
+                x.device(),
+                "image",
+                "nvg_im2col_f32",
+                LaunchConfig::for_elements(cols_len),
+                &[
+                    Arg::Ptr(addr(&x)?),
+                    Arg::Ptr(addr(&cols)?),
+                    i(b),
+                    i(c),
+                    i(h),
+                    i(wd),
+                    i(kh),
+                    i(kw),
+                    i(stride),
+                    i(pad_top),
+                    i(pad_left),
+                    i(oh),
+                    i(ow),
+                ],
+            )?;
+        }
+        // [O, C·kh·kw] · [B, C·kh·kw, OH·OW] → [B, O, OH·OW] (the weight broadcast over the batch).
+        let mut out = w.reshape(&[o, c * kh * kw])?.matmul(&cols)?;
+        if let Some(bias) = &bias {
+            out = out.add(&bias.reshape(&[1, o, 1])?)?;
+        }
+        return like(out.reshape(&[b, o, oh, ow])?, dtype);
+    }
+    let out = alloc(x.device(), &[b, o, oh, ow])?;
     // SAFETY: shapes as documented in the kernel; bias holds O floats when present.
     unsafe {
         launch(

@@ -30,18 +30,48 @@ impl Padding {
     }
 }
 
+/// Which kernel `conv2d` runs on a CUDA device (the CPU has one implementation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// im2col + GEMM unless the column buffer would exceed 2^28 floats (1 GiB), then direct.
+    Auto,
+    /// `nvg_conv2d_f32`: one thread per output element, no extra memory.
+    Direct,
+    /// `nvg_im2col_f32` into `[B, C·kh·kw, OH·OW]`, then the GEMM kernel and a broadcast bias add.
+    Im2colGemm,
+}
+
 impl Tensor {
     /// Convolution of `self` (`[B, C, H, W]`) with `weight` (`[O, C, kh, kw]`), optional `bias` (`[O]`)
     /// → `[B, O, OH, OW]` with `OH = (H + top + bottom − kh)/stride + 1` (and likewise OW).
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: Padding) -> Result<Tensor> {
-        let out = self.conv2d_untracked(weight, bias, stride, pad)?;
+        self.conv2d_with_kernel(weight, bias, stride, pad, ConvKernel::Auto)
+    }
+
+    /// [`Tensor::conv2d`] with an explicit device kernel (benchmarks and conformance tests compare them).
+    pub fn conv2d_with_kernel(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: Padding,
+        kernel: ConvKernel,
+    ) -> Result<Tensor> {
+        let out = self.conv2d_untracked(weight, bias, stride, pad, kernel)?;
         Ok({
             let inputs: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
             out.record_unsupported("conv2d", &inputs)
         })
     }
 
-    fn conv2d_untracked(&self, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: Padding) -> Result<Tensor> {
+    fn conv2d_untracked(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        pad: Padding,
+        kernel: ConvKernel,
+    ) -> Result<Tensor> {
         let op = "conv2d";
         same_device(op, self, weight)?;
         want_float(op, "input", self)?;
@@ -77,7 +107,7 @@ impl Tensor {
         }
         let (oh, ow) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
         if !self.device().is_cpu() {
-            return crate::cuda::ops::conv2d(self, weight, bias, stride, pad.top, pad.left, oh, ow);
+            return crate::cuda::ops::conv2d(self, weight, bias, stride, pad.top, pad.left, oh, ow, kernel);
         }
         let x = self.f32_data(op)?;
         let wt = weight.f32_data(op)?;
