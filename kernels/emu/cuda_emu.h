@@ -4,8 +4,9 @@
 // defined; this header supplies what CUDA C++ provides on the device. Every CUDA thread of a block runs
 // as a fiber (ucontext) on one OS thread; the scheduler switches fibers round robin at barriers and warp
 // collectives, and runs the blocks of a grid one after another. So:
-//   - __shared__ variables are function-local statics: one instance, shared by every fiber of the block
-//     running the kernel (blocks never overlap);
+//   - __shared__ variables are function-local thread_local statics: one instance per OS thread, shared
+//     by every fiber of the block running the kernel there (blocks never overlap on one OS thread, and
+//     launches on different OS threads, e.g. from parallel tests, get separate instances);
 //   - __syncthreads() is a generation-counting barrier over the block's fibers;
 //   - warp shuffles and votes exchange values through a per-warp buffer between two warp barriers;
 //   - atomics are plain read-modify-writes (fibers never preempt each other).
@@ -25,7 +26,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __restrict__
-#define __shared__ static
+#define __shared__ static thread_local
 #define __launch_bounds__(...)
 
 struct uint3 {

@@ -130,3 +130,35 @@ fn ptx_is_embedded_when_nvcc_was_found() {
         "the tensor-core path uses mma.sync"
     );
 }
+
+#[test]
+fn launches_on_several_os_threads_get_their_own_shared_memory() {
+    // Parallel tests and multi-threaded callers launch kernels concurrently; each launch's __shared__
+    // arrays must be its own (they were once process-wide statics, and concurrent blocks overwrote each
+    // other's tiles).
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let n = 1000usize;
+                for round in 0..50 {
+                    let mut input: Vec<f32> = (0..n).map(|i| (w * 100_000 + round * 1000 + i) as f32).collect();
+                    let mut out = vec![0.0f32; n];
+                    run(
+                        "nvg_selftest_reverse",
+                        1,
+                        1024,
+                        0,
+                        &mut [ptr(&mut input), ptr(&mut out), n as u64],
+                    )
+                    .unwrap();
+                    for i in 0..n {
+                        assert_eq!(out[i], input[n - 1 - i], "worker {w} round {round} element {i}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in workers {
+        h.join().unwrap();
+    }
+}
