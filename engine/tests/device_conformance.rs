@@ -189,6 +189,18 @@ fn unary_ops() {
             &x.affine(1.5, -0.25).unwrap(),
             1e-6,
         );
+        // clamp: values on both sides, at the bounds, and a NaN (passes through on both backends).
+        let mut cv = x.to_f32_vec().unwrap();
+        cv[0] = f32::NAN;
+        cv[1] = -0.5;
+        let cx = Tensor::from_vec(cv, x.dims()).unwrap();
+        check(
+            "clamp",
+            dev,
+            &on(dev, &cx).clamp(-0.5, 0.75).unwrap(),
+            &cx.clamp(-0.5, 0.75).unwrap(),
+            0.0,
+        );
     }
 }
 

@@ -83,6 +83,16 @@ extern "C" __global__ void nvg_affine_f32(const float* __restrict__ x, float* __
 }
 NVG_KERNEL(nvg_affine_f32);
 
+// y = min if x < min, max if x > max, else x (NaN passes through, as on the CPU).
+extern "C" __global__ void nvg_clamp_f32(const float* __restrict__ x, float* __restrict__ y, long long n, float lo,
+                                         float hi) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float v = x[i];
+        y[i] = v < lo ? lo : (v > hi ? hi : v);
+    }
+}
+NVG_KERNEL(nvg_clamp_f32);
+
 // For every coordinate c of `dims` (n elements): dst[dst_offset + Σ c_d·sb[d]] = src[offset + Σ c_d·sa[d]].
 // Packs strided views (sb = row-major strides) and places a tensor into a slice of another (cat).
 extern "C" __global__ void nvg_strided_copy_f32(const float* __restrict__ src, float* __restrict__ dst, long long n,

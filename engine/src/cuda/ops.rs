@@ -194,6 +194,10 @@ pub(crate) fn affine(x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
     map_kernel("affine", "nvg_affine_f32", x, &[Arg::F32(mul), Arg::F32(add)])
 }
 
+pub(crate) fn clamp(x: &Tensor, min: f32, max: f32) -> Result<Tensor> {
+    map_kernel("clamp", "nvg_clamp_f32", x, &[Arg::F32(min), Arg::F32(max)])
+}
+
 pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Binary, dims: &[usize]) -> Result<Tensor> {
     let dtype = a.dtype();
     same_device(op.name(), a, b)?;

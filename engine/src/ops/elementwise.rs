@@ -484,6 +484,9 @@ impl Tensor {
         if min > max {
             return Err(Error::arg("clamp", format!("min {min} > max {max}")));
         }
+        if !self.device().is_cpu() {
+            return crate::cuda::ops::clamp(self, min, max);
+        }
         let x = self.f32_data("clamp")?;
         let f = move |v: f32| {
             if v < min {
