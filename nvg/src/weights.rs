@@ -4,7 +4,7 @@
 //! a wrong shape) are collected instead of stopping at the first one, and `finish` reports all of them —
 //! plus every tensor of the chosen family that nothing took — in one error that names each tensor.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use nvg_engine::io::safetensors::SafetensorsFile;
 use nvg_engine::{DType, Device, Tensor};
 use std::collections::{BTreeMap, BTreeSet};
@@ -136,6 +136,17 @@ impl WeightMap {
     }
 
     /// The tensors (for a synthetic map: every tensor made up so far), by name.
+    /// The same weights on `device` (every tensor copied there; the model built from the map then runs
+    /// there).
+    pub fn to_device(mut self, device: nvg_engine::Device) -> Result<WeightMap> {
+        for t in self.tensors.values_mut() {
+            *t = t
+                .to_device(device)
+                .with_context(|| format!("moving the weights of {} to {device}", self.source))?;
+        }
+        Ok(self)
+    }
+
     pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
         self.tensors
     }

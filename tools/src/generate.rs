@@ -79,6 +79,11 @@ pub struct GenerateOptions {
     /// N×H×W×3 under key arr_0.
     #[arg(long)]
     pub npz: Option<PathBuf>,
+    /// Where the models run: cpu, cuda (GPU 0), cuda:N (needs a build with --features cuda) or cuda-emu
+    /// (the kernels' host emulation: a correctness tool, far slower than the CPU). Devices agree with
+    /// the CPU to rounding, so a pixel may differ by one level between runs on different devices.
+    #[arg(long, default_value = "cpu", value_parser = crate::bench::parse_device)]
+    pub device: nvg_engine::Device,
 }
 
 /// What a run did.
@@ -189,12 +194,13 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
         "--per-class, --batch and --structure-steps must be at least 1"
     );
     let set = if o.ema { WeightSet::Ema } else { WeightSet::Raw };
-    let generator = Generator::load(&o.generator, set)?;
+    nvg_engine::cuda::check_device("--device", o.device)?;
+    let generator = Generator::load_on(&o.generator, set, o.device)?;
     let gc = &generator.config;
     let grid = gc.grid;
     let classes = parse_classes(&o.classes, gc.num_classes)?;
-    let tok =
-        Tokenizer::load(&o.tokenizer, grid.side()).with_context(|| format!("tokenizer {}", o.tokenizer.display()))?;
+    let tok = Tokenizer::load_on(&o.tokenizer, grid.side(), o.device)
+        .with_context(|| format!("tokenizer {}", o.tokenizer.display()))?;
     let stages = grid.stages();
     let mut cfg = SamplerConfig::official(&grid);
     cfg.content_cfg = guidance_or_none(&o.cfg, stages, "--cfg")?;

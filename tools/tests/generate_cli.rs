@@ -262,11 +262,16 @@ fn wrong_use_is_refused_with_a_clear_message() {
         (&["--shard", "x"], "expected i/n"),
         (&["--cfg", "1-abc"], "--cfg"),
         (&["--batch", "0"], "at least 1"),
+        (&["--device", "gpu"], "expected cpu, cuda, cuda:N or cuda-emu"),
     ] {
         let (ok, log) = generate(&fx, &dir, flags);
         assert!(!ok && log.contains(expect), "{flags:?}: expected `{expect}` in:\n{log}");
         assert!(pngs(&dir).is_empty(), "{flags:?} wrote images");
     }
+    // A CUDA device this build or machine cannot drive: a clear error, not a panic or a CPU fallback.
+    let (ok, log) = generate(&fx, &dir, &["--device", "cuda:0"]);
+    assert!(!ok && log.contains("cuda:0"), "{log}");
+    assert!(pngs(&dir).is_empty(), "--device cuda:0 wrote images");
     // --npz from one shard of an unfinished job.
     let npz = dir.join("x.npz");
     let (ok, log) = generate(&fx, &dir, &["--shard", "0/4", "--npz", npz.to_str().unwrap()]);
@@ -296,6 +301,7 @@ fn help_explains_every_flag() {
     let (ok, out, _) = nvg(&["generate", "--help"]);
     assert!(ok);
     for flag in [
+        "--device",
         "--generator",
         "--tokenizer",
         "--ema",

@@ -33,6 +33,11 @@ pub struct ContentTransformer {
 }
 
 impl ContentTransformer {
+    /// Where the weights live.
+    pub fn device(&self) -> nvg_engine::Device {
+        self.class_embed.device()
+    }
+
     pub fn load(w: &mut WeightMap, cfg: &GeneratorConfig) -> ContentTransformer {
         let (h, c, t, s) = (cfg.width, cfg.latent_channels, cfg.grid.tokens(), cfg.grid.stages());
         ContentTransformer {

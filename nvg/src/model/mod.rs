@@ -9,7 +9,7 @@ use crate::config::{GeneratorConfig, Grid, ROPE_THETA};
 use crate::weights::{WeightMap, WeightSet};
 use anyhow::{Context, Result, bail};
 use content::ContentTransformer;
-use nvg_engine::{Tensor, rope_tables};
+use nvg_engine::{Device, Tensor, rope_tables};
 use std::path::Path;
 use structure::StructureTransformer;
 
@@ -82,9 +82,19 @@ impl Generator {
     /// off the weights (depth from the number of blocks; grid, codebook and class count from the
     /// embedding shapes) and every tensor is checked against it; all problems are reported together.
     pub fn load(path: &Path, set: WeightSet) -> Result<Generator> {
+        Generator::load_on(path, set, Device::Cpu)
+    }
+
+    /// [`Generator::load`] with the weights on `device` (a CUDA device runs the model's kernels there).
+    pub fn load_on(path: &Path, set: WeightSet, device: Device) -> Result<Generator> {
         let weights =
             WeightMap::generator(path, set).with_context(|| format!("loading generator {}", path.display()))?;
-        Generator::from_weights(weights)
+        Generator::from_weights(weights.to_device(device)?)
+    }
+
+    /// Where the weights live (and the model runs).
+    pub fn device(&self) -> Device {
+        self.content.device()
     }
 
     /// A generator of configuration `cfg` with made-up weights (`WeightMap::synthetic`), for benchmarks

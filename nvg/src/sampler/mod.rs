@@ -14,7 +14,7 @@ use crate::structure_map::{cluster_split, structure_features};
 use crate::tokenizer::Quantizer;
 use anyhow::{Result, bail};
 use nvg_engine::rng::{Distribution, RngStream};
-use nvg_engine::{CategoricalSampling, DType, Device, Tensor};
+use nvg_engine::{CategoricalSampling, DType, Tensor};
 use schedule::{Schedule, round_bf16};
 
 /// Sampling settings, per stage where the official code has per-stage schedules.
@@ -190,6 +190,19 @@ fn guide(v: Vec<f32>, scale: Option<f32>) -> Vec<f32> {
     }
 }
 
+/// `uncond + scale·(cond − uncond)` over the two halves (along dim 0) of `t`, or `t` unguided; the
+/// same f32 operations as `guide`, on `t`'s device.
+fn guide_rows(t: &Tensor, scale: Option<f32>) -> Result<Tensor> {
+    Ok(match scale {
+        None => t.clone(),
+        Some(s) => {
+            let half = t.dims()[0] / 2;
+            let (cond, uncond) = (t.narrow(0, 0, half)?, t.narrow(0, half, half)?);
+            uncond.add(&cond.sub(&uncond)?.mul_scalar(s)?)?
+        }
+    })
+}
+
 /// Samples one image per entry of `classes` (class ids; the generator's null class gives
 /// unconditional samples) with the randomness in `noise`.
 pub fn generate(
@@ -237,11 +250,21 @@ pub fn generate(
     );
     let times = flow::flow_timesteps(cfg.structure_steps, t);
 
-    let mut canvas = Tensor::zeros(&[b, t, c], DType::F32, Device::Cpu)?;
+    // Everything per stage runs where the generator's weights are; host-side work is limited to the
+    // structure map (labels, splits) and the flow's small state.
+    let device = generator.device();
+    if quant.device() != device {
+        bail!(
+            "the tokenizer's quantiser is on {} and the generator on {device}: load both on one device",
+            quant.device()
+        );
+    }
+    let mut canvas = Tensor::zeros(&[b, t, c], DType::F32, device)?;
     let mut labels = vec![0i64; b * t];
     let mut stages = Vec::with_capacity(grid.stages());
     for s in 0..grid.stages() {
         let _stage = nvg_engine::nvtx::range_fmt(format_args!("generate stage {s}"));
+        // Labels stay on the host (the model moves what it needs); the gather below needs a device copy.
         let labels_t = Tensor::from_vec(labels.clone(), &[b, t])?;
         // Content: one code per cluster, then the canvas update.
         let guided = cfg.content_cfg.is_some();
@@ -252,7 +275,7 @@ pub fn generate(
             s,
             None,
         )?;
-        let logits = guide(out.logits.to_f32_vec()?, cfg.content_cfg.as_ref().map(|v| v[s]));
+        let logits = guide_rows(&out.logits, cfg.content_cfg.as_ref().map(|v| v[s]))?;
         let (clusters, vocab) = (grid.clusters(s), gc.vocab_size);
         let sampling = CategoricalSampling {
             temperature: cfg.temperature,
@@ -266,9 +289,12 @@ pub fn generate(
                     .sample(Distribution::Uniform, ImageNoise::counter(s, r % clusters))
             })
             .collect();
-        let logits = Tensor::from_vec(logits, &[b, clusters, vocab])?;
-        let codes_t = logits.sample_categorical(sampling, &Tensor::from_vec(uniforms, &[b, clusters])?)?;
-        let codes_per_token = codes_t.gather(1, &labels_t)?;
+        debug_assert_eq!(logits.dims(), [b, clusters, vocab]);
+        let codes_t = logits.sample_categorical(
+            sampling,
+            &Tensor::from_vec(uniforms, &[b, clusters])?.to_device(device)?,
+        )?;
+        let codes_per_token = codes_t.gather(1, &labels_t.to_device(device)?)?;
         canvas = quant.next_canvas(&canvas, &codes_per_token, s)?;
 
         // Structure: split every cluster in two for the next stage.
@@ -361,7 +387,7 @@ fn structure_flow(
         .prepare(&rows(canvas, guided)?, &rows(labels_t, guided)?, row_classes, s)?;
     for pair in times.windows(2) {
         let (t_cur, t_next) = (pair[0], pair[1]);
-        let z_t = Tensor::from_vec(z.clone(), &[b, t, bits])?;
+        let z_t = Tensor::from_vec(z.clone(), &[b, t, bits])?.to_device(canvas.device())?;
         let row_t = vec![t_cur; row_classes.len()];
         let v = generator.structure.step(&flow, &rows(&z_t, guided)?, &row_t, None)?;
         let v = guide(v.to_f32_vec()?, cfg.structure_cfg.as_ref().map(|c| c[s]));

@@ -12,7 +12,7 @@ pub use vqae::{Decoder, Encoder, TokenizerConfig};
 use crate::config::Grid;
 use crate::weights::WeightMap;
 use anyhow::{Context, Result, bail};
-use nvg_engine::Tensor;
+use nvg_engine::{Device, Tensor};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -43,6 +43,12 @@ impl Tokenizer {
     /// images will be encoded to (16 for 256-pixel images with the official f16 tokenizer); the
     /// configuration is read off the weights.
     pub fn load(path: &Path, grid_side: usize) -> Result<Tokenizer> {
+        Tokenizer::load_on(path, grid_side, Device::Cpu)
+    }
+
+    /// [`Tokenizer::load`] with the weights on `device` (the encoder, quantiser and decoder then run
+    /// there).
+    pub fn load_on(path: &Path, grid_side: usize, device: Device) -> Result<Tokenizer> {
         let file = nvg_engine::io::safetensors::SafetensorsFile::open(path)?;
         let prefixed =
             file.names().any(|n| n.starts_with(GENERATOR_COPY_PREFIX)) && !file.contains("encoder.conv_in.conv.weight");
@@ -59,6 +65,7 @@ impl Tokenizer {
             "first_stage_model.",
         ]);
         let config = TokenizerConfig::infer(&w)?;
+        let mut w = w.to_device(device)?;
         let tok = Tokenizer::build(&mut w, config, Grid::new(grid_side)?)?;
         w.finish()?;
         Ok(tok)
@@ -67,6 +74,11 @@ impl Tokenizer {
     /// Loads a tokenizer for images of `resolution × resolution` pixels: the latent grid side is the
     /// resolution over the tokenizer's downsampling factor and must be a power of two.
     pub fn load_for_resolution(path: &Path, resolution: usize) -> Result<Tokenizer> {
+        Tokenizer::load_for_resolution_on(path, resolution, Device::Cpu)
+    }
+
+    /// [`Tokenizer::load_for_resolution`] with the weights on `device`.
+    pub fn load_for_resolution_on(path: &Path, resolution: usize, device: Device) -> Result<Tokenizer> {
         let f = TokenizerConfig::infer(&WeightMap::from_file(path, "")?)?.downsample();
         let side = resolution / f;
         if !resolution.is_multiple_of(f) || !side.is_power_of_two() || side < 2 {
@@ -75,7 +87,7 @@ impl Tokenizer {
                 16 * f
             );
         }
-        Tokenizer::load(path, side)
+        Tokenizer::load_on(path, side, device)
     }
 
     /// A tokenizer with made-up weights (benchmarks, tests).

@@ -25,6 +25,11 @@ pub struct Quantizer {
 }
 
 impl Quantizer {
+    /// Where the codebook lives (and the canvas updates run).
+    pub fn device(&self) -> nvg_engine::Device {
+        self.codebook.device()
+    }
+
     /// Loads `quantize.embedding.weight` and `quantize.quant_resi.{s}.*` from a tokenizer's safetensors
     /// file (official VQAE key names).
     pub fn load(path: &Path, grid: Grid) -> Result<Quantizer> {
