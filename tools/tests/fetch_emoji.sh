@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Self-check of tools/fetch-emoji.sh (not run by cargo). Needs the google tarball in the cache
+# (target/emoji-cache, or $NVG_EMOJI_CACHE) — run tools/fetch-emoji.sh once first; everything else
+# runs offline against a local HTTP server. Writes only under a temporary folder.
+#
+#   tools/tests/fetch_emoji.sh
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+script="$root/tools/fetch-emoji.sh"
+src_cache="${NVG_EMOJI_CACHE:-$root/target/emoji-cache}"
+tgz=emoji-datasource-google-16.0.0.tgz
+[[ -f "$src_cache/$tgz" ]] || { echo "SKIP: $src_cache/$tgz not cached; run tools/fetch-emoji.sh first" >&2; exit 0; }
+
+tmp="$(mktemp -d)"
+server=""
+cleanup() {
+  [[ -z "$server" ]] || kill "$server" 2>/dev/null || true
+  rm -rf -- "$tmp"
+}
+trap cleanup EXIT
+failures=0
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; failures=$((failures + 1)); }
+# expect_fail NAME PATTERN CMD...: CMD must fail with PATTERN in its stderr.
+expect_fail() {
+  local name="$1" pattern="$2"
+  shift 2
+  if "$@" >"$tmp/out" 2>"$tmp/err"; then
+    bad "$name: succeeded"
+  elif grep -q -- "$pattern" "$tmp/err"; then
+    ok "$name"
+  else
+    bad "$name: stderr lacks '$pattern': $(tail -n 2 "$tmp/err")"
+  fi
+}
+tree_hash() { (cd "$1" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1); }
+
+cache="$tmp/cache"
+mkdir -p "$cache"
+cp "$src_cache/$tgz" "$cache/"
+
+# Options.
+"$script" --help | grep -q -- '--val-percent' && ok "--help" || bad "--help"
+expect_fail "unknown option" "unknown option" "$script" --bogus
+expect_fail "unknown style" "unknown style 'apple'" "$script" --style apple "$tmp/o"
+expect_fail "bad val percent" "integer from 0 to 100" "$script" --val-percent 101 "$tmp/o"
+expect_fail "two OUTs" "more than one OUT" "$script" "$tmp/a" "$tmp/b"
+expect_fail "offline, not cached" "not cached" "$script" --offline --cache "$tmp/empty" "$tmp/o"
+
+# A real build, twice: same tree; the PNGs are 64x64; counts.json agrees with the files.
+out="$tmp/emoji"
+"$script" --offline --cache "$cache" "$out" >"$tmp/table1" 2>/dev/null
+h1="$(tree_hash "$out")"
+"$script" --offline --cache "$cache" "$out" >"$tmp/table2" 2>/dev/null
+h2="$(tree_hash "$out")"
+[[ "$h1" == "$h2" ]] && cmp -s "$tmp/table1" "$tmp/table2" && ok "re-run gives the same tree" || bad "re-run changed the tree"
+if python3 - "$out" <<'PY'; then ok "files, sizes, counts.json"; else bad "files, sizes, counts.json"; fi
+import json, os, struct, sys
+out = sys.argv[1]
+j = json.load(open(os.path.join(out, "counts.json")))
+classes = ["0-smileys-emotion", "1-people-body", "2-animals-nature", "3-food-drink", "4-travel-places",
+           "5-activities", "6-objects", "7-symbols", "8-flags"]
+assert j["classes"] == classes
+names = {}
+for split in ("train", "val"):
+    assert sorted(os.listdir(os.path.join(out, split))) == classes
+    for c in classes:
+        files = os.listdir(os.path.join(out, split, c))
+        assert len(files) == j[split][c], (split, c)
+        for f in files:
+            b = open(os.path.join(out, split, c, f), "rb").read(24)
+            assert b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR", f
+            assert struct.unpack(">II", b[16:24]) == (64, 64), f
+            assert f not in names, f
+            names[f] = split
+assert len(names) == 3762 and j["total"] == {"train": 3400, "val": 362}, j["total"]
+assert all(names.get(d["same_as"]) for d in j["duplicates"]) and not any(d["file"] in names for d in j["duplicates"])
+for f in ("LICENSE-emoji.txt", "ATTRIBUTION.md"):
+    assert os.path.getsize(os.path.join(out, f)) > 500, f
+assert "Apache License" in open(os.path.join(out, "LICENSE-emoji.txt")).read()
+PY
+
+# Another split share and the skin-tone option change the tree, and the split is nested: every val
+# file at 10 % is a val file at 20 %.
+"$script" --offline --cache "$cache" --val-percent 20 --no-skin-tones "$tmp/e20" >/dev/null 2>&1
+if python3 - "$out" "$tmp/e20" <<'PY'; then ok "--val-percent 20 --no-skin-tones"; else bad "--val-percent 20 --no-skin-tones"; fi
+import json, os, sys
+a, b = sys.argv[1:]
+ja, jb = json.load(open(a + "/counts.json")), json.load(open(b + "/counts.json"))
+assert jb["val_percent"] == 20 and not jb["skin_tone_variants"] and jb["skipped"]["skin_tone_variants"] == 1875
+val = lambda d: {f for c in os.listdir(d + "/val") for f in os.listdir(d + "/val/" + c)}
+va = val(a)
+vb = val(b)
+train_b = {f for c in os.listdir(b + "/train") for f in os.listdir(b + "/train/" + c)}
+assert not (va & train_b), "a 10 % val image is in the 20 % train split"
+assert 1.5 * jb["total"]["val"] > 0.2 * sum(jb["total"].values()) > 0.5 * jb["total"]["val"]
+PY
+
+# Output safety: a folder not made by the script, or a file, is never replaced.
+mkdir -p "$tmp/mine" && echo keep >"$tmp/mine/x"
+expect_fail "foreign OUT refused" "not made by this script" "$script" --offline --cache "$cache" "$tmp/mine"
+[[ "$(cat "$tmp/mine/x")" == keep ]] && ok "foreign OUT untouched" || bad "foreign OUT touched"
+echo x >"$tmp/file"
+expect_fail "file OUT refused" "not a folder" "$script" --offline --cache "$cache" "$tmp/file"
+
+# An interrupted run leaves the previous tree, and no partial folder.
+"$script" --offline --cache "$cache" --val-percent 50 "$out" >/dev/null 2>&1 &
+pid=$!
+sleep 1.5
+kill -TERM "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+h3="$(tree_hash "$out")"
+if [[ "$h3" == "$h1" ]] || grep -q '"val_percent": 50' "$out/counts.json"; then
+  ok "interrupted run: a whole tree ($([[ "$h3" == "$h1" ]] && echo previous || echo finished too soon: new))"
+else
+  bad "interrupted run left a changed tree"
+fi
+[[ -z "$(find "$tmp" -maxdepth 1 -name '.emoji.*')" ]] && ok "no partial folder left" || bad "partial folder left: $(ls -a "$tmp")"
+
+# Leftovers of a run killed outright (SIGKILL: no trap) are cleared by the next run.
+dead="$(sh -c 'echo $$')"
+mkdir -p "$tmp/k/.emoji.partial.$dead/train" "$tmp/k/.emoji.old.$dead"
+cp "$out/counts.json" "$tmp/k/.emoji.old.$dead/"
+"$script" --offline --cache "$cache" "$tmp/k/emoji" >/dev/null 2>&1
+[[ "$(ls -A "$tmp/k")" == emoji && "$(tree_hash "$tmp/k/emoji")" == "$h1" ]] &&
+  ok "leftovers of a killed run cleared" || bad "leftovers: $(ls -A "$tmp/k")"
+
+# A corrupt cached tarball: refused offline, downloaded again online (here from a local server that
+# also serves a tampered upload of the twitter package, which must be refused).
+reg="$tmp/registry"
+mkdir -p "$reg/emoji-datasource-google/-" "$reg/emoji-datasource-twitter/-"
+cp "$src_cache/$tgz" "$reg/emoji-datasource-google/-/"
+head -c 100000 "$src_cache/$tgz" >"$reg/emoji-datasource-twitter/-/emoji-datasource-twitter-16.0.0.tgz"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+(cd "$reg" && exec python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
+server=$!
+for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
+# npm would go to its own registry: hide it behind a failing stand-in, to test the fallbacks.
+mkdir -p "$tmp/bin"
+printf '#!/bin/sh\necho "npm: stand-in failure" >&2\nexit 1\n' >"$tmp/bin/npm"
+chmod +x "$tmp/bin/npm"
+export NVG_EMOJI_REGISTRY="http://127.0.0.1:$port"
+printf 'corrupt' >"$cache/$tgz"
+expect_fail "corrupt cache refused offline" "expected sha512-" "$script" --offline --cache "$cache" "$tmp/c"
+if PATH="$tmp/bin:$PATH" "$script" --cache "$cache" "$tmp/c" >/dev/null 2>"$tmp/err" &&
+  [[ "$(tree_hash "$tmp/c")" == "$h1" ]]; then ok "corrupt cache downloaded again (npm failing, curl)"; else bad "re-download: $(tail -n 3 "$tmp/err")"; fi
+rm -f "$cache/$tgz"
+printf '#!/bin/sh\nexit 22\n' >"$tmp/bin/curl"
+chmod +x "$tmp/bin/curl"
+if PATH="$tmp/bin:$PATH" "$script" --cache "$cache" "$tmp/c" >/dev/null 2>"$tmp/err" &&
+  [[ "$(tree_hash "$tmp/c")" == "$h1" ]]; then ok "download with python3 urllib (npm, curl failing)"; else bad "urllib: $(tail -n 3 "$tmp/err")"; fi
+expect_fail "tampered upload refused" "refusing a changed or corrupt upload" \
+  env PATH="$tmp/bin:$PATH" "$script" --cache "$cache" --style twitter "$tmp/t"
+[[ ! -e "$cache/emoji-datasource-twitter-16.0.0.tgz" && -z "$(ls -A "$cache" | grep -v "^$tgz\$")" ]] &&
+  ok "nothing tampered cached" || bad "cache holds: $(ls -A "$cache")"
+
+if ((failures)); then
+  echo "$failures check(s) failed"
+  exit 1
+fi
+echo "all checks passed"
