@@ -5,7 +5,8 @@
 #   tools/gpu-check.sh build     # here: nvcc wheels, then the conformance tests and `nvg` with the CUDA
 #                                #   backend, copied into gpu-check/ (git-ignored, debug info stripped)
 #   tools/gpu-check.sh run [OUT] # on the GPU machine: conformance suite on Device::Cuda(0) and CudaEmu,
-#                                #   the emulator self-tests, and `nvg bench device`; report in OUT
+#                                #   the emulator self-tests, `nvg bench device`, and `nvg generate` of
+#                                #   the fixture model on cuda vs cpu (time, differing PNGs); report in OUT
 #                                #   (default gpu-check/report.md). Under 8 minutes on one H200.
 #
 # With the device tool: run `build`, then `run` with carry=["gpu-check"] and OUT=$OUT.
@@ -27,6 +28,10 @@ build)
   bin="$(cargo test -p nvg-kernels --test emu --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys; print([json.loads(l)["executable"] for l in sys.stdin if "\"executable\":\"/" in l][-1])')"
   cp "$bin" "$dir/emu"
+  # The fixture generator and tokenizer (7.6 MB) for the whole-pipeline run on the GPU.
+  fx="${NVG_FIXTURES:-$root/../shared/fixtures/nvg-tiny}"
+  mkdir -p "$dir/fixture"
+  cp "$fx/generator.safetensors" "$fx/tokenizer.safetensors" "$dir/fixture/"
   strip --strip-debug "$dir"/* 2>/dev/null || true   # the device tool carries at most 64 MiB
   du -sh "$dir"
   ;;
@@ -49,6 +54,27 @@ run)
     echo
     echo "## nvg bench device"
     "$dir/nvg" bench device --device cuda --scale 8 --iters 10 2>&1 || echo "FAILED: bench device"
+    echo
+    echo "## nvg generate: the fixture model on cuda and on the cpu (16 images, official settings)"
+    echo '```'
+    gen() {
+      local dev="$1"
+      local t0
+      t0=$(date +%s%N)
+      "$dir/nvg" generate --generator "$dir/fixture/generator.safetensors" \
+        --tokenizer "$dir/fixture/tokenizer.safetensors" --classes 1,2,3,4 --per-class 4 --batch 16 \
+        --device "$dev" --out "$tmp/$dev" >"$tmp/$dev.log" 2>&1 || { echo "FAILED: generate --device $dev"; tail -5 "$tmp/$dev.log"; }
+      echo "$dev: $((($(date +%s%N) - t0) / 1000000)) ms"
+    }
+    tmp="$(mktemp -d)"
+    gen cuda
+    gen cpu
+    # Devices agree to rounding: count the PNGs whose bytes differ (a pixel level here and there).
+    differ=0
+    for f in "$tmp"/cpu/*.png; do cmp -s "$f" "$tmp/cuda/$(basename "$f")" || differ=$((differ + 1)); done
+    echo "PNGs that differ between cuda and cpu: $differ of $(ls "$tmp"/cpu/*.png 2>/dev/null | wc -l)"
+    rm -rf "$tmp"
+    echo '```'
   } > "$out"
   cat "$out"
   ;;
