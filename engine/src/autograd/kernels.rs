@@ -2,8 +2,11 @@
 //! sum fixed-size blocks in parallel and then the blocks in order, so gradients do not depend on the
 //! thread count.
 
+use crate::cpu::conv::{ConvGeom, Im2col, col2im_add};
+use crate::cpu::gemm::{self, Strided};
 use crate::cpu::simd;
 use crate::error::{Error, Result};
+use crate::ops::conv::Padding;
 use crate::ops::elementwise::Unary;
 use crate::ops::split_at_dim;
 use crate::tensor::Tensor;
@@ -312,4 +315,187 @@ pub(super) fn index_add(x_dims: &[usize], dim: usize, ids: &Tensor, g: &Tensor) 
         }
     }
     Tensor::from_vec(out, x_dims)
+}
+
+/// Gradients (dx, dW) of `conv2d(x, w, _, stride, pad)` (x `[B, C, H, W]`, w `[O, C, kh, kw]`, g
+/// `[B, O, OH, OW]`), each computed only when asked for: per image, with the blocked GEMM,
+/// `dW += g_b · im2col(x_b)ᵀ` and `dx_b = col2im(Wᵀ · g_b)`. The GEMMs split their work across
+/// threads; images run in order, so every sum has a fixed order.
+pub(super) fn conv2d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    stride: usize,
+    pad: Padding,
+    want: [bool; 2],
+) -> Result<[Option<Tensor>; 2]> {
+    let op = "conv2d backward";
+    let [want_x, want_w] = want;
+    if !want_x && !want_w {
+        return Ok([None, None]);
+    }
+    let [b, c, h, wd] = x.dims_n::<4>(op)?;
+    let [o, _, kh, kw] = w.dims_n::<4>(op)?;
+    let [_, _, oh, ow] = g.dims_n::<4>(op)?;
+    let (k, npix, plane) = (c * kh * kw, oh * ow, c * h * wd);
+    let gd = g.f32_data(op)?;
+    let g_img = |bi: usize| &gd[bi * o * npix..(bi + 1) * o * npix];
+    let isa = simd::isa();
+    let geom = ConvGeom {
+        c,
+        h,
+        w: wd,
+        kh,
+        kw,
+        stride,
+        pad_top: pad.top,
+        pad_left: pad.left,
+        oh,
+        ow,
+    };
+
+    let gx = if want_x {
+        let wv = w.f32_data(op)?;
+        let mut dx = vec![0.0f32; b * plane];
+        let mut cols = vec![0.0f32; k * npix];
+        if npix > 0 {
+            let wt = Strided::row_major(&wv, o, k).t();
+            for bi in 0..b {
+                let gb = Strided::row_major(g_img(bi), o, npix);
+                gemm::gemm(isa, k, npix, o, &wt, &gb, &mut cols, npix, false);
+                col2im_add(&geom, &cols, &mut dx[bi * plane..(bi + 1) * plane]);
+            }
+        }
+        Some(Tensor::from_vec(dx, x.dims())?)
+    } else {
+        None
+    };
+
+    let gw = if want_w {
+        let xv = x.f32_data(op)?;
+        let mut dw = vec![0.0f32; o * k];
+        let mut cols = vec![0.0f32; k * npix];
+        for bi in 0..b {
+            let im = Im2col {
+                x: &xv[bi * plane..(bi + 1) * plane],
+                h,
+                w: wd,
+                kh,
+                kw,
+                stride,
+                pad_top: pad.top,
+                pad_left: pad.left,
+                ow,
+            };
+            im.materialise(k, npix, &mut cols);
+            let gb = Strided::row_major(g_img(bi), o, npix);
+            let colst = Strided::row_major(&cols, k, npix).t();
+            gemm::gemm(isa, o, k, npix, &gb, &colst, &mut dw, k, bi > 0);
+        }
+        Some(Tensor::from_vec(dw, w.dims())?)
+    } else {
+        None
+    };
+
+    Ok([gx, gw])
+}
+
+/// Gradients of `group_norm(x, groups, w, b)` (x `[B, C, *spatial]`): (dx, dw, db). Per (batch, group)
+/// row of `C/groups · spatial` values, with the statistics in f64 as for `layer_norm_backward`:
+/// `dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ·x̂))` with `ĝ = g · w[channel]`; `dw[c] = Σ g·x̂` and
+/// `db[c] = Σ g` over the batch and the positions, summed per (batch, channel) in parallel and then
+/// over the batch in order.
+pub(super) fn group_norm_backward(
+    x: &Tensor,
+    groups: usize,
+    w: Option<&Tensor>,
+    g: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "group_norm backward";
+    let (b, c) = (x.dims()[0], x.dims()[1]);
+    let spatial: usize = x.dims()[2..].iter().product();
+    let cg = c / groups;
+    let len = cg * spatial;
+    let (xd, gd) = (x.f32_data(op)?, g.f32_data(op)?);
+    let wv = match w {
+        Some(w) => w.f32_data(op)?.into_owned(),
+        None => vec![1.0; c],
+    };
+    let mut dx = vec![0.0f32; xd.len()];
+    // Per (batch, group) row: the sums of g·x̂ over each of its channels, then those of g.
+    let mut sums = vec![0.0f64; 2 * b * c];
+    if len > 0 {
+        let row = |(r, (out, sums)): (usize, (&mut [f32], &mut [f64]))| {
+            let xr = &xd[r * len..(r + 1) * len];
+            let gr = &gd[r * len..(r + 1) * len];
+            let c0 = (r % groups) * cg;
+            let (mean, rstd) = mean_rstd(xr, eps);
+            let (mut m1, mut m2) = (0.0f64, 0.0f64);
+            for ci in 0..cg {
+                let wc = wv[c0 + ci] as f64;
+                let (mut sgx, mut sg) = (0.0f64, 0.0f64);
+                for j in ci * spatial..(ci + 1) * spatial {
+                    let (gj, xhat) = (gr[j] as f64, (xr[j] as f64 - mean) * rstd);
+                    sgx += gj * xhat;
+                    sg += gj;
+                }
+                sums[ci] = sgx;
+                sums[cg + ci] = sg;
+                m1 += wc * sg;
+                m2 += wc * sgx;
+            }
+            let (m1, m2) = (m1 / len as f64, m2 / len as f64);
+            for ci in 0..cg {
+                let wc = wv[c0 + ci] as f64;
+                for j in ci * spatial..(ci + 1) * spatial {
+                    let xhat = (xr[j] as f64 - mean) * rstd;
+                    out[j] = (rstd * (gr[j] as f64 * wc - m1 - xhat * m2)) as f32;
+                }
+            }
+        };
+        dx.par_chunks_mut(len)
+            .zip(sums.par_chunks_mut(2 * cg))
+            .enumerate()
+            .for_each(row);
+    }
+    // Channel ch of batch bi is channel ch % cg of row bi·groups + ch / cg; `at` 0 for g·x̂, cg for g.
+    let over_batch = |at: usize| -> Vec<f32> {
+        (0..c)
+            .map(|ch| {
+                (0..b)
+                    .map(|bi| sums[(bi * groups + ch / cg) * 2 * cg + at + ch % cg])
+                    .sum::<f64>() as f32
+            })
+            .collect()
+    };
+    Ok((
+        Tensor::from_vec(dx, x.dims())?,
+        Tensor::from_vec(over_batch(0), &[c])?,
+        Tensor::from_vec(over_batch(cg), &[c])?,
+    ))
+}
+
+/// Gradient of `upsample_nearest2x` (`g` `[B, C, 2H, 2W]`): the sum of each 2×2 block.
+pub(super) fn upsample2x_backward(g: &Tensor) -> Result<Tensor> {
+    let [b, c, h2, w2] = g.dims_n::<4>("upsample_nearest2x backward")?;
+    let (h, w) = (h2 / 2, w2 / 2);
+    let gd = g.f32_data("upsample_nearest2x backward")?;
+    let mut out = vec![0.0f32; b * c * h * w];
+    if h * w > 0 {
+        let plane = |(o, src): (&mut [f32], &[f32])| {
+            for y in 0..h {
+                let (r0, r1) = (&src[2 * y * w2..][..w2], &src[(2 * y + 1) * w2..][..w2]);
+                for (xo, v) in o[y * w..(y + 1) * w].iter_mut().enumerate() {
+                    *v = (r0[2 * xo] + r0[2 * xo + 1]) + (r1[2 * xo] + r1[2 * xo + 1]);
+                }
+            }
+        };
+        if out.len() >= PAR_ELEMS {
+            out.par_chunks_mut(h * w).zip(gd.par_chunks(4 * h * w)).for_each(plane);
+        } else {
+            out.chunks_mut(h * w).zip(gd.chunks(4 * h * w)).for_each(plane);
+        }
+    }
+    Tensor::from_vec(out, &[b, c, h, w])
 }

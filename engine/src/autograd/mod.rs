@@ -13,6 +13,7 @@ mod kernels;
 mod rules;
 
 use crate::error::{Error, Result};
+use crate::ops::conv::Padding;
 use crate::ops::elementwise::{Binary, Unary};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -44,6 +45,12 @@ pub(crate) enum Op {
     Linear(Tensor, Tensor, Option<Tensor>),
     LayerNorm(Tensor, Option<Tensor>, Option<Tensor>, f32),
     RmsNorm(Tensor, Tensor, f32),
+    /// x, weight, bias, groups, eps.
+    GroupNorm(Tensor, Option<Tensor>, Option<Tensor>, usize, f32),
+    /// x, weight, bias, stride, padding (NCHW).
+    Conv2d(Tensor, Tensor, Option<Tensor>, usize, Padding),
+    /// Nearest-neighbour ×2 upsampling of `[B, C, H, W]`.
+    Upsample2x(Tensor),
     Rope(Tensor, Tensor, Tensor),
     /// q, k, v and the softmax scale.
     Sdpa(Tensor, Tensor, Tensor, f32),
@@ -79,11 +86,15 @@ impl Op {
             | Op::Gather(x, ..)
             | Op::Sum(x, ..)
             | Op::Softmax(x, ..)
-            | Op::LogSoftmax(x, ..) => vec![x],
+            | Op::LogSoftmax(x, ..)
+            | Op::Upsample2x(x) => vec![x],
             Op::Cat(xs, _) | Op::Unsupported(_, xs) => xs.iter().collect(),
             Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
             Op::Linear(x, w, b) => [Some(x), Some(w), b.as_ref()].into_iter().flatten().collect(),
-            Op::LayerNorm(x, w, b, _) => [Some(x), w.as_ref(), b.as_ref()].into_iter().flatten().collect(),
+            Op::LayerNorm(x, w, b, _) | Op::GroupNorm(x, w, b, ..) => {
+                [Some(x), w.as_ref(), b.as_ref()].into_iter().flatten().collect()
+            }
+            Op::Conv2d(x, w, b, ..) => [Some(x), Some(w), b.as_ref()].into_iter().flatten().collect(),
             Op::RmsNorm(x, s, _) => vec![x, s],
             Op::Rope(x, c, s) => vec![x, c, s],
             Op::Sdpa(q, k, v, _) => vec![q, k, v],

@@ -6,6 +6,7 @@ use super::kernels;
 use super::{Node, Op};
 use crate::DType;
 use crate::error::{Error, Result};
+use crate::ops::conv::Padding;
 use crate::ops::elementwise::Binary;
 use crate::tensor::Tensor;
 
@@ -28,6 +29,9 @@ pub(super) fn name(op: &Op) -> &'static str {
         Op::Linear(..) => "linear",
         Op::LayerNorm(..) => "layer_norm",
         Op::RmsNorm(..) => "rms_norm",
+        Op::GroupNorm(..) => "group_norm",
+        Op::Conv2d(..) => "conv2d",
+        Op::Upsample2x(..) => "upsample_nearest2x",
         Op::Rope(..) => "rope",
         Op::Sdpa(..) => "sdpa",
         Op::SegmentMean(..) => "segment_mean",
@@ -65,6 +69,33 @@ fn zeros_like(x: &Tensor) -> Result<Tensor> {
 /// A saved input as an untracked f32 tensor: gradients are always f32, whatever the inputs' dtypes.
 fn f32(x: &Tensor) -> Result<Tensor> {
     x.detach().to_dtype(DType::F32)
+}
+
+/// The padding of the convolution that is the adjoint of a stride-1 `conv2d` with weight `w` and
+/// padding `pad`: `kernel − 1 − pad` on each side, when no side is padded by the kernel size or more.
+fn conv_transpose_padding(w: &Tensor, pad: Padding) -> Option<Padding> {
+    let (kh, kw) = (w.dims()[2], w.dims()[3]);
+    Some(Padding {
+        top: (kh - 1).checked_sub(pad.top)?,
+        bottom: (kh - 1).checked_sub(pad.bottom)?,
+        left: (kw - 1).checked_sub(pad.left)?,
+        right: (kw - 1).checked_sub(pad.right)?,
+    })
+}
+
+/// The input gradient of a stride-1 `conv2d` as a forward convolution (on any device): `g` convolved
+/// with the weight transposed to `[C, O, kh, kw]` and flipped in both spatial dims, with the adjoint
+/// padding. It runs the forward's implicit GEMM, with no column buffer and no col2im.
+fn conv2d_stride1_input_grad(w: &Tensor, g: &Tensor, pad: Padding) -> Result<Tensor> {
+    let tpad = conv_transpose_padding(w, pad).expect("checked by the caller");
+    let reversed = |n: usize| Tensor::from_vec((0..n as i64).rev().collect::<Vec<_>>(), &[n]);
+    let (kh, kw) = (w.dims()[2], w.dims()[3]);
+    let wt = w
+        .permute(&[1, 0, 2, 3])?
+        .index_select(2, &reversed(kh)?.to_device(w.device())?)?
+        .index_select(3, &reversed(kw)?.to_device(w.device())?)?
+        .contiguous()?;
+    g.conv2d(&wt, None, 1, tpad)
 }
 
 pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
@@ -146,6 +177,57 @@ pub(super) fn backward(node: &Node, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Op::RmsNorm(x, s, eps) => {
             let (gx, gs) = kernels::rms_norm_backward(&f32(x)?, &f32(s)?, g, *eps)?;
             Ok(vec![Some(gx), Some(gs)])
+        }
+        Op::GroupNorm(x, w, b, groups, eps) => {
+            let w32 = w.as_ref().map(f32).transpose()?;
+            let (gx, gw, gb) = kernels::group_norm_backward(&f32(x)?, *groups, w32.as_ref(), g, *eps)?;
+            let mut out = vec![Some(gx)];
+            if w.is_some() {
+                out.push(Some(gw));
+            }
+            if b.is_some() {
+                out.push(Some(gb));
+            }
+            Ok(out)
+        }
+        Op::Conv2d(x, w, b, stride, pad) => {
+            // Only the gradients some leaf needs: the input image of a first layer is not tracked.
+            let want = [
+                x.is_tracked(),
+                w.is_tracked(),
+                b.as_ref().is_some_and(Tensor::is_tracked),
+            ];
+            let w = f32(w)?;
+            let transposed = want[0] && *stride == 1 && conv_transpose_padding(&w, *pad).is_some();
+            let [gx, gw] = kernels::conv2d_backward(&f32(x)?, &w, g, *stride, *pad, [want[0] && !transposed, want[1]])?;
+            let gx = if transposed {
+                Some(conv2d_stride1_input_grad(&w, g, *pad)?)
+            } else {
+                gx
+            };
+            // db = Σ over the batch and the pixels, as last-dim sums (they run on any device).
+            let gb = if want[2] {
+                let [b, o, oh, ow] = g.dims_n::<4>("conv2d backward")?;
+                let per_image = g.reshape(&[b, o, oh * ow])?.sum(-1, false)?;
+                Some(per_image.transpose(0, 1)?.sum(-1, false)?)
+            } else {
+                None
+            };
+            let mut out = vec![gx, gw];
+            if b.is_some() {
+                out.push(gb);
+            }
+            Ok(out)
+        }
+        Op::Upsample2x(_) => {
+            if g.device().is_cpu() {
+                one(kernels::upsample2x_backward(g)?)
+            } else {
+                // The sum of each 2×2 block with engine ops (last-dim sums run on the device).
+                let [b, c, h2, w2] = g.dims_n::<4>("upsample_nearest2x backward")?;
+                let rows = g.reshape(&[b, c, h2 / 2, 2, w2 / 2, 2])?.sum(-1, false)?;
+                one(rows.transpose(3, 4)?.sum(-1, false)?)
+            }
         }
         Op::Rope(_, cos, sin) => {
             if cos.is_tracked() || sin.is_tracked() {

@@ -102,3 +102,97 @@ impl PackB for Im2col<'_> {
         }
     }
 }
+
+/// Output pixels per task when a whole im2col matrix is written out (rows are split across threads).
+const MATERIALISE_TASK: usize = 1 << 14;
+
+impl Im2col<'_> {
+    /// Writes the whole `[rows, npix]` im2col matrix (`rows = C·kh·kw`, `npix = OH·OW`) row-major into
+    /// `dst`: the backward pass multiplies by its transpose, which the GEMM reads from a buffer.
+    pub fn materialise(&self, rows: usize, npix: usize, dst: &mut [f32]) {
+        use rayon::prelude::*;
+        let dst = &mut dst[..rows * npix];
+        if dst.is_empty() {
+            return;
+        }
+        // Packing one panel `npix` wide is writing the rows of the matrix one after the other.
+        let per_task = (MATERIALISE_TASK / npix).max(1);
+        let work =
+            |(t, chunk): (usize, &mut [f32])| self.pack_b(t * per_task, chunk.len() / npix, 0, npix, npix, chunk);
+        if rows > per_task {
+            dst.par_chunks_mut(per_task * npix).enumerate().for_each(work);
+        } else {
+            work((0, dst));
+        }
+    }
+}
+
+/// The geometry of a convolution of one `[C, H, W]` image into `[O, OH, OW]`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvGeom {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// Output columns `ox` whose input column `ox·stride + kx − pad_left` lies in `0..w`.
+    fn valid_ox(&self, kx: usize) -> std::ops::Range<usize> {
+        let s = self.stride;
+        let lo = self.pad_left.saturating_sub(kx).div_ceil(s);
+        // ox·s + kx < w + pad_left  ⇔  ox < (w + pad_left − kx) / s, rounded up.
+        let hi = (self.w + self.pad_left).saturating_sub(kx).div_ceil(s).min(self.ow);
+        lo.min(hi)..hi
+    }
+}
+
+/// col2im, the adjoint of [`Im2col`]: adds each element of the `[C·kh·kw, OH·OW]` matrix `cols` into
+/// the pixel of the `[C, H, W]` image `dx` it was read from (padding reads are dropped). Channels are
+/// independent (each writes its own plane) and run in parallel; each pixel sums its contributions in
+/// a fixed order (ky, kx, oy, ox), so the result does not depend on the thread count.
+pub fn col2im_add(g: &ConvGeom, cols: &[f32], dx: &mut [f32]) {
+    use rayon::prelude::*;
+    let (plane, npix) = (g.h * g.w, g.oh * g.ow);
+    let khw = g.kh * g.kw;
+    assert!(cols.len() >= g.c * khw * npix && dx.len() >= g.c * plane);
+    if plane == 0 || npix == 0 {
+        return;
+    }
+    let channel = |(ci, img): (usize, &mut [f32])| {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &cols[(ci * khw + ky * g.kw + kx) * npix..][..npix];
+                let oxs = g.valid_ox(kx);
+                if oxs.is_empty() {
+                    continue;
+                }
+                for oy in 0..g.oh {
+                    let iy = oy * g.stride + ky;
+                    if iy < g.pad_top || iy - g.pad_top >= g.h {
+                        continue;
+                    }
+                    let line = &mut img[(iy - g.pad_top) * g.w..][..g.w];
+                    let src = &row[oy * g.ow + oxs.start..oy * g.ow + oxs.end];
+                    let ix0 = oxs.start * g.stride + kx - g.pad_left;
+                    // Every `ix0 + t·stride` for t < src.len() is below w (`valid_ox`).
+                    for (d, &s) in line[ix0..].iter_mut().step_by(g.stride).zip(src) {
+                        *d += s;
+                    }
+                }
+            }
+        }
+    };
+    let dx = &mut dx[..g.c * plane];
+    if g.c * khw * npix >= MATERIALISE_TASK {
+        dx.par_chunks_mut(plane).enumerate().for_each(channel);
+    } else {
+        dx.chunks_mut(plane).enumerate().for_each(channel);
+    }
+}

@@ -3,6 +3,7 @@
 
 use super::{same_device, want_float};
 use crate::Tensor;
+use crate::autograd::Op;
 use crate::cpu::conv::Im2col;
 use crate::cpu::gemm::{self, Strided};
 use crate::cpu::simd;
@@ -58,10 +59,10 @@ impl Tensor {
         kernel: ConvKernel,
     ) -> Result<Tensor> {
         let out = self.conv2d_untracked(weight, bias, stride, pad, kernel)?;
-        Ok({
-            let inputs: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
-            out.record_unsupported("conv2d", &inputs)
-        })
+        let inputs: Vec<&Tensor> = [Some(self), Some(weight), bias].into_iter().flatten().collect();
+        Ok(out.record(&inputs, || {
+            Op::Conv2d(self.clone(), weight.clone(), bias.cloned(), stride, pad)
+        }))
     }
 
     fn conv2d_untracked(
@@ -154,7 +155,7 @@ impl Tensor {
     /// Nearest-neighbour upsampling by 2 of `[B, C, H, W]` → `[B, C, 2H, 2W]`.
     pub fn upsample_nearest2x(&self) -> Result<Tensor> {
         let out = self.upsample_nearest2x_untracked()?;
-        Ok(out.record_unsupported("upsample_nearest2x", &[self]))
+        Ok(out.record(&[self], || Op::Upsample2x(self.clone())))
     }
 
     fn upsample_nearest2x_untracked(&self) -> Result<Tensor> {

@@ -146,7 +146,9 @@ impl Tensor {
     ) -> Result<Tensor> {
         let out = self.group_norm_untracked(groups, weight, bias, eps)?;
         let inputs: Vec<&Tensor> = [Some(self), weight, bias].into_iter().flatten().collect();
-        Ok(out.record_unsupported("group_norm", &inputs))
+        Ok(out.record(&inputs, || {
+            Op::GroupNorm(self.clone(), weight.cloned(), bias.cloned(), groups, eps)
+        }))
     }
 
     fn group_norm_untracked(
