@@ -2,7 +2,7 @@
 //! resolution with Lanczos-4, then a centre or random crop), conversion to and from model tensors, and
 //! the drawing helpers behind `nvg reconstruct --stages` (grids, structure-map colours).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use nvg_engine::Tensor;
 use nvg_engine::rng::{Distribution, RngStream};
 use std::io::{BufReader, Cursor};
@@ -383,5 +383,80 @@ mod tests {
     fn the_first_child_keeps_its_parents_colour_and_siblings_differ() {
         assert_eq!(cluster_colour(2, 2), cluster_colour(4, 3));
         assert_ne!(cluster_colour(4, 3), cluster_colour(5, 3));
+    }
+}
+
+/// Decoded images of one size held in memory as 8-bit RGB (`[N, R, R, 3]`), with a class per image:
+/// small datasets (the emoji demo) for tokenizer and classifier training.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    pub resolution: usize,
+    pixels: Vec<u8>,
+    pub classes: Vec<usize>,
+}
+
+impl ImageSet {
+    /// Reads `files` (with their classes), each resized as a whole to `resolution²` (no crop; images
+    /// already of that size are kept as they are). Fails on the first unreadable file, naming it.
+    pub fn load(files: &[(std::path::PathBuf, usize)], resolution: usize) -> Result<ImageSet> {
+        use rayon::prelude::*;
+        ensure!(resolution > 0, "resolution must be at least 1");
+        let decoded: Vec<Vec<u8>> = files
+            .par_iter()
+            .map(|(path, _)| {
+                let img = read_image(path)?;
+                let img = if img.width == resolution && img.height == resolution {
+                    img
+                } else {
+                    img.resize(resolution, resolution)
+                };
+                Ok(img.data)
+            })
+            .collect::<Result<_>>()?;
+        Ok(ImageSet {
+            resolution,
+            pixels: decoded.concat(),
+            classes: files.iter().map(|(_, c)| *c).collect(),
+        })
+    }
+
+    /// An image set from raw `[N, R, R, 3]` pixels (tests, synthetic data).
+    pub fn from_pixels(resolution: usize, pixels: Vec<u8>, classes: Vec<usize>) -> Result<ImageSet> {
+        ensure!(
+            pixels.len() == classes.len() * resolution * resolution * 3,
+            "{} bytes for {} images of {resolution}²×3",
+            pixels.len(),
+            classes.len()
+        );
+        Ok(ImageSet {
+            resolution,
+            pixels,
+            classes,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.classes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+
+    /// Images `ids` as `[B, 3, R, R]` in [−1, 1] (`x / 127.5 − 1`, as `to_tensor`).
+    pub fn batch(&self, ids: &[usize]) -> Result<Tensor> {
+        let r = self.resolution;
+        let plane = r * r;
+        let mut v = vec![0.0f32; ids.len() * 3 * plane];
+        for (k, &i) in ids.iter().enumerate() {
+            ensure!(i < self.len(), "image {i} of a set of {}", self.len());
+            let px = &self.pixels[i * 3 * plane..(i + 1) * 3 * plane];
+            for (p, rgb) in px.chunks(3).enumerate() {
+                for c in 0..3 {
+                    v[(k * 3 + c) * plane + p] = rgb[c] as f32 / 127.5 - 1.0;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(v, &[ids.len(), 3, r, r])?)
     }
 }

@@ -9,3 +9,4 @@ pub mod progress;
 pub mod reconstruct;
 pub mod tokenize;
 pub mod train;
+pub mod train_tokenizer;

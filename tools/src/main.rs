@@ -62,6 +62,16 @@ enum Command {
     /// optimiser state, step and data order. `--resume` continues exactly where it stopped; the
     /// checkpoint loads in `nvg generate --generator OUT/last.safetensors [--ema]`.
     Train(nvg_tools::train::TrainOptions),
+    /// Train a small NVG VQ tokenizer on an ImageFolder (e.g. the emoji set of tools/fetch-emoji.sh).
+    ///
+    /// Each step encodes a batch, clusters the features into structure maps, quantises them stage by
+    /// stage and decodes the straight-through latent; the loss is mean |x − x̂| + mean (x − x̂)² plus the
+    /// codebook and 0.25-weighted commitment terms averaged over the stages (NVG-SPEC §2.10 without the
+    /// LPIPS and GAN terms). AdamW (0.9, 0.95, no weight decay), clip 1.0, warmup then linear decay.
+    /// Logs every step to OUT/log.jsonl with the held-out PSNR every --eval-every steps; writes
+    /// OUT/last.safetensors (checkpoint) and OUT/tokenizer.safetensors (weights for `nvg tokenize` and
+    /// `nvg generate`) atomically; `--resume` continues exactly.
+    TrainTokenizer(nvg_tools::train_tokenizer::TrainTokenizerOptions),
     /// Turn an image folder into a pre-tokenized dataset for `nvg train`: every image is preprocessed as
     /// the official code does (shorter side to 1.125× the resolution, Lanczos-4, then a crop), encoded,
     /// clustered into its 9 structure maps and quantised; the file keeps class, structure and codes.
@@ -243,6 +253,7 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Inspect { file } => print!("{}", nvg_tools::inspect::inspect(&file)?),
         Command::Train(opts) => nvg_tools::train::run(&opts)?,
+        Command::TrainTokenizer(opts) => nvg_tools::train_tokenizer::run(&opts)?,
         Command::Generate(opts) => {
             let r = nvg_tools::generate::run(&opts)?;
             println!(

@@ -4,6 +4,7 @@
 
 pub mod clustering;
 pub mod quantizer;
+pub mod train;
 pub mod vqae;
 
 pub use quantizer::{Quantized, Quantizer};
@@ -107,16 +108,22 @@ impl Tokenizer {
     }
 
     fn build(w: &mut WeightMap, config: TokenizerConfig, grid: Grid) -> Result<Tokenizer> {
+        let mut tok = Tokenizer::build_unhashed(w, config, grid)?;
+        tok.hash = w.hash_taken()?;
+        Ok(tok)
+    }
+
+    /// `build` without the weights' hash (0): for training steps, which rebuild the model every step.
+    pub(crate) fn build_unhashed(w: &mut WeightMap, config: TokenizerConfig, grid: Grid) -> Result<Tokenizer> {
         let encoder = Encoder::load(w, &config);
         let decoder = Decoder::load(w, &config);
         let quantizer = Quantizer::take(w, grid, config.codebook_size, config.latent_channels);
-        let hash = w.hash_taken()?;
         Ok(Tokenizer {
             config,
             encoder,
             decoder,
             quantizer,
-            hash,
+            hash: 0,
         })
     }
 

@@ -268,6 +268,12 @@ impl Decoder {
     }
 
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_unclamped(z)?.clamp(-1.0, 1.0)?)
+    }
+
+    /// The decoder without the final clamp (training: the clamp would cut the gradient of pixels
+    /// outside [−1, 1]).
+    pub fn forward_unclamped(&self, z: &Tensor) -> Result<Tensor> {
         let _range = nvtx::range_c(c"tokenizer decode");
         let mut h = self.conv_in.forward(z)?;
         for b in &self.mid {
@@ -282,9 +288,6 @@ impl Decoder {
                 h = u.forward(&h.upsample_nearest2x()?)?;
             }
         }
-        Ok(self
-            .conv_out
-            .forward(&self.norm_out.forward_swish(&h)?)?
-            .clamp(-1.0, 1.0)?)
+        self.conv_out.forward(&self.norm_out.forward_swish(&h)?)
     }
 }

@@ -1,0 +1,249 @@
+//! `nvg train-tokenizer`: a small NVG VQ tokenizer trained from an ImageFolder (reconstruction L1 + MSE,
+//! the codebook and commitment terms; see `nvg::tokenizer::train`), with a JSONL log, held-out PSNR,
+//! atomic checkpoints and exact resume.
+
+use crate::progress::Progress;
+use crate::tokenize::image_folder;
+use anyhow::{Context, Result, bail, ensure};
+use nvg::config::Grid;
+use nvg::image::ImageSet;
+use nvg::tokenizer::TokenizerConfig;
+use nvg::tokenizer::train::{TokenizerTrainSettings, TokenizerTrainState, reconstruction_psnr};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Options of `nvg train-tokenizer`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainTokenizerOptions {
+    /// Training images: an ImageFolder (one sub-folder per class), e.g. target/emoji/train from
+    /// tools/fetch-emoji.sh.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Held-out images (an ImageFolder) for the PSNR reported at every --eval-every steps.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Output folder: last.safetensors (checkpoint), tokenizer.safetensors (weights), log.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Image side in pixels (images are resized as a whole when they differ).
+    #[arg(long, default_value_t = 64)]
+    pub resolution: usize,
+    /// Architecture: base=C,mult=A-B-..,res=N,latent=C,codebook=V (one level per mult entry; every
+    /// level but the last halves the resolution, so the latent grid is resolution / 2^(levels-1)).
+    #[arg(long, default_value = "base=32,mult=1-2-2-2,res=1,latent=32,codebook=1024")]
+    pub arch: String,
+    /// Optimiser steps of the run.
+    #[arg(long, default_value_t = 2000)]
+    pub steps: u64,
+    /// Images per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Peak learning rate (linear warmup, then linear decay to a tenth).
+    #[arg(long, default_value_t = 4e-4)]
+    pub lr: f32,
+    /// Warmup steps [default: steps / 20].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Seed of the initialisation and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue the checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Write the checkpoint and the weights every N steps (and at the end).
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: u64,
+    /// Held-out PSNR every N steps (and at the end).
+    #[arg(long, default_value_t = 500)]
+    pub eval_every: u64,
+    /// Held-out images used for the PSNR (the first N of --val).
+    #[arg(long, default_value_t = 128)]
+    pub eval_images: usize,
+    /// Stop after this many steps of this invocation (the run continues with --resume).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+}
+
+/// Parses `--arch`.
+pub fn parse_arch(s: &str) -> Result<TokenizerConfig> {
+    let mut cfg = TokenizerConfig {
+        base_channels: 32,
+        channel_mult: vec![1, 2, 2, 2],
+        res_blocks: 1,
+        latent_channels: 32,
+        codebook_size: 1024,
+    };
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("--arch `{part}`: expected key=value"))?;
+        let num = |v: &str| -> Result<usize> {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .with_context(|| format!("--arch {k}={v}: expected a positive integer"))
+        };
+        match k.trim() {
+            "base" => cfg.base_channels = num(v)?,
+            "mult" => cfg.channel_mult = v.split('-').map(num).collect::<Result<_>>()?,
+            "res" => cfg.res_blocks = num(v)?,
+            "latent" => cfg.latent_channels = num(v)?,
+            "codebook" => cfg.codebook_size = num(v)?,
+            other => bail!("--arch: unknown key `{other}` (base, mult, res, latent, codebook)"),
+        }
+    }
+    // Group norms use 32 groups (NVG-SPEC §2.2): every width must be a multiple of 32.
+    for m in &cfg.channel_mult {
+        ensure!(
+            (cfg.base_channels * m).is_multiple_of(32),
+            "--arch: width base×mult = {} is not a multiple of 32 (the group norms' group count)",
+            cfg.base_channels * m
+        );
+    }
+    Ok(cfg)
+}
+
+fn load_images(dir: &Path, resolution: usize, limit: Option<usize>) -> Result<ImageSet> {
+    let folder = image_folder(dir)?;
+    let mut files = folder.files;
+    if let Some(n) = limit {
+        files.truncate(n);
+    }
+    ensure!(!files.is_empty(), "{}: no images in the class folders", dir.display());
+    ImageSet::load(&files, resolution).with_context(|| format!("reading {}", dir.display()))
+}
+
+/// Evenly spread held-out images (every class represented when the folder is sorted by class).
+fn spread(n: usize, k: usize) -> Vec<usize> {
+    let k = k.min(n);
+    (0..k).map(|i| i * n / k).collect()
+}
+
+pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
+    ensure!(o.batch > 0 && o.steps > 0, "--batch and --steps must be at least 1");
+    ensure!(
+        o.checkpoint_every > 0 && o.eval_every > 0,
+        "--checkpoint-every and --eval-every must be at least 1"
+    );
+    let config = parse_arch(&o.arch)?;
+    let f = config.downsample();
+    let side = o.resolution / f;
+    ensure!(
+        o.resolution.is_multiple_of(f) && side.is_power_of_two() && side >= 2,
+        "--resolution {} with {} levels (downsampling ×{f}) gives no power-of-two latent grid",
+        o.resolution,
+        config.channel_mult.len()
+    );
+    let grid = Grid::new(side)?;
+    let settings = TokenizerTrainSettings {
+        lr: o.lr,
+        warmup: o.warmup.unwrap_or(o.steps / 20),
+        steps: o.steps,
+        batch: o.batch,
+        clip: 1.0,
+        seed: o.seed,
+    };
+    let train = load_images(&o.images, o.resolution, None)?;
+    let val = o
+        .val
+        .as_deref()
+        .map(|d| load_images(d, o.resolution, None))
+        .transpose()?;
+    ensure!(
+        train.len() >= o.batch,
+        "{} images are fewer than one batch of {}",
+        train.len(),
+        o.batch
+    );
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let ckpt = o.out.join("last.safetensors");
+    let mut state = if o.resume && ckpt.exists() {
+        let s = TokenizerTrainState::load(&ckpt)?;
+        ensure!(
+            s.config == config && s.grid == grid,
+            "{}: the checkpoint's architecture ({:?}, grid {}) differs from --arch/--resolution ({config:?}, grid {side})",
+            ckpt.display(),
+            s.config,
+            s.grid.side()
+        );
+        eprintln!("resuming from {} at step {}", ckpt.display(), s.step);
+        s
+    } else {
+        ensure!(
+            !ckpt.exists(),
+            "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
+            o.out.display()
+        );
+        TokenizerTrainState::new(&config, grid, o.seed)?
+    };
+    let params: usize = state.params.values().map(|t| t.numel()).sum();
+    eprintln!(
+        "training a tokenizer ({:.2} M parameters, f{f}, {side}×{side}×{} latent, {} codes) on {} images of {}²: {} steps of {}, lr {:.1e}",
+        params as f64 / 1e6,
+        config.latent_channels,
+        config.codebook_size,
+        train.len(),
+        o.resolution,
+        o.steps,
+        o.batch,
+        o.lr
+    );
+    let log_path = o.out.join("log.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| log_path.display().to_string())?;
+    let eval_ids = val.as_ref().map(|v| spread(v.len(), o.eval_images));
+    let evaluate = |state: &TokenizerTrainState| -> Result<Option<f64>> {
+        match (&val, &eval_ids) {
+            (Some(v), Some(ids)) => {
+                let tok = state.tokenizer()?;
+                let mut sum = 0.0;
+                for chunk in ids.chunks(32) {
+                    sum += reconstruction_psnr(&tok, &v.batch(chunk)?)? * chunk.len() as f64;
+                }
+                Ok(Some(sum / ids.len() as f64))
+            }
+            _ => Ok(None),
+        }
+    };
+    let save = |state: &TokenizerTrainState| -> Result<()> {
+        state.save(&ckpt, &settings)?;
+        state.export(&o.out.join("tokenizer.safetensors"))
+    };
+    let start = state.step;
+    let end = o.stop_after.map_or(o.steps, |n| (start + n).min(o.steps));
+    let mut progress = Progress::new("train-tokenizer", "steps", (end - start) as usize);
+    let t0 = std::time::Instant::now();
+    while state.step < end {
+        let ids = TokenizerTrainState::batch_ids(train.len(), o.batch, o.seed, state.step);
+        let (losses, norm) = state.train_step(&train.batch(&ids)?, &settings)?;
+        let mut entry = serde_json::json!({
+            "step": state.step, "loss": losses.total, "l1": losses.l1, "mse": losses.mse,
+            "codebook": losses.codebook, "commitment": losses.commitment, "grad_norm": norm,
+            "lr": settings.schedule().lr(state.step - 1), "seconds": t0.elapsed().as_secs_f64(),
+        });
+        if (state.step.is_multiple_of(o.eval_every) || state.step == end)
+            && let Some(psnr) = evaluate(&state)?
+        {
+            entry["val_psnr"] = psnr.into();
+            eprintln!("step {}: held-out PSNR {psnr:.2} dB", state.step);
+        }
+        writeln!(log, "{entry}")?;
+        if state.step.is_multiple_of(o.checkpoint_every) || state.step == end {
+            save(&state)?;
+        }
+        progress.add(1);
+    }
+    progress.finish();
+    eprintln!(
+        "step {} of {}: weights in {} (checkpoint {})",
+        state.step,
+        o.steps,
+        o.out.join("tokenizer.safetensors").display(),
+        ckpt.display()
+    );
+    Ok(())
+}
