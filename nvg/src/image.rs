@@ -226,6 +226,9 @@ impl RgbImage {
 /// Where to cut the square crop from the resized image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Crop {
+    /// No crop: the whole image resized to `resolution²` (kept as it is when already that size); for
+    /// small square datasets such as the emoji demo set.
+    Whole,
     Center,
     /// A uniformly random position drawn from `(seed, stream)`.
     Random {
@@ -235,15 +238,22 @@ pub enum Crop {
 }
 
 /// The official preprocessing: shorter side to `round(1.125 · resolution)` (Lanczos-4), then a
-/// `resolution × resolution` crop.
+/// `resolution × resolution` crop (or, with `Crop::Whole`, the whole image resized).
 pub fn preprocess(img: &RgbImage, resolution: usize, crop: Crop) -> Result<RgbImage> {
     if img.width == 0 || img.height == 0 {
         bail!("empty image");
     }
+    if crop == Crop::Whole {
+        return Ok(if img.width == resolution && img.height == resolution {
+            img.clone()
+        } else {
+            img.resize(resolution, resolution)
+        });
+    }
     let resized = img.resize_shorter_side((1.125 * resolution as f64).round() as usize);
     let (mx, my) = (resized.width - resolution, resized.height - resolution);
     let (x, y) = match crop {
-        Crop::Center => (mx / 2, my / 2),
+        Crop::Whole | Crop::Center => (mx / 2, my / 2),
         Crop::Random { seed, stream } => {
             let r = RngStream::new(seed, stream);
             let pick =

@@ -533,6 +533,7 @@ pub fn tokenizer_bench(images: usize, threads: usize) -> Result<String> {
         limit: None,
         seed: 0,
         batch: 4,
+        whole: false,
     };
     let r = pool.install(|| crate::tokenize::tokenize(&opts))?;
     let tok = Tokenizer::load(&tok_path, 16)?;

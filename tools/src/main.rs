@@ -102,6 +102,10 @@ enum Command {
         /// Images encoded together.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// Resize each image as a whole to --resolution² (kept as is when already that size) instead of
+        /// the official resize to 1.125× and crop: for small square datasets such as the emoji set.
+        #[arg(long)]
+        whole: bool,
     },
     /// Encode → quantise → decode one image and write the reconstruction as PNG; with --stages, a strip of
     /// the image decoded after every granularity stage above that stage's structure map (one colour per
@@ -298,6 +302,7 @@ fn run() -> Result<()> {
             limit,
             seed,
             batch,
+            whole,
         } => {
             let opts = nvg_tools::tokenize::TokenizeOptions {
                 images,
@@ -308,6 +313,7 @@ fn run() -> Result<()> {
                 limit,
                 seed,
                 batch,
+                whole,
             };
             let r = nvg_tools::tokenize::tokenize(&opts)?;
             println!(

@@ -26,6 +26,8 @@ pub struct TokenizeOptions {
     pub seed: u64,
     /// Images encoded together.
     pub batch: usize,
+    /// Resize each image as a whole instead of the official resize-and-crop (`crops` must be 1).
+    pub whole: bool,
 }
 
 /// What `nvg tokenize` did.
@@ -87,6 +89,12 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
     if opts.crops == 0 || opts.batch == 0 {
         bail!("--crops and --batch must be at least 1");
     }
+    if opts.whole && opts.crops != 1 {
+        bail!(
+            "--whole takes each image once, as a whole: it does not go with --crops {}",
+            opts.crops
+        );
+    }
     let ImageFolder { classes, mut files } = image_folder(&opts.images)?;
     if let Some(n) = opts.limit {
         files.truncate(n);
@@ -141,7 +149,9 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
                 let index = (chunk_index * opts.batch + k) as u64;
                 (0..opts.crops)
                     .map(|c| {
-                        let crop = if opts.crops == 1 {
+                        let crop = if opts.whole {
+                            Crop::Whole
+                        } else if opts.crops == 1 {
                             Crop::Center
                         } else {
                             Crop::Random {

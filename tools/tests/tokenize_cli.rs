@@ -198,5 +198,38 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
         "200",
     ]);
     assert!(!ok && err.contains("--resolution 200"), "{err}");
+
+    // --whole: each image resized as a whole (no 1.125× resize and crop); the records equal the
+    // library's tokenization of Crop::Whole, and an image already at the resolution is used as it is.
+    let whole = dir.join("whole.nvgtok");
+    let images = dir.join("images");
+    let args = [
+        "tokenize",
+        "--images",
+        images.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--out",
+        whole.to_str().unwrap(),
+        "--whole",
+    ];
+    let (ok, stdout, stderr) = nvg(&args);
+    assert!(ok, "{stdout}{stderr}");
+    let ds = Dataset::open(&whole, Some(tok.hash)).unwrap();
+    let inputs: Vec<Tensor> = files
+        .iter()
+        .map(|(p, _)| to_tensor(&preprocess(&read_image(p).unwrap(), 256, Crop::Whole).unwrap()).unwrap())
+        .collect();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let tokens = tok
+        .tokenize(&tok.encode(&Tensor::stack(&refs, 0).unwrap()).unwrap())
+        .unwrap();
+    for i in 0..files.len() {
+        assert_eq!(ds.record(i).unwrap().leaf_labels, tokens.labels[i][8], "--whole record {i}");
+    }
+    let img = read_image(&files[0].0).unwrap().resize(256, 256);
+    assert_eq!(preprocess(&img, 256, Crop::Whole).unwrap(), img);
+    let (ok, _, err) = nvg(&[&args[..], &["--crops", "2"]].concat());
+    assert!(!ok && err.contains("--whole") && err.contains("--crops 2"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
