@@ -225,7 +225,11 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
         .tokenize(&tok.encode(&Tensor::stack(&refs, 0).unwrap()).unwrap())
         .unwrap();
     for i in 0..files.len() {
-        assert_eq!(ds.record(i).unwrap().leaf_labels, tokens.labels[i][8], "--whole record {i}");
+        assert_eq!(
+            ds.record(i).unwrap().leaf_labels,
+            tokens.labels[i][8],
+            "--whole record {i}"
+        );
     }
     let img = read_image(&files[0].0).unwrap().resize(256, 256);
     assert_eq!(preprocess(&img, 256, Crop::Whole).unwrap(), img);
