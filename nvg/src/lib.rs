@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
+pub mod eval;
 pub mod image;
 pub mod model;
 pub mod sampler;

@@ -127,6 +127,10 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         resolution: usize,
     },
+    /// Quality measurement: train the evaluation classifier on real images, then score generated images
+    /// (accuracy of the intended class; Fréchet distance to real images in the classifier's features).
+    #[command(subcommand)]
+    Eval(nvg_tools::eval::EvalCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -258,6 +262,7 @@ fn run() -> Result<()> {
         Command::Inspect { file } => print!("{}", nvg_tools::inspect::inspect(&file)?),
         Command::Train(opts) => nvg_tools::train::run(&opts)?,
         Command::TrainTokenizer(opts) => nvg_tools::train_tokenizer::run(&opts)?,
+        Command::Eval(cmd) => nvg_tools::eval::run(&cmd)?,
         Command::Generate(opts) => {
             let r = nvg_tools::generate::run(&opts)?;
             println!(
