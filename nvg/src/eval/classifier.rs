@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 use nvg_engine::io::safetensors::{self, SafetensorsFile};
 use nvg_engine::optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm};
 use nvg_engine::rng::{Distribution, RngStream};
-use nvg_engine::{DType, Device, Gradients, Padding, Tensor};
+use nvg_engine::{DType, Device, Padding, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -613,7 +613,7 @@ impl ClassifierTrainer {
         let predicted = logits.detach().argmax(-1, false)?.to_i64_vec()?;
         let correct = predicted.iter().zip(labels).filter(|(p, y)| **p == **y as i64).count();
         let grads = loss.backward()?;
-        let mut grads = gradients_by_name(&leaves, &grads)?;
+        let mut grads = crate::trainer::params::gradients_of(&leaves, &grads)?;
         drop(leaves);
         clip_grad_norm(&mut grads, self.settings.clip)?;
         let lr = self.schedule().lr(self.step);
@@ -655,18 +655,4 @@ impl ClassifierTrainer {
             lr_end: self.schedule().lr(self.step.saturating_sub(1)),
         })
     }
-}
-
-/// The gradient of every weight by name (zeros for a weight the loss does not reach).
-fn gradients_by_name(leaves: &BTreeMap<String, Tensor>, grads: &Gradients) -> Result<BTreeMap<String, Tensor>> {
-    leaves
-        .iter()
-        .map(|(name, leaf)| {
-            let g = match grads.get(leaf) {
-                Some(g) => g.to_dtype(DType::F32)?.contiguous()?,
-                None => Tensor::zeros(leaf.dims(), DType::F32, leaf.device())?,
-            };
-            Ok((name.clone(), g))
-        })
-        .collect()
 }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use nvg_engine::io::safetensors::{self, SafetensorsFile};
 use nvg_engine::optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm};
 use nvg_engine::rng::{Distribution, RngStream};
-use nvg_engine::{DType, Device, Gradients, Tensor};
+use nvg_engine::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -173,20 +173,6 @@ pub fn reconstruction_psnr(tok: &Tokenizer, images: &Tensor) -> Result<f64> {
     Ok(10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10())
 }
 
-/// The gradient of every weight by name (zeros for a weight the loss does not reach).
-pub fn gradients_by_name(leaves: &BTreeMap<String, Tensor>, grads: &Gradients) -> Result<BTreeMap<String, Tensor>> {
-    leaves
-        .iter()
-        .map(|(name, leaf)| {
-            let g = match grads.get(leaf) {
-                Some(g) => g.to_dtype(DType::F32)?.contiguous()?,
-                None => Tensor::zeros(leaf.dims(), DType::F32, leaf.device())?,
-            };
-            Ok((name.clone(), g))
-        })
-        .collect()
-}
-
 /// Optimisation settings of a tokenizer run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenizerTrainSettings {
@@ -281,7 +267,7 @@ impl TokenizerTrainState {
             self.step
         );
         let grads = loss.backward()?;
-        let mut grads = gradients_by_name(&leaves, &grads)?;
+        let mut grads = crate::trainer::params::gradients_of(&leaves, &grads)?;
         drop((tok, leaves));
         let norm = clip_grad_norm(&mut grads, settings.clip)?;
         let lr = settings.schedule().lr(self.step);

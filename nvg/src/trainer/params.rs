@@ -24,13 +24,23 @@ pub fn leaves(params: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
 /// The gradient of every parameter by name. A parameter the loss does not reach gets zeros (this
 /// happens only for a configuration that leaves a module unused).
 pub fn gradients(leaves: &BTreeMap<String, Tensor>, grads: &Gradients) -> Result<BTreeMap<String, Tensor>> {
-    let mut out = BTreeMap::new();
-    for (name, leaf) in leaves.iter().filter(|(n, _)| is_parameter(n)) {
-        let g = match grads.get(leaf) {
-            Some(g) => g.to_dtype(DType::F32)?.contiguous()?,
-            None => Tensor::zeros(leaf.dims(), DType::F32, leaf.device())?,
-        };
-        out.insert(name.clone(), g);
-    }
-    Ok(out)
+    gradients_of(leaves.iter().filter(|(n, _)| is_parameter(n)), grads)
+}
+
+/// The f32 gradient of each named leaf (zeros for a leaf the loss does not reach); shared by every
+/// trainer (generator, tokenizer, evaluation classifier).
+pub fn gradients_of<'a>(
+    leaves: impl IntoIterator<Item = (&'a String, &'a Tensor)>,
+    grads: &Gradients,
+) -> Result<BTreeMap<String, Tensor>> {
+    leaves
+        .into_iter()
+        .map(|(name, leaf)| {
+            let g = match grads.get(leaf) {
+                Some(g) => g.to_dtype(DType::F32)?.contiguous()?,
+                None => Tensor::zeros(leaf.dims(), DType::F32, leaf.device())?,
+            };
+            Ok((name.clone(), g))
+        })
+        .collect()
 }
