@@ -1,7 +1,8 @@
 //! The training session on a small made-up dataset (4×4 grid, synthetic quantiser, depth-2 model):
 //! gradient accumulation is equivalent to a larger batch, the training noise of an image depends only on
 //! (seed, step, position in the step), DropPath follows the official per-block rates, and the official
-//! initialisation builds a loadable generator.
+//! initialisation builds a loadable generator, and a training checkpoint converts to bf16 inference
+//! weights (`nvg convert`).
 
 use nvg::config::{GeneratorConfig, Grid};
 use nvg::dataset::{Dataset, DatasetHeader, DatasetWriter, Record};
@@ -247,4 +248,48 @@ fn the_official_initialisation_builds_a_generator() {
         |p: &std::collections::BTreeMap<String, nvg_engine::Tensor>| p["x0_head.linear.weight"].to_f32_vec().unwrap();
     assert_eq!(w(&params), w(&again));
     assert_ne!(w(&params), w(&other));
+}
+
+#[test]
+fn a_training_checkpoint_converts_to_bf16_inference_weights() {
+    let (data, dir) = dataset("convert", 6);
+    let (_, state) = one_step(&data, &dir, 2, 1);
+    let ckpt = dir.join("trained.safetensors");
+    state.save(&ckpt, &settings(2, 1, 1)).unwrap();
+    let ema: std::collections::BTreeMap<String, nvg_engine::Tensor> = state.ema.tensors().into_iter().collect();
+
+    for (use_ema, expected) in [(false, &state.params), (true, &ema)] {
+        let mut c = nvg::checkpoint::convert(&ckpt, use_ema).unwrap();
+        assert_eq!(c.kind, nvg::checkpoint::ModelKind::Generator);
+        // Every parameter and buffer under its bare name; the other set and the optimiser state left out.
+        let names: Vec<&String> = c.tensors.keys().collect();
+        assert_eq!(names, state.params.keys().collect::<Vec<_>>(), "ema = {use_ema}");
+        assert!(c.dropped > 0);
+        for (n, t) in expected {
+            assert_eq!(c.tensors[n].to_f32_vec().unwrap(), t.to_f32_vec().unwrap(), "{n}");
+        }
+        c.cast_floats(nvg_engine::DType::BF16).unwrap();
+        let out = dir.join(format!("weights-{use_ema}.safetensors"));
+        nvg_engine::io::safetensors::save(&out, c.tensors.iter().map(|(k, v)| (k.as_str(), v)), None).unwrap();
+        let file = nvg_engine::io::safetensors::SafetensorsFile::open(&out).unwrap();
+        for n in file.names() {
+            let dtype = file.get(n).unwrap().dtype();
+            assert_eq!(dtype, nvg_engine::DType::BF16, "{n} is stored as {dtype:?}");
+        }
+        // bf16 keeps 8 significant bits: every weight within 2^-8 relative of the f32 one.
+        let loaded = Generator::load(&out, nvg::weights::WeightSet::Raw).unwrap();
+        assert_eq!(loaded.config, config());
+        for (n, t) in expected {
+            let (a, b) = (file.get(n).unwrap().to_f32_vec().unwrap(), t.to_f32_vec().unwrap());
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= y.abs() / 256.0, "{n}: {x} vs {y}");
+            }
+        }
+    }
+    assert!(
+        nvg::checkpoint::convert(&ckpt, true)
+            .unwrap()
+            .cast_floats(nvg_engine::DType::I64)
+            .is_err()
+    );
 }

@@ -26,15 +26,18 @@ enum Command {
         /// A .safetensors file or a PyTorch (Lightning) .ckpt.
         file: PathBuf,
     },
-    /// Convert an official PyTorch Lightning checkpoint (.ckpt) to safetensors.
+    /// Convert an official PyTorch Lightning checkpoint (.ckpt) or one of our training checkpoints to
+    /// inference weights (safetensors).
     ///
     /// The checkpoint is read by a restricted unpickler that understands only tensors and containers and
     /// refuses everything else, so converting never executes code from the file. Generator checkpoints
     /// (d16.ckpt, ...) and tokenizer checkpoints (ae.ckpt) are recognised automatically; only what
     /// inference needs is kept (no AE copy, DINOv2 or REPA projector in generators; no losses or usage
-    /// counters in tokenizers), under the official names without prefix.
+    /// counters in tokenizers), under the official names without prefix. A .safetensors input is an
+    /// `nvg train` checkpoint (its optimiser state is left out), an `nvg train-tokenizer` export or an
+    /// earlier conversion; with --dtype bf16 this is how models/emoji was made.
     Convert {
-        /// The PyTorch checkpoint.
+        /// The PyTorch checkpoint (.ckpt) or a .safetensors checkpoint of `nvg train`/`nvg train-tokenizer`.
         #[arg(long)]
         input: PathBuf,
         /// The safetensors file to write (atomically).
@@ -43,6 +46,10 @@ enum Command {
         /// Take the EMA weights (`ema_model.*`): what the paper's samples use.
         #[arg(long)]
         ema: bool,
+        /// Store floating-point tensors as f32, bf16 or f16 (default: as in the input). The models compute
+        /// in f32 whatever the storage.
+        #[arg(long, value_parser = parse_storage_dtype)]
+        dtype: Option<nvg_engine::DType>,
     },
     /// Generate class-conditional images (the main job): resumable, shardable, deterministic per image.
     ///
@@ -123,9 +130,13 @@ enum Command {
         /// Draw every stage (decoded image over structure map) instead of the final reconstruction.
         #[arg(long)]
         stages: bool,
-        /// Image side after preprocessing (centre crop).
+        /// Image side after preprocessing (the official resize to 1.125× and centre crop).
         #[arg(long, default_value_t = 256)]
         resolution: usize,
+        /// Resize the image as a whole to --resolution² instead of resizing and cropping (as
+        /// `nvg tokenize --whole` does: for small square images such as the emoji set).
+        #[arg(long)]
+        whole: bool,
     },
     /// Quality measurement: train the evaluation classifier on real images, then score generated images
     /// (accuracy of the intended class; Fréchet distance to real images in the classifier's features).
@@ -257,6 +268,7 @@ fn emit_report(report: &str, out: Option<&std::path::Path>) -> Result<()> {
 }
 
 fn run() -> Result<()> {
+    use nvg::image::Crop;
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { file } => print!("{}", nvg_tools::inspect::inspect(&file)?),
@@ -275,8 +287,16 @@ fn run() -> Result<()> {
                 opts.out.display()
             );
         }
-        Command::Convert { input, output, ema } => {
-            let c = nvg::checkpoint::convert(&input, ema)?;
+        Command::Convert {
+            input,
+            output,
+            ema,
+            dtype,
+        } => {
+            let mut c = nvg::checkpoint::convert(&input, ema)?;
+            if let Some(dtype) = dtype {
+                c.cast_floats(dtype)?;
+            }
             let params: usize = c.tensors.values().map(|t| t.numel()).sum();
             let meta = std::collections::HashMap::from([
                 ("nvg.kind".to_string(), c.kind.name().to_string()),
@@ -352,10 +372,12 @@ fn run() -> Result<()> {
             out,
             stages,
             resolution,
+            whole,
         } => {
+            let crop = if whole { Crop::Whole } else { Crop::Center };
             println!(
                 "{}",
-                nvg_tools::reconstruct::reconstruct(&tokenizer, &image, &out, stages, resolution)?
+                nvg_tools::reconstruct::reconstruct(&tokenizer, &image, &out, stages, resolution, crop)?
             );
         }
         Command::Bench(BenchCommand::Engine {
@@ -445,4 +467,15 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses `--dtype` of `nvg convert`.
+fn parse_storage_dtype(s: &str) -> Result<nvg_engine::DType> {
+    use nvg_engine::DType;
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        _ => anyhow::bail!("--dtype `{s}`: expected f32, bf16 or f16"),
+    }
 }

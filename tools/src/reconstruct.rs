@@ -25,11 +25,19 @@ pub fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
     }
 }
 
-/// Reconstructs `image` with the tokenizer and writes a PNG to `out`; returns a one-line summary.
-pub fn reconstruct(tokenizer: &Path, image: &Path, out: &Path, stages: bool, resolution: usize) -> Result<String> {
+/// Reconstructs `image` (preprocessed to `resolution`² by `crop`) with the tokenizer and writes a PNG to
+/// `out`; returns a one-line summary.
+pub fn reconstruct(
+    tokenizer: &Path,
+    image: &Path,
+    out: &Path,
+    stages: bool,
+    resolution: usize,
+    crop: Crop,
+) -> Result<String> {
     let tok = Tokenizer::load_for_resolution(tokenizer, resolution)
         .with_context(|| format!("--resolution {}", resolution))?;
-    let input = preprocess(&read_image(image)?, resolution, Crop::Center)?;
+    let input = preprocess(&read_image(image)?, resolution, crop)?;
     let x = to_tensor(&input)?.unsqueeze(0)?;
     let tokens = tok.tokenize(&tok.encode(&x)?)?;
     let q = &tokens.quantized;

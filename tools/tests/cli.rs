@@ -132,10 +132,38 @@ fn convert_and_inspect_recognise_the_official_checkpoint() {
     );
     let (ok, stdout, _) = nvg(&["inspect", ckpt.to_str().unwrap()]);
     assert!(ok && stdout.contains("convert it with `nvg convert`"), "{stdout}");
+    // A safetensors input (e.g. an `nvg train` checkpoint) converts too; --dtype sets the storage.
+    let half = dir.join("g-bf16.safetensors");
+    let (ok, stdout, stderr) = nvg(&[
+        "convert",
+        "--input",
+        out.to_str().unwrap(),
+        "--output",
+        half.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(ok && stdout.contains("kept 59 tensors"), "{stdout}{stderr}");
+    let (ok, stdout, _) = nvg(&["inspect", half.to_str().unwrap()]);
+    assert!(ok && stdout.contains(" BF16 ") && !stdout.contains(" F32 "), "{stdout}");
+    assert!(std::fs::metadata(&half).unwrap().len() < std::fs::metadata(&out).unwrap().len() * 6 / 10);
     let (ok, _, stderr) = nvg(&[
         "convert",
         "--input",
-        fx.path("generator.safetensors").to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--output",
+        half.to_str().unwrap(),
+        "--dtype",
+        "int8",
+    ]);
+    assert!(!ok && stderr.contains("expected f32, bf16 or f16"), "{stderr}");
+    // A .ckpt that is not a PyTorch archive.
+    let fake = dir.join("fake.ckpt");
+    std::fs::copy(fx.path("generator.safetensors"), &fake).unwrap();
+    let (ok, _, stderr) = nvg(&[
+        "convert",
+        "--input",
+        fake.to_str().unwrap(),
         "--output",
         out.to_str().unwrap(),
     ]);

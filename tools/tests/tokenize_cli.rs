@@ -150,6 +150,30 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
         (read_image(&png).unwrap().width, read_image(&png).unwrap().height),
         (256, 256)
     );
+    // --whole: the image resized as a whole (no 1.125× crop); the reported PSNR is against that input.
+    let whole = dir.join("whole.png");
+    let (ok, stdout, stderr) = nvg(&[
+        "reconstruct",
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--image",
+        files[2].0.to_str().unwrap(),
+        "--out",
+        whole.to_str().unwrap(),
+        "--whole",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    let recon = read_image(&whole).unwrap();
+    let input = read_image(&files[2].0).unwrap();
+    let reported = |s: &str| s.split("PSNR ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    for (crop, should_match) in [(Crop::Whole, true), (Crop::Center, false)] {
+        let psnr = nvg_tools::reconstruct::psnr(&preprocess(&input, 256, crop).unwrap(), &recon);
+        assert_eq!(
+            format!("{psnr:.2}") == reported(&stdout),
+            should_match,
+            "{crop:?}: {psnr:.2} dB vs `{stdout}`"
+        );
+    }
     let strip = dir.join("stages.png");
     let (ok, stdout, stderr) = nvg(&[
         "reconstruct",

@@ -1,11 +1,14 @@
 //! Official PyTorch (Lightning) checkpoints: read safely (`zip` + restricted `pickle`), recognise what
-//! they hold, and convert to safetensors with only what inference needs (`nvg convert`).
+//! they hold, and convert to safetensors with only what inference needs (`nvg convert`). Our own
+//! training checkpoints (safetensors from `nvg train` / `nvg train-tokenizer`) convert the same way, and
+//! any conversion can store its floating-point tensors as bf16 or f16 (`Converted::cast_floats`).
 
 pub mod pickle;
 
 use anyhow::{Context, Result, bail, ensure};
-use nvg_engine::Tensor;
+use nvg_engine::io::safetensors::SafetensorsFile;
 use nvg_engine::io::zip::ZipArchive;
+use nvg_engine::{DType, Tensor};
 use pickle::{StorageType, TensorRef, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -195,8 +198,12 @@ fn keep(kind: ModelKind, name: &str, ema: bool) -> Option<String> {
             let prefix = if ema { "ema_model.nvgformer." } else { "nvgformer." };
             let bare = if name.starts_with("nvgformer.") || name.starts_with("ema_model.") {
                 name.strip_prefix(prefix)?
-            } else if !ema && !name.starts_with("first_stage_model.") && !name.starts_with("repa_encoder.") {
-                name // a bare NVGformer state dict
+            } else if !ema
+                && !["first_stage_model.", "repa_encoder.", "adamw."]
+                    .iter()
+                    .any(|p| name.starts_with(p))
+            {
+                name // a bare NVGformer state dict (never the optimiser state of an `nvg train` checkpoint)
             } else {
                 return None;
             };
@@ -213,14 +220,34 @@ fn keep(kind: ModelKind, name: &str, ema: bool) -> Option<String> {
     }
 }
 
-/// Reads a PyTorch checkpoint and keeps what inference needs: the generator's weights (`nvgformer.*`,
-/// or `ema_model.nvgformer.*` with `ema`; never `first_stage_model.*`, `repa_encoder.*` or the REPA
-/// projector) or the tokenizer's encoder, decoder and quantiser (`ema_model.*` with `ema`; never the
-/// training losses).
+/// Reads a PyTorch checkpoint (or, for a `.safetensors` path, one of our training checkpoints or an
+/// already converted file; see [`convert_safetensors`]) and keeps what inference needs: the generator's
+/// weights (`nvgformer.*`, or `ema_model.nvgformer.*` with `ema`; never `first_stage_model.*`,
+/// `repa_encoder.*` or the REPA projector) or the tokenizer's encoder, decoder and quantiser
+/// (`ema_model.*` with `ema`; never the training losses).
 pub fn convert(path: &Path, ema: bool) -> Result<Converted> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        return convert_safetensors(path, ema);
+    }
     let ckpt = TorchCheckpoint::open(path)?;
     let entries = ckpt.state_dict().with_context(|| path.display().to_string())?;
-    let kind = detect_kind(entries.iter().map(|(n, _)| n.as_str())).with_context(|| {
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    let refs: BTreeMap<&str, &TensorRef> = entries.iter().map(|(n, r)| (n.as_str(), r)).collect();
+    select(path, &names, ema, |name| ckpt.load(refs[name]))
+}
+
+/// The safetensors counterpart of [`convert`]: an `nvg train` checkpoint (raw `nvgformer.*`, EMA
+/// `ema_model.nvgformer.*`, optimiser `adamw.*`), a tokenizer file of `nvg train-tokenizer`, or a file
+/// `nvg convert` already wrote (e.g. to change its storage type).
+pub fn convert_safetensors(path: &Path, ema: bool) -> Result<Converted> {
+    let file = SafetensorsFile::open(path)?;
+    let names: Vec<&str> = file.names().collect();
+    select(path, &names, ema, |name| Ok(file.get(name)?))
+}
+
+/// Recognises the model among `names` and loads the tensors inference needs.
+fn select(path: &Path, names: &[&str], ema: bool, load: impl Fn(&str) -> Result<Tensor>) -> Result<Converted> {
+    let kind = detect_kind(names.iter().copied()).with_context(|| {
         format!(
             "{}: neither an NVG generator nor an NVG tokenizer checkpoint",
             path.display()
@@ -228,12 +255,10 @@ pub fn convert(path: &Path, ema: bool) -> Result<Converted> {
     })?;
     let mut tensors = BTreeMap::new();
     let mut dropped = 0;
-    for (name, r) in &entries {
+    for &name in names {
         match keep(kind, name, ema) {
             Some(out) => {
-                let t = ckpt
-                    .load(r)
-                    .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+                let t = load(name).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
                 tensors.insert(out, t);
             }
             None => dropped += 1,
@@ -253,4 +278,24 @@ pub fn convert(path: &Path, ema: bool) -> Result<Converted> {
         );
     }
     Ok(Converted { kind, tensors, dropped })
+}
+
+impl Converted {
+    /// Stores every floating-point tensor as `dtype` (f32, bf16 or f16); integer tensors stay as they
+    /// are. The models compute in f32 whatever the storage, so bf16 halves the file at the cost of
+    /// rounding each weight to 8 significant bits.
+    pub fn cast_floats(&mut self, dtype: DType) -> Result<()> {
+        ensure!(
+            matches!(dtype, DType::F32 | DType::BF16 | DType::F16),
+            "storage type {dtype:?} is not a floating-point type"
+        );
+        for (name, t) in self.tensors.iter_mut() {
+            if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+                *t = t
+                    .to_dtype(dtype)
+                    .with_context(|| format!("tensor `{name}` to {dtype:?}"))?;
+            }
+        }
+        Ok(())
+    }
 }
