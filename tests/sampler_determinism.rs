@@ -1,8 +1,9 @@
 //! The sampler is a pure function of (seed, class, image index): the same at any batch size, in any
-//! order, on any thread count; different seeds give different images.
+//! order, on any thread count; different seeds give different images. Given structure maps (structure-
+//! level control) reproduce a sample from its own maps and refuse maps that are not cluster trees.
 
 use nvg::model::Generator;
-use nvg::sampler::{Generation, ImageNoise, SamplerConfig, generate};
+use nvg::sampler::{Generation, ImageNoise, SamplerConfig, generate, generate_with_structure};
 use nvg::tokenizer::Quantizer;
 use nvg::weights::WeightSet;
 use nvg_testkit::Fixtures;
@@ -103,4 +104,45 @@ fn seeds_and_indices_select_different_images_and_repeat_exactly() {
         image(&a, 0) != image(&run(&s, &cfg, 1, &[(207, 1)]), 0),
         "another index gives the same image"
     );
+}
+
+#[test]
+fn a_sample_regenerated_from_its_own_structure_maps_is_the_same_image() {
+    let s = setup();
+    let cfg = sampling_config(&s, false);
+    let grid = s.generator.config.grid;
+    let images = [(207usize, 0u64), (360, 1)];
+    let sampled = run(&s, &cfg, 9, &images);
+    let last = sampled.stages.last().unwrap();
+    let t = grid.tokens();
+    let leaves: Vec<Vec<i64>> = last
+        .labels
+        .to_i64_vec()
+        .unwrap()
+        .chunks(t)
+        .map(<[i64]>::to_vec)
+        .collect();
+    let classes: Vec<usize> = images.iter().map(|&(c, _)| c).collect();
+    let noise: Vec<ImageNoise> = images
+        .iter()
+        .map(|&(_, i)| ImageNoise::for_image(&grid, 9, i))
+        .collect();
+    let given = generate_with_structure(&s.generator, &s.quantizer, &cfg, &classes, &noise, Some(&leaves)).unwrap();
+    // Same labels at every stage, hence the same code draws and the same canvas; no flow ran.
+    for k in 0..images.len() {
+        assert_eq!(image(&given, k), image(&sampled, k), "image {k}");
+    }
+    assert!(given.stages.iter().all(|st| st.split_scores.is_none()));
+
+    // Maps that are not a tree over the tokens are refused, naming the image.
+    let mut bad = leaves.clone();
+    bad[1][0] = bad[1][1];
+    let err = generate_with_structure(&s.generator, &s.quantizer, &cfg, &classes, &noise, Some(&bad))
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("structure map of image 1"), "{err:#}");
+    let err = generate_with_structure(&s.generator, &s.quantizer, &cfg, &classes, &noise, Some(&leaves[..1]))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("1 structure maps for 2 images"), "{err}");
 }

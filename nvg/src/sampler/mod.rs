@@ -4,6 +4,10 @@
 //!
 //! Every image's randomness comes from its own counter-based streams (`ImageNoise`), and the engine's
 //! arithmetic is batch-invariant, so an image is the same whatever batch it is generated in.
+//!
+//! Structure-level control (`generate_with_structure`): given structure maps (e.g. of real images from a
+//! tokenized dataset) replace the structure flow and the random split, so the content transformer paints
+//! codes onto a chosen cluster tree.
 
 pub mod flow;
 pub mod schedule;
@@ -212,6 +216,20 @@ pub fn generate(
     classes: &[usize],
     noise: &[ImageNoise],
 ) -> Result<Generation> {
+    generate_with_structure(generator, quant, cfg, classes, noise, None)
+}
+
+/// [`generate`], with the structure of every image given instead of sampled when `leaf_labels` is
+/// `Some`: one leaf labelling per image (the last stage's labels, a permutation of `0..T`, as stored in
+/// a tokenized dataset); stage s then uses `leaf >> (stages − 1 − s)` and no flow runs.
+pub fn generate_with_structure(
+    generator: &Generator,
+    quant: &Quantizer,
+    cfg: &SamplerConfig,
+    classes: &[usize],
+    noise: &[ImageNoise],
+    leaf_labels: Option<&[Vec<i64>]>,
+) -> Result<Generation> {
     let gc = &generator.config;
     let grid = gc.grid;
     cfg.validate(&grid)?;
@@ -248,6 +266,17 @@ pub fn generate(
         with_null(cfg.content_cfg.is_some()),
         with_null(cfg.structure_cfg.is_some()),
     );
+    if let Some(leaves) = leaf_labels {
+        if leaves.len() != b {
+            bail!("{} structure maps for {b} images", leaves.len());
+        }
+        let last = grid.stages() - 1;
+        for (i, leaf) in leaves.iter().enumerate() {
+            let rows = Tensor::from_vec(leaf.clone(), &[1, leaf.len()]).map_err(anyhow::Error::from);
+            crate::structure_map::check_labels(&grid, &rows?, last)
+                .map_err(|e| e.context(format!("the structure map of image {i}")))?;
+        }
+    }
     let times = flow::flow_timesteps(cfg.structure_steps, t);
 
     // Everything per stage runs where the generator's weights are; host-side work is limited to the
@@ -297,8 +326,16 @@ pub fn generate(
         let codes_per_token = codes_t.gather(1, &labels_t.to_device(device)?)?;
         canvas = quant.next_canvas(&canvas, &codes_per_token, s)?;
 
-        // Structure: split every cluster in two for the next stage.
-        let split_scores = if s < grid.flow_stages() {
+        // Structure: split every cluster in two for the next stage (or take the given maps' next level).
+        if let Some(leaves) = leaf_labels
+            && s + 1 < grid.stages()
+        {
+            let shift = grid.stages() - 2 - s;
+            labels = leaves.iter().flat_map(|leaf| leaf.iter().map(|l| l >> shift)).collect();
+        }
+        let split_scores = if leaf_labels.is_some() {
+            None
+        } else if s < grid.flow_stages() {
             Some(structure_flow(
                 generator,
                 cfg,
