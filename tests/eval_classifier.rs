@@ -400,7 +400,7 @@ fn score_reads_a_generate_folder_and_measures_the_distance_to_real_images() {
     let path = dir.join("clf.safetensors");
     clf.save(&path).unwrap();
     let opts = ScoreOptions {
-        classifier: path.clone(),
+        classifier: Some(path.clone()),
         images: gen_dir.clone(),
         real: Some(real_dir.clone()),
         json: true,

@@ -81,9 +81,10 @@ pub struct TrainClassifierOptions {
 /// Options of `nvg eval score`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScoreOptions {
-    /// The classifier (from `nvg eval train-classifier`).
+    /// The classifier (from `nvg eval train-classifier`); default: the built-in emoji model's
+    /// (models/emoji/classifier.safetensors, or in $NVG_MODEL_DIR).
     #[arg(long)]
-    pub classifier: PathBuf,
+    pub classifier: Option<PathBuf>,
     /// Images to score: an `nvg generate` output folder or an ImageFolder.
     #[arg(long)]
     pub images: PathBuf,
@@ -577,7 +578,11 @@ pub fn render_accuracy(r: &AccuracyReport, classes: &[String]) -> String {
 pub fn score(o: &ScoreOptions) -> Result<ScoreReport> {
     let t0 = Instant::now();
     ensure!(o.batch > 0, "--batch must be at least 1");
-    let classifier = Classifier::load(&o.classifier)?;
+    let classifier_path = match &o.classifier {
+        Some(p) => p.clone(),
+        None => crate::builtin_model::model_file(crate::builtin_model::CLASSIFIER_FILE, "--classifier")?,
+    };
+    let classifier = Classifier::load(&classifier_path)?;
     let cfg = &classifier.config;
     let (kind, files) = scored_images(&o.images, &cfg.classes)?;
     let set = load_set(&files, cfg.resolution, &o.images)?;
@@ -620,7 +625,7 @@ pub fn score(o: &ScoreOptions) -> Result<ScoreReport> {
         None => None,
     };
     Ok(ScoreReport {
-        classifier: o.classifier.clone(),
+        classifier: classifier_path,
         images: o.images.clone(),
         kind,
         classes: cfg.classes.clone(),

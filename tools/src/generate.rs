@@ -7,10 +7,11 @@
 
 use crate::progress::Progress;
 use anyhow::{Context, Result, bail, ensure};
+use nvg::dataset::Dataset;
 use nvg::image::{from_tensor, read_image, structure_map_image, tile, write_png};
 use nvg::model::Generator;
 use nvg::sampler::schedule::Schedule;
-use nvg::sampler::{ImageNoise, SamplerConfig, generate, guidance};
+use nvg::sampler::{ImageNoise, SamplerConfig, generate_with_structure, guidance};
 use nvg::tokenizer::Tokenizer;
 use nvg::weights::WeightSet;
 use nvg_engine::Tensor;
@@ -19,18 +20,19 @@ use std::path::{Path, PathBuf};
 /// Options of `nvg generate` (each flag documented once, here; clap builds `--help` from it).
 #[derive(Debug, Clone, clap::Args)]
 pub struct GenerateOptions {
-    /// Generator weights (.safetensors from `nvg convert`, official key names).
-    #[arg(long)]
-    pub generator: PathBuf,
+    /// Generator weights (.safetensors from `nvg convert`, official key names). Leave out both this and
+    /// --tokenizer for the built-in emoji model (models/emoji, or $NVG_MODEL_DIR): 9 classes, 64×64.
+    #[arg(long, requires = "tokenizer")]
+    pub generator: Option<PathBuf>,
     /// Tokenizer weights (.safetensors from `nvg convert` of ae.ckpt): its decoder turns canvases into
     /// images.
-    #[arg(long)]
-    pub tokenizer: PathBuf,
+    #[arg(long, requires = "generator")]
+    pub tokenizer: Option<PathBuf>,
     /// Use the generator file's EMA weights (`ema_model.nvgformer.*`) when it holds both sets.
     #[arg(long)]
     pub ema: bool,
     /// Classes: ids and ranges (`207,360`, `0-9`), `all`, or `null` for unconditional samples.
-    #[arg(long)]
+    #[arg(long, default_value = "all")]
     pub classes: String,
     /// Images per class (indices 0..N).
     #[arg(long, default_value_t = 1)]
@@ -79,11 +81,32 @@ pub struct GenerateOptions {
     /// N×H×W×3 under key arr_0.
     #[arg(long)]
     pub npz: Option<PathBuf>,
+    /// Structure-level control: take every image's structure map (its cluster tree) from a record of its
+    /// class in this tokenized dataset (`nvg tokenize`, same grid) instead of sampling it with the
+    /// structure flow; the content transformer then paints codes onto real images' structures. Which
+    /// record is a pure function of (seed, class, index); the null class draws from every record.
+    #[arg(long)]
+    pub structure_from: Option<PathBuf>,
     /// Where the models run: cpu, cuda (GPU 0), cuda:N (needs a build with --features cuda) or cuda-emu
     /// (the kernels' host emulation: a correctness tool, far slower than the CPU). Devices agree with
     /// the CPU to rounding, so a pixel may differ by one level between runs on different devices.
     #[arg(long, default_value = "cpu", value_parser = crate::bench::parse_device)]
     pub device: nvg_engine::Device,
+}
+
+impl GenerateOptions {
+    /// The generator and tokenizer files: the given ones, or the built-in emoji model's.
+    pub fn weight_files(&self) -> Result<(PathBuf, PathBuf)> {
+        match (&self.generator, &self.tokenizer) {
+            (Some(g), Some(t)) => Ok((g.clone(), t.clone())),
+            (None, None) => {
+                use crate::builtin_model::{GENERATOR_FILE, TOKENIZER_FILE, model_file};
+                let flags = "--generator and --tokenizer";
+                Ok((model_file(GENERATOR_FILE, flags)?, model_file(TOKENIZER_FILE, flags)?))
+            }
+            _ => bail!("--generator and --tokenizer go together (leave both out for the built-in emoji model)"),
+        }
+    }
 }
 
 /// What a run did.
@@ -154,9 +177,16 @@ fn guidance_or_none(s: &str, stages: usize, flag: &str) -> Result<Option<Vec<f32
 }
 
 /// The settings that define the job's images; a re-run into the same directory must match them.
-fn job_description(o: &GenerateOptions, classes: &[usize], generator_hash: u64) -> serde_json::Value {
+fn job_description(
+    o: &GenerateOptions,
+    generator: &Path,
+    classes: &[usize],
+    generator_hash: u64,
+    structures: Option<&StructureBank>,
+) -> serde_json::Value {
     serde_json::json!({
-        "generator": o.generator.file_name().map(|f| f.to_string_lossy().into_owned()),
+        "structure_from": structures.map(|b| format!("{:016x}", b.fingerprint)),
+        "generator": generator.file_name().map(|f| f.to_string_lossy().into_owned()),
         "generator_fingerprint": format!("{generator_hash:016x}"),
         "ema": o.ema,
         "classes": classes,
@@ -195,12 +225,13 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     );
     let set = if o.ema { WeightSet::Ema } else { WeightSet::Raw };
     nvg_engine::cuda::check_device("--device", o.device)?;
-    let generator = Generator::load_on(&o.generator, set, o.device)?;
+    let (generator_path, tokenizer_path) = o.weight_files()?;
+    let generator = Generator::load_on(&generator_path, set, o.device)?;
     let gc = &generator.config;
     let grid = gc.grid;
     let classes = parse_classes(&o.classes, gc.num_classes)?;
-    let tok = Tokenizer::load_on(&o.tokenizer, grid.side(), o.device)
-        .with_context(|| format!("tokenizer {}", o.tokenizer.display()))?;
+    let tok = Tokenizer::load_on(&tokenizer_path, grid.side(), o.device)
+        .with_context(|| format!("tokenizer {}", tokenizer_path.display()))?;
     let stages = grid.stages();
     let mut cfg = SamplerConfig::official(&grid);
     cfg.content_cfg = guidance_or_none(&o.cfg, stages, "--cfg")?;
@@ -216,7 +247,17 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     // The job, in canonical order; this shard's part; what is already done.
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let job_file = o.out.join("job.json");
-    let job = job_description(o, &classes, file_fingerprint(&o.generator)?);
+    let structures = match &o.structure_from {
+        Some(path) => Some(StructureBank::open(path, &grid, gc.num_classes)?),
+        None => None,
+    };
+    let job = job_description(
+        o,
+        &generator_path,
+        &classes,
+        file_fingerprint(&generator_path)?,
+        structures.as_ref(),
+    );
     if job_file.exists() {
         let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&job_file)?)
             .with_context(|| job_file.display().to_string())?;
@@ -264,7 +305,23 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
             .map(|&(c, i)| ImageNoise::for_image(&grid, o.seed, image_key(c, i)))
             .collect();
         let batch_classes: Vec<usize> = batch.iter().map(|&(c, _)| c).collect();
-        let g = generate(&generator, &tok.quantizer, &cfg, &batch_classes, &noise)?;
+        let leaves = match &structures {
+            Some(bank) => Some(
+                batch
+                    .iter()
+                    .map(|&(c, i)| bank.pick(o.seed, c, i))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        let g = generate_with_structure(
+            &generator,
+            &tok.quantizer,
+            &cfg,
+            &batch_classes,
+            &noise,
+            leaves.as_deref(),
+        )?;
         let images = tok.decode(&g.canvas)?;
         for (k, &(c, i)) in batch.iter().enumerate() {
             if o.progressive {
@@ -292,6 +349,64 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
         skipped_existing: mine.len() - todo.len(),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The structure maps of a tokenized dataset, by class (`--structure-from`).
+pub struct StructureBank {
+    dataset: Dataset,
+    /// Record indices of every class; the null class's entry holds every record.
+    by_class: Vec<Vec<usize>>,
+    fingerprint: u64,
+}
+
+impl StructureBank {
+    /// Opens `path` and indexes its records by class; its grid must be `grid` and its classes those of
+    /// a `num_classes`-class generator.
+    pub fn open(path: &Path, grid: &nvg::config::Grid, num_classes: usize) -> Result<StructureBank> {
+        let dataset = Dataset::open(path, None).with_context(|| format!("--structure-from {}", path.display()))?;
+        let h = &dataset.header;
+        ensure!(
+            h.grid_side == grid.side(),
+            "--structure-from {}: a {g}×{g} grid, but the generator's is {s}×{s}",
+            path.display(),
+            g = h.grid_side,
+            s = grid.side()
+        );
+        ensure!(
+            h.num_classes == num_classes,
+            "--structure-from {}: {} classes, but the generator has {num_classes}",
+            path.display(),
+            h.num_classes
+        );
+        let mut by_class = vec![Vec::new(); num_classes + 1];
+        for i in 0..dataset.len() {
+            let class = dataset.record(i)?.class;
+            by_class[class].push(i);
+            by_class[num_classes].push(i);
+        }
+        Ok(StructureBank {
+            fingerprint: file_fingerprint(path)?,
+            dataset,
+            by_class,
+        })
+    }
+
+    /// The leaf labels of the record image (class, index) uses under `seed`.
+    pub fn pick(&self, seed: u64, class: usize, index: usize) -> Result<Vec<i64>> {
+        let records = &self.by_class[class];
+        ensure!(
+            !records.is_empty(),
+            "--structure-from {}: no record of class {class}",
+            self.dataset.path().display()
+        );
+        let mut h = nvg_engine::io::Hasher64::new();
+        h.update(&seed.to_le_bytes());
+        h.update(&image_key(class, index).to_le_bytes());
+        Ok(self
+            .dataset
+            .record(records[(h.finish() % records.len() as u64) as usize])?
+            .leaf_labels)
+    }
 }
 
 /// The 64-bit id that (with the seed) determines image `index` of `class`.

@@ -2,6 +2,7 @@
 //! call them directly. `main.rs` only parses arguments.
 
 pub mod bench;
+pub mod builtin_model;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

@@ -127,4 +127,21 @@ fn train_a_classifier_then_score_a_generate_folder() {
         empty.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("no images to score"), "{err}");
+
+    // Without --classifier: the built-in model's classifier, or a clear error where there is none.
+    let (ok, out, err) = nvg(&["eval", "score", "--images", generated.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("12 images (generated)") && out.contains("smileys"),
+        "{out}{err}"
+    );
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nvg"))
+        .args(["eval", "score", "--images", generated.to_str().unwrap()])
+        .env("NVG_MODEL_DIR", &empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--classifier") && err.contains("classifier.safetensors"),
+        "{err}"
+    );
 }

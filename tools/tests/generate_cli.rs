@@ -297,6 +297,160 @@ fn wrong_use_is_refused_with_a_clear_message() {
 }
 
 #[test]
+fn without_weight_flags_the_builtin_emoji_model_is_used() {
+    let dir = temp_dir("builtin");
+    let (out, grid) = (dir.join("images"), dir.join("grid.png"));
+    let (ok, stdout, stderr) = nvg(&[
+        "generate",
+        "--classes",
+        "0,8",
+        "--out",
+        out.to_str().unwrap(),
+        "--grid",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    let images = pngs(&out);
+    assert_eq!(images.keys().collect::<Vec<_>>(), ["0000_00000.png", "0008_00000.png"]);
+    for name in images.keys() {
+        let img = read_image(&out.join(name)).unwrap();
+        assert_eq!((img.width, img.height), (64, 64), "{name}");
+    }
+    assert!(grid.is_file());
+
+    // A model directory without the files: an error that names where it looked and what to do.
+    let run_with_model_dir = |model_dir: &Path, args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_nvg"))
+            .args(args)
+            .env("NVG_MODEL_DIR", model_dir)
+            .output()
+            .unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let empty = dir.join("no-model");
+    std::fs::create_dir_all(&empty).unwrap();
+    let other_out = dir.join("other");
+    let (ok, err) = run_with_model_dir(&empty, &["generate", "--out", other_out.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("no-model") && err.contains("NVG_MODEL_DIR") && err.contains("--generator"),
+        "{err}"
+    );
+    // One weights flag without the other is refused (clap names the missing one).
+    let (ok, _, err) = nvg(&[
+        "generate",
+        "--generator",
+        "g.safetensors",
+        "--out",
+        other_out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--tokenizer"), "{err}");
+    assert!(!other_out.exists() || pngs(&other_out).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The structure strip's bottom row (the structure maps) of `nvg generate --progressive`.
+fn structure_row(strip: &Path) -> Vec<u8> {
+    let img = read_image(strip).unwrap();
+    let top = img.height / 2 + 2; // the maps sit below the decoded images
+    img.data[top * img.width * 3..].to_vec()
+}
+
+#[test]
+fn structure_from_takes_the_cluster_trees_of_dataset_records() {
+    let dir = temp_dir("structure-from");
+    // A 9-class ImageFolder for the built-in model (two images of coloured bars per class), tokenized.
+    let images = dir.join("images");
+    for c in 0..9 {
+        let folder = images.join(format!("{c}-class"));
+        std::fs::create_dir_all(&folder).unwrap();
+        for k in 0..2 {
+            let mut img = nvg::image::RgbImage::new(64, 64);
+            for y in 0..64 {
+                for x in 0..64 {
+                    let on = (x / (4 + c + k) + y / 8) % 2 == 0;
+                    img.set(
+                        x,
+                        y,
+                        if on {
+                            [200, 40 * k as u8, 20 * c as u8]
+                        } else {
+                            [255, 255, 255]
+                        },
+                    );
+                }
+            }
+            nvg::image::write_png(&folder.join(format!("{k}.png")), &img).unwrap();
+        }
+    }
+    let data = dir.join("bars.nvgtok");
+    let tokenizer = nvg_tools::builtin_model::repository_model_dir().join("tokenizer.safetensors");
+    let (ok, out, err) = nvg(&[
+        "tokenize",
+        "--images",
+        images.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--resolution",
+        "64",
+        "--whole",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--classes",
+            "2,5",
+            "--per-class",
+            "3",
+            "--progressive",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = nvg(&args);
+        assert!(ok, "{stdout}{stderr}");
+    };
+    let (given, given_again, sampled) = (dir.join("given"), dir.join("given-b1"), dir.join("sampled"));
+    run(&given, &["--structure-from", data.to_str().unwrap()]);
+    run(
+        &given_again,
+        &["--structure-from", data.to_str().unwrap(), "--batch", "1"],
+    );
+    run(&sampled, &[]);
+    // Deterministic per image; the job records the structure source.
+    assert_eq!(pngs(&given), pngs(&given_again));
+    let job = std::fs::read_to_string(given.join("job.json")).unwrap();
+    assert!(!job.contains("\"structure_from\": null"), "{job}");
+    // The maps come from the dataset, not from the structure flow.
+    for c in [2usize, 5] {
+        for i in 0..3 {
+            let name = format!("{c:04}_{i:05}_stages.png");
+            let (g, s) = (structure_row(&given.join(&name)), structure_row(&sampled.join(&name)));
+            assert_ne!(g, s, "{name}: the given structure should differ from the sampled one");
+        }
+    }
+    // A dataset of another grid or class count is refused with a clear message.
+    let fx = Fixtures::open();
+    let (ok, _, err) = nvg(&[
+        "generate",
+        "--generator",
+        fx.path("generator.safetensors").to_str().unwrap(),
+        "--tokenizer",
+        fx.path("tokenizer.safetensors").to_str().unwrap(),
+        "--classes",
+        "1",
+        "--structure-from",
+        data.to_str().unwrap(),
+        "--out",
+        dir.join("refused").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--structure-from") && err.contains("8×8"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn help_explains_every_flag() {
     let (ok, out, _) = nvg(&["generate", "--help"]);
     assert!(ok);
@@ -320,6 +474,7 @@ fn help_explains_every_flag() {
         "--progressive",
         "--shard",
         "--npz",
+        "--structure-from",
     ] {
         assert!(out.contains(flag), "generate --help does not explain {flag}");
     }

@@ -1,0 +1,89 @@
+//! The emoji model shipped in models/emoji (docs/emoji-demo.md, models/emoji/README.md): it loads,
+//! `nvg generate`'s default path (no weights flags) produces the same images at any batch size, and the
+//! evaluation classifier shipped beside it still recognises the intended category of its samples.
+//!
+//! The accuracy floor comes from the value measured on exactly this job (seed 0, `PER_CLASS` images per
+//! class, default sampling settings) when the model was shipped, less a margin of a few images for other
+//! machines' rounding. The interim model's samples are only a little better than chance (1/9), so the
+//! floor sits just above chance: a sampler, model or decoder regression that loses the class fails it.
+
+use clap::Parser;
+use nvg_tools::eval::{ScoreOptions, score};
+use nvg_tools::generate::{GenerateOptions, run};
+use std::path::Path;
+
+/// Images per class of the scored job.
+const PER_CLASS: usize = 8;
+/// Accuracy of the intended class measured on this job at shipping time (13 of 72; models/emoji/README.md).
+const MEASURED_ACCURACY: f64 = 13.0 / 72.0;
+/// How far below the measured value the test still passes (3.6 images of 72; chance, 8 of 72, fails).
+const MARGIN: f64 = 0.05;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    generate: GenerateOptions,
+}
+
+fn generate(out: &Path, extra: &[&str]) -> GenerateOptions {
+    let mut args = vec!["generate", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let opts = Cli::parse_from(args).generate;
+    run(&opts).unwrap();
+    opts
+}
+
+#[test]
+fn the_shipped_model_generates_deterministically_and_its_samples_are_recognised() {
+    let dir = nvg_testkit::fresh_dir("shipped", "job");
+    let per_class = PER_CLASS.to_string();
+    let opts = generate(&dir.join("all"), &["--per-class", &per_class]);
+    assert!(opts.generator.is_none(), "the test must exercise the default weights");
+
+    // Deterministic: the same images again, at another batch size.
+    let again = dir.join("again");
+    generate(&again, &["--classes", "4", "--per-class", "3", "--batch", "2"]);
+    for i in 0..3 {
+        let name = format!("0004_{i:05}.png");
+        assert_eq!(
+            std::fs::read(again.join(&name)).unwrap(),
+            std::fs::read(dir.join("all").join(&name)).unwrap(),
+            "{name} differs between batch 8 and batch 2"
+        );
+    }
+
+    // Real pictures, not a constant or repeated image: every image has contrast and no two are equal.
+    let mut seen = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(dir.join("all")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "png") {
+            continue;
+        }
+        let img = nvg::image::read_image(&path).unwrap();
+        assert_eq!((img.width, img.height), (64, 64), "{}", path.display());
+        let (lo, hi) = img.data.iter().fold((255u8, 0u8), |(l, h), &v| (l.min(v), h.max(v)));
+        assert!(hi - lo > 64, "{}: pixel range {lo}..{hi}", path.display());
+        assert!(seen.insert(img.data), "{} repeats another image", path.display());
+    }
+    assert_eq!(seen.len(), 9 * PER_CLASS);
+
+    let report = score(&ScoreOptions {
+        classifier: None, // the built-in model's
+
+        images: dir.join("all"),
+        real: None,
+        json: false,
+        batch: 64,
+    })
+    .unwrap();
+    let classes = report.classes.len();
+    assert_eq!(report.accuracy.images(), classes * PER_CLASS);
+    let accuracy = report.accuracy.accuracy();
+    println!("{}", report.render());
+    assert!(
+        accuracy >= MEASURED_ACCURACY - MARGIN,
+        "accuracy of the intended class {accuracy:.3} fell below the floor {:.3} (measured {MEASURED_ACCURACY:.3} at shipping)",
+        MEASURED_ACCURACY - MARGIN
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
