@@ -54,6 +54,15 @@ impl RngStream {
         RngStream { seed, stream }
     }
 
+    /// The stream of a named tensor's initial values: the stream id is the FNV-1a hash of `name`, so
+    /// every tensor has its own stream and adding a tensor does not change the others.
+    pub fn for_name(seed: u64, name: &str) -> Self {
+        let stream = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        RngStream::new(seed, stream)
+    }
+
     /// The 4 words at counter `index`.
     pub fn words(&self, index: u64) -> [u32; 4] {
         let key = [self.seed as u32, (self.seed >> 32) as u32];
@@ -127,6 +136,13 @@ impl Tensor {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_named_stream_is_keyed_by_the_fnv1a_hash_of_the_name() {
+        // FNV-1a 64 test vectors: "" and "a".
+        assert_eq!(RngStream::for_name(7, "").stream, 0xcbf2_9ce4_8422_2325);
+        assert_eq!(RngStream::for_name(7, "a"), RngStream::new(7, 0xaf63_dc4c_8601_ec8c));
+    }
+
     use super::*;
 
     #[test]

@@ -73,14 +73,10 @@ impl WeightMap {
         if name.ends_with("scale") || name.ends_with("scale_factors") {
             return Tensor::ones(dims, DType::F32, Device::Cpu).expect("CPU ones");
         }
-        // A stream per tensor name (FNV-1a), so adding a tensor does not change the others.
-        let stream = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        });
         let fan_in: usize = if dims.len() > 1 { dims[1..].iter().product() } else { 1 };
         let std = 1.0 / (fan_in as f32).sqrt();
         let mut v = vec![0.0f32; n];
-        RngStream::new(seed, stream).fill(Distribution::Normal, 0, &mut v);
+        RngStream::for_name(seed, name).fill(Distribution::Normal, 0, &mut v);
         v.iter_mut().for_each(|x| *x *= std);
         Tensor::from_vec(v, dims).expect("sized")
     }

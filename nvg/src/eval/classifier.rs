@@ -156,13 +156,6 @@ impl ClassifierConfig {
     }
 }
 
-/// FNV-1a of a tensor name: the Philox stream of its initial values.
-fn name_stream(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Freshly initialised weights (PyTorch's module defaults; see the module notes), a pure function of
 /// `seed`.
 pub fn initial_weights(config: &ClassifierConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
@@ -184,7 +177,7 @@ pub fn initial_weights(config: &ClassifierConfig, seed: u64) -> Result<BTreeMap<
             };
             let bound = 1.0 / (fan_in as f32).sqrt();
             let mut v = vec![0.0f32; n];
-            RngStream::new(seed, name_stream(&name)).fill(Distribution::Uniform, 0, &mut v);
+            RngStream::for_name(seed, &name).fill(Distribution::Uniform, 0, &mut v);
             v.iter_mut().for_each(|u| *u = (2.0 * *u - 1.0) * bound);
             Tensor::from_vec(v, &dims)?
         };

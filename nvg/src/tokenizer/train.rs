@@ -31,13 +31,9 @@ pub fn initial_weights(config: &TokenizerConfig, seed: u64) -> Result<BTreeMap<S
     for (name, t) in &shapes {
         let dims = t.dims().to_vec();
         let n: usize = dims.iter().product();
-        // One stream per tensor name (FNV-1a), so adding a tensor does not change the others.
-        let stream = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        });
         let uniform = |bound: f32| -> Result<Tensor> {
             let mut v = vec![0.0f32; n];
-            RngStream::new(seed, stream).fill(Distribution::Uniform, 0, &mut v);
+            RngStream::for_name(seed, name).fill(Distribution::Uniform, 0, &mut v);
             Ok(Tensor::from_vec(
                 v.iter().map(|u| (2.0 * u - 1.0) * bound).collect::<Vec<_>>(),
                 &dims,

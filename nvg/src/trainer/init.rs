@@ -42,12 +42,7 @@ pub fn initial_parameters(cfg: &GeneratorConfig, seed: u64) -> Result<BTreeMap<S
     let mut out = BTreeMap::new();
     for (name, dims) in shapes {
         let n: usize = dims.iter().product();
-        let rng = RngStream::new(
-            seed,
-            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-            }),
-        );
+        let rng = RngStream::for_name(seed, &name);
         let draw = |dist: Distribution, scale: f32| -> Result<Tensor> {
             let mut v = vec![0.0f32; n];
             rng.fill(dist, 0, &mut v);
