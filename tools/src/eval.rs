@@ -360,7 +360,6 @@ pub fn train_classifier(o: &TrainClassifierOptions) -> Result<TrainClassifierRep
     let log_file = log_path(&o.out);
     let mut log = std::fs::File::create(&log_file).with_context(|| log_file.display().to_string())?;
     let mut progress = Progress::new("train-classifier", "images", train.len() * o.epochs);
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut last_val = None;
     let info_base = json!({
         "train_images": train.len(), "train_dir": o.images.display().to_string(),
@@ -384,7 +383,8 @@ pub fn train_classifier(o: &TrainClassifierOptions) -> Result<TrainClassifierRep
         if let Some(v) = &val {
             let e = trainer.classifier.embed(v, o.batch)?;
             let report = AccuracyReport::new(&e.predictions(), &v.classes, config.num_classes())?;
-            entry["val_loss"] = e.mean_cross_entropy(&v.classes).into();
+            let val_loss = e.mean_cross_entropy(&v.classes);
+            entry["val_loss"] = val_loss.into();
             entry["val_accuracy"] = report.accuracy().into();
             entry["val_balanced_accuracy"] = report.balanced_accuracy().into();
             entry["val_per_class"] = (0..config.num_classes())
@@ -393,19 +393,14 @@ pub fn train_classifier(o: &TrainClassifierOptions) -> Result<TrainClassifierRep
                 .into();
             line += &format!(
                 ", val loss {:.4}, val accuracy {:.3} (balanced {:.3})",
-                e.mean_cross_entropy(&v.classes),
+                val_loss,
                 report.accuracy(),
                 report.balanced_accuracy()
             );
             last_val = Some(report);
         }
         writeln!(log, "{entry}")?;
-        if tty {
-            // Over the progress line (which is redrawn in place below it).
-            eprintln!("\r\x1b[K{line}");
-        } else {
-            eprintln!("{line}");
-        }
+        progress.message(&line);
         let mut info = info_base.clone();
         info["epochs_done"] = (epoch + 1).into();
         info["last_epoch"] = entry;

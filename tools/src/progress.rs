@@ -51,6 +51,16 @@ impl Progress {
         }
     }
 
+    /// Prints `message` on its own line: on a terminal over the progress line (which is redrawn below
+    /// it by the next `add`), elsewhere as a plain line.
+    pub fn message(&self, message: &str) {
+        if self.tty {
+            eprintln!("\r\x1b[K{message}");
+        } else {
+            eprintln!("{message}");
+        }
+    }
+
     fn line(&self) -> String {
         let secs = self.start.elapsed().as_secs_f64();
         let rate = self.done as f64 / secs.max(1e-9);

@@ -285,12 +285,9 @@ impl Converted {
     /// are. The models compute in f32 whatever the storage, so bf16 halves the file at the cost of
     /// rounding each weight to 8 significant bits.
     pub fn cast_floats(&mut self, dtype: DType) -> Result<()> {
-        ensure!(
-            matches!(dtype, DType::F32 | DType::BF16 | DType::F16),
-            "storage type {dtype:?} is not a floating-point type"
-        );
+        ensure!(dtype.is_float(), "storage type {dtype:?} is not a floating-point type");
         for (name, t) in self.tensors.iter_mut() {
-            if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+            if t.dtype().is_float() {
                 *t = t
                     .to_dtype(dtype)
                     .with_context(|| format!("tensor `{name}` to {dtype:?}"))?;

@@ -16,7 +16,7 @@ use crate::config::Grid;
 use crate::model::Generator;
 use crate::structure_map::{cluster_split, structure_features};
 use crate::tokenizer::Quantizer;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use nvg_engine::rng::{Distribution, RngStream};
 use nvg_engine::{CategoricalSampling, DType, Tensor};
 use schedule::{Schedule, round_bf16};
@@ -272,9 +272,9 @@ pub fn generate_with_structure(
         }
         let last = grid.stages() - 1;
         for (i, leaf) in leaves.iter().enumerate() {
-            let rows = Tensor::from_vec(leaf.clone(), &[1, leaf.len()]).map_err(anyhow::Error::from);
-            crate::structure_map::check_labels(&grid, &rows?, last)
-                .map_err(|e| e.context(format!("the structure map of image {i}")))?;
+            let row = Tensor::from_vec(leaf.clone(), &[1, leaf.len()])?;
+            crate::structure_map::check_labels(&grid, &row, last)
+                .with_context(|| format!("the structure map of image {i}"))?;
         }
     }
     let times = flow::flow_timesteps(cfg.structure_steps, t);
