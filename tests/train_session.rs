@@ -2,7 +2,7 @@
 //! gradient accumulation is equivalent to a larger batch, the training noise of an image depends only on
 //! (seed, step, position in the step), DropPath follows the official per-block rates, and the official
 //! initialisation builds a loadable generator, and a training checkpoint converts to bf16 inference
-//! weights (`nvg convert`).
+//! weights (`nvg convert`), and our optional position embeddings.
 
 use nvg::config::{GeneratorConfig, Grid};
 use nvg::dataset::{Dataset, DatasetHeader, DatasetWriter, Record};
@@ -292,4 +292,114 @@ fn a_training_checkpoint_converts_to_bf16_inference_weights() {
             .cast_floats(nvg_engine::DType::I64)
             .is_err()
     );
+}
+
+/// Our `position_embedding` option: two learned `[1, T, width]` tables added to the image tokens. A
+/// plain model plus zero tables computes exactly the plain model; the tables get trained; `--init`
+/// from a plain model keeps every plain tensor and draws only the tables; the reverse is refused.
+#[test]
+fn position_embeddings_add_learned_tables_on_top_of_the_official_model() {
+    let plain_cfg = config();
+    let mut cfg = config();
+    cfg.position_embedding = true;
+    let plain = initial_parameters(&plain_cfg, 4).unwrap();
+    let params = initial_parameters(&cfg, 4).unwrap();
+    let (t, h, hs) = (plain_cfg.grid.tokens(), cfg.width, cfg.structure_width);
+    assert_eq!(params["content_pos_embed"].dims(), [1, t, h]);
+    assert_eq!(params["structure_pos_embed"].dims(), [1, t, hs]);
+    let size = |p: &std::collections::BTreeMap<String, nvg_engine::Tensor>| {
+        p.iter()
+            .filter(|(n, _)| n.as_str() != "scale_factors")
+            .map(|(_, t)| t.numel())
+            .sum::<usize>()
+    };
+    assert_eq!(size(&params), cfg.parameter_count());
+    assert_eq!(cfg.parameter_count() - plain_cfg.parameter_count(), t * (h + hs));
+    for (n, x) in &plain {
+        assert_eq!(x.to_f32_vec().unwrap(), params[n].to_f32_vec().unwrap(), "{n}");
+    }
+
+    // The forward of both branches: zero tables = the plain model; the drawn tables change it.
+    let grid = cfg.grid;
+    let canvas = nvg_engine::Tensor::from_vec(
+        (0..2 * t * CHANNELS)
+            .map(|i| ((i * 7919) % 13) as f32 / 6.0 - 1.0)
+            .collect(),
+        &[2, t, CHANNELS],
+    )
+    .unwrap();
+    let labels = nvg_engine::Tensor::from_vec(
+        (0..2 * t).map(|l| ((l % t) >> (grid.bits() - 2)) as i64).collect(),
+        &[2, t],
+    )
+    .unwrap();
+    let z = nvg_engine::Tensor::from_vec(
+        (0..2 * t * grid.bits())
+            .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+            .collect(),
+        &[2, t, grid.bits()],
+    )
+    .unwrap();
+    let outputs = |p: &std::collections::BTreeMap<String, nvg_engine::Tensor>| {
+        let g = Generator::from_weights(WeightMap::new("test", p.clone())).unwrap();
+        let c = g.content.forward(&canvas, &labels, &[0, 3], 2, None).unwrap();
+        let v = g
+            .structure
+            .forward(&z, &[0.3, 0.8], &canvas, &labels, &[0, 3], 2, None)
+            .unwrap();
+        (
+            g.config.position_embedding,
+            c.x0_hat.to_f32_vec().unwrap(),
+            v.to_f32_vec().unwrap(),
+        )
+    };
+    let mut zeroed = params.clone();
+    for n in ["content_pos_embed", "structure_pos_embed"] {
+        zeroed.insert(
+            n.into(),
+            nvg_engine::Tensor::zeros(params[n].dims(), nvg_engine::DType::F32, nvg_engine::Device::Cpu).unwrap(),
+        );
+    }
+    let (p0, c0, v0) = outputs(&plain);
+    let (pz, cz, vz) = outputs(&zeroed);
+    let (pd, cd, vd) = outputs(&params);
+    assert_eq!((p0, pz, pd), (false, true, true));
+    assert_eq!((&c0, &v0), (&cz, &vz));
+    assert_ne!(c0, cd);
+    assert_ne!(v0, vd);
+
+    // One training step moves both tables.
+    let (data, dir) = dataset("position", 6);
+    let quantizer = Arc::new(Quantizer::synthetic(grid, VOCAB, CHANNELS, 5));
+    let mut state = TrainState::new(&cfg, None, 4, 0.99).unwrap();
+    let ckpt = dir.join("pos.safetensors");
+    train(&mut state, data, quantizer, &settings(3, 1, 1), &ckpt, |_| {}).unwrap();
+    for n in ["content_pos_embed", "structure_pos_embed"] {
+        assert_ne!(
+            state.params[n].to_f32_vec().unwrap(),
+            params[n].to_f32_vec().unwrap(),
+            "{n} did not move"
+        );
+    }
+
+    // --init from a plain model: its tensors kept, the tables drawn; a table model needs the option.
+    let plain_file = dir.join("plain.safetensors");
+    nvg_engine::io::safetensors::save(&plain_file, plain.iter().map(|(k, v)| (k.as_str(), v)), None).unwrap();
+    let grown = TrainState::new(&cfg, Some(&plain_file), 9, 0.99).unwrap();
+    assert_eq!(
+        grown.params.keys().collect::<Vec<_>>(),
+        params.keys().collect::<Vec<_>>()
+    );
+    for (n, x) in &plain {
+        assert_eq!(x.to_f32_vec().unwrap(), grown.params[n].to_f32_vec().unwrap(), "{n}");
+    }
+    let drawn = initial_parameters(&cfg, 9).unwrap();
+    assert_eq!(
+        grown.params["structure_pos_embed"].to_f32_vec().unwrap(),
+        drawn["structure_pos_embed"].to_f32_vec().unwrap()
+    );
+    let table_file = dir.join("tables.safetensors");
+    nvg_engine::io::safetensors::save(&table_file, params.iter().map(|(k, v)| (k.as_str(), v)), None).unwrap();
+    let err = TrainState::new(&plain_cfg, Some(&table_file), 9, 0.99).err().unwrap();
+    assert!(format!("{err:#}").contains("--position-embedding"), "{err:#}");
 }

@@ -103,6 +103,12 @@ pub struct GeneratorConfig {
     /// Number of classes; the null (unconditional) class is this number.
     pub num_classes: usize,
     pub grid: Grid,
+    /// Learned absolute position embeddings (`content_pos_embed` `[1, T, h]`, `structure_pos_embed`
+    /// `[1, T, hs]`) added to the image tokens of both branches. Not in the official models (off for
+    /// them); an option for our own, because the official branches see a token's position only through
+    /// RoPE-relative attention, which makes the structure flow slow to learn position-dependent splits
+    /// (docs/emoji-demo.md).
+    pub position_embedding: bool,
 }
 
 impl GeneratorConfig {
@@ -123,6 +129,7 @@ impl GeneratorConfig {
             vocab_size: 4096,
             num_classes: 1000,
             grid: Grid::official(),
+            position_embedding: false,
         })
     }
 
@@ -177,7 +184,8 @@ impl GeneratorConfig {
             + self.depth * block(hs)
             + (2 * hs * hs + 2 * hs)
             + (bits * hs + bits);
-        content + structure
+        let positions = if self.position_embedding { t * (h + hs) } else { 0 };
+        content + structure + positions
     }
 }
 

@@ -22,6 +22,12 @@ pub struct TrainOptions {
     /// Model size: d16, d20, d24 or depth=N (even N; width 64·N).
     #[arg(long, default_value = "d16")]
     pub config: String,
+    /// Add learned absolute position embeddings to the image tokens of both branches (our extension,
+    /// not in the official models: it lets the structure flow learn position-dependent splits far
+    /// sooner; see docs/emoji-demo.md). With --init from a model without them, they start from the
+    /// usual N(0, 0.02) draw.
+    #[arg(long)]
+    pub position_embedding: bool,
     /// Images per micro-batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -103,6 +109,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     config.vocab_size = dataset.header.codebook_size;
     config.latent_channels = tok.quantizer.channels();
     config.num_classes = dataset.header.num_classes;
+    config.position_embedding = o.position_embedding;
 
     ensure!(o.batch > 0 && o.accum > 0, "--batch and --accum must be at least 1");
     let per_epoch = (dataset.len() / o.batch / o.accum) as u64;
@@ -151,6 +158,13 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             ckpt.display(),
             s.config.depth,
             config.depth
+        );
+        ensure!(
+            s.config.position_embedding == config.position_embedding,
+            "{}: a checkpoint {} position embeddings; resume it {} --position-embedding",
+            ckpt.display(),
+            if s.config.position_embedding { "with" } else { "without" },
+            if s.config.position_embedding { "with" } else { "without" },
         );
         eprintln!("resuming from {} at step {}", ckpt.display(), s.step);
         // Resuming with other settings is allowed (e.g. more --steps) but changes the run: say what.

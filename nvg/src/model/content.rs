@@ -23,6 +23,8 @@ pub struct ContentTransformer {
     cfg: GeneratorConfig,
     start_embed: Tensor,
     embed: Linear,
+    /// `[1, T, h]`, only with `GeneratorConfig::position_embedding`.
+    pos_embed: Option<Tensor>,
     class_embed: Tensor,
     stage_embed: Tensor,
     blocks: Vec<SelfAttnBlock>,
@@ -44,6 +46,7 @@ impl ContentTransformer {
             cfg: cfg.clone(),
             start_embed: w.take("content_start_embed", &[1, t, c]),
             embed: Linear::load(w, "content_embed", c, h),
+            pos_embed: cfg.position_embedding.then(|| w.take("content_pos_embed", &[1, t, h])),
             class_embed: w.take("content_class_embed.weight", &[cfg.num_classes + 1, h]),
             stage_embed: w.take("content_stage_embed.weight", &[s, h]),
             blocks: (0..cfg.depth)
@@ -78,7 +81,10 @@ impl ContentTransformer {
         } else {
             canvas.mul_scalar(self.scale_factors[stage])?
         };
-        let tokens = self.embed.forward(&input)?;
+        let mut tokens = self.embed.forward(&input)?;
+        if let Some(pos) = &self.pos_embed {
+            tokens = tokens.add(pos)?;
+        }
         let ctx = class_rows(&self.class_embed, classes, self.cfg.num_classes)?; // [R, h]
         let x = Tensor::cat(&[&ctx.unsqueeze(1)?, &tokens], 1)?;
         let vec = ctx.add(&self.stage_embed.narrow(0, stage, 1)?)?;

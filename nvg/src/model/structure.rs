@@ -21,6 +21,9 @@ pub struct StructureTransformer {
     embed: Linear,
     class_embed: Tensor,
     canvas_embed: Linear,
+    /// `[1, T, hs]`, added to the canvas-condition and the noisy-structure token of each position; only
+    /// with `GeneratorConfig::position_embedding`.
+    pos_embed: Option<Tensor>,
     stage_embed: Tensor,
     time_embed: MlpEmbedder,
     blocks: Vec<SelfAttnBlock>,
@@ -35,6 +38,9 @@ impl StructureTransformer {
             embed: Linear::load(w, "structure_embed", bits, hs),
             class_embed: w.take("structure_class_embed.weight", &[cfg.num_classes + 1, hs]),
             canvas_embed: Linear::load(w, "structure_content_cond_embed", c, hs),
+            pos_embed: cfg
+                .position_embedding
+                .then(|| w.take("structure_pos_embed", &[1, cfg.grid.tokens(), hs])),
             stage_embed: w.take("structure_stage_embed.weight", &[cfg.grid.flow_stages(), hs]),
             time_embed: MlpEmbedder::load(w, "structure_time_embed", TIME_FEATURES, hs),
             blocks: (0..cfg.depth)
@@ -78,7 +84,10 @@ impl StructureTransformer {
         }
         let label_rows = check_labels(grid, labels, stage)?;
         let ctx = class_rows(&self.class_embed, classes, self.cfg.num_classes)?; // [R, hs]
-        let cond = self.canvas_embed.forward(canvas_next)?;
+        let mut cond = self.canvas_embed.forward(canvas_next)?;
+        if let Some(pos) = &self.pos_embed {
+            cond = cond.add(pos)?;
+        }
         let mut positions = Vec::new();
         for row in label_rows.chunks(tk) {
             let features = structure_features(grid, row, stage);
@@ -109,7 +118,10 @@ impl StructureTransformer {
                 t.len()
             );
         }
-        let zt = self.embed.forward(z)?;
+        let mut zt = self.embed.forward(z)?;
+        if let Some(pos) = &self.pos_embed {
+            zt = zt.add(pos)?;
+        }
         let x = Tensor::cat(&[&fc.ctx.unsqueeze(1)?, &fc.cond, &zt], 1)?;
         let time = self
             .time_embed

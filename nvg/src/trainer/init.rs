@@ -1,6 +1,7 @@
 //! Parameters of a new generator, initialised as the official constructors do (NVG-SPEC §3.8): class
-//! and stage tables N(0, 0.02), every linear weight Xavier-uniform with zero bias, RMSNorm scales 1,
-//! the stage-0 start canvas N(0, 1), and the `scale_factors` buffer.
+//! and stage tables N(0, 0.02) (our optional position embeddings too, as in ViTs), every linear weight
+//! Xavier-uniform with zero bias, RMSNorm scales 1, the stage-0 start canvas N(0, 1), and the
+//! `scale_factors` buffer.
 
 use crate::config::GeneratorConfig;
 use crate::model::content::ContentTransformer;
@@ -53,7 +54,10 @@ pub fn initial_parameters(cfg: &GeneratorConfig, seed: u64) -> Result<BTreeMap<S
             Tensor::from_vec(scale_factors(cfg.grid.stages()), &dims)?
         } else if name == "content_start_embed" {
             draw(Distribution::Normal, 1.0)?
-        } else if name.ends_with("class_embed.weight") || name.ends_with("stage_embed.weight") {
+        } else if name.ends_with("class_embed.weight")
+            || name.ends_with("stage_embed.weight")
+            || name.ends_with("_pos_embed")
+        {
             draw(Distribution::Normal, 0.02)?
         } else if name.ends_with(".scale") {
             Tensor::ones(&dims, DType::F32, Device::Cpu)?

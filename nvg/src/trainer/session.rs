@@ -117,11 +117,24 @@ impl TrainState {
                     g.depth,
                     config.depth
                 );
+                ensure!(
+                    !g.position_embedding || config.position_embedding,
+                    "{}: a generator with position embeddings; pass --position-embedding to train it further",
+                    path.display()
+                );
                 let mut p = w.into_tensors();
                 p.retain(|n, _| n != "rope_ids" && !n.starts_with("projector."));
-                p.into_iter()
+                let mut p: BTreeMap<String, Tensor> = p
+                    .into_iter()
                     .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.contiguous()?)))
-                    .collect::<Result<_>>()?
+                    .collect::<Result<_>>()?;
+                if config.position_embedding && !g.position_embedding {
+                    // Our extension on top of a model without it: only the new tensors are drawn.
+                    for (name, t) in init::initial_parameters(config, seed)? {
+                        p.entry(name).or_insert(t);
+                    }
+                }
+                p
             }
         };
         let trainable: BTreeMap<String, Tensor> = params
