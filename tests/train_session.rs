@@ -398,6 +398,19 @@ fn position_embeddings_add_learned_tables_on_top_of_the_official_model() {
         grown.params["structure_pos_embed"].to_f32_vec().unwrap(),
         drawn["structure_pos_embed"].to_f32_vec().unwrap()
     );
+    // A file that lacks a tensor is refused before training, not completed with random values.
+    let mut holed = plain.clone();
+    holed.remove("x0_head.linear.bias");
+    let holed_file = dir.join("holed.safetensors");
+    nvg_engine::io::safetensors::save(&holed_file, holed.iter().map(|(k, v)| (k.as_str(), v)), None).unwrap();
+    let err = TrainState::new(&cfg, Some(&holed_file), 9, 0.99).err().unwrap();
+    assert!(format!("{err:#}").contains("x0_head.linear.bias"), "{err:#}");
+    let mut other_classes = cfg.clone();
+    other_classes.num_classes += 1;
+    let err = TrainState::new(&other_classes, Some(&plain_file), 9, 0.99)
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("6 classes"), "{err:#}");
     let table_file = dir.join("tables.safetensors");
     nvg_engine::io::safetensors::save(&table_file, params.iter().map(|(k, v)| (k.as_str(), v)), None).unwrap();
     let err = TrainState::new(&plain_cfg, Some(&table_file), 9, 0.99).err().unwrap();

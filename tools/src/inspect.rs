@@ -83,7 +83,7 @@ pub fn inspect(path: &Path) -> Result<String> {
             let c = nvg::model::infer_config(&w)?;
             writeln!(
                 out,
-                "kind: NVG generator — depth {}, width {} ({} heads), structure width {} ({} heads), {}×{} grid ({} stages), {} codes × {} channels, {} classes; {:.2} M inference parameters",
+                "kind: NVG generator — depth {}, width {} ({} heads), structure width {} ({} heads), {}×{} grid ({} stages), {} codes × {} channels, {} classes{}; {:.2} M inference parameters",
                 c.depth,
                 c.width,
                 c.heads,
@@ -95,6 +95,11 @@ pub fn inspect(path: &Path) -> Result<String> {
                 c.vocab_size,
                 c.latent_channels,
                 c.num_classes,
+                if c.position_embedding {
+                    ", learned position embeddings"
+                } else {
+                    ""
+                },
                 c.parameter_count() as f64 / 1e6
             )?;
         }

@@ -161,10 +161,14 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         );
         ensure!(
             s.config.position_embedding == config.position_embedding,
-            "{}: a checkpoint {} position embeddings; resume it {} --position-embedding",
+            "{}: a checkpoint {}",
             ckpt.display(),
-            if s.config.position_embedding { "with" } else { "without" },
-            if s.config.position_embedding { "with" } else { "without" },
+            if s.config.position_embedding {
+                "with position embeddings: resume it with --position-embedding"
+            } else {
+                "without position embeddings: resume it without --position-embedding (to add them, start a \
+                 new --out with --init <this checkpoint> --position-embedding)"
+            }
         );
         eprintln!("resuming from {} at step {}", ckpt.display(), s.step);
         // Resuming with other settings is allowed (e.g. more --steps) but changes the run: say what.

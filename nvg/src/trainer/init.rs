@@ -35,43 +35,51 @@ pub fn initial_parameters(cfg: &GeneratorConfig, seed: u64) -> Result<BTreeMap<S
     let mut w = WeightMap::synthetic(0);
     ContentTransformer::load(&mut w, cfg);
     StructureTransformer::load(&mut w, cfg);
-    let shapes: Vec<(String, Vec<usize>)> = w
-        .into_tensors()
+    w.into_tensors()
         .into_iter()
-        .map(|(n, t)| (n, t.dims().to_vec()))
-        .collect();
-    let mut out = BTreeMap::new();
-    for (name, dims) in shapes {
-        let n: usize = dims.iter().product();
-        let rng = RngStream::for_name(seed, &name);
-        let draw = |dist: Distribution, scale: f32| -> Result<Tensor> {
-            let mut v = vec![0.0f32; n];
-            rng.fill(dist, 0, &mut v);
-            v.iter_mut().for_each(|x| *x *= scale);
-            Ok(Tensor::from_vec(v, &dims)?)
-        };
-        let t = if name == "scale_factors" {
-            Tensor::from_vec(scale_factors(cfg.grid.stages()), &dims)?
-        } else if name == "content_start_embed" {
-            draw(Distribution::Normal, 1.0)?
-        } else if name.ends_with("class_embed.weight")
-            || name.ends_with("stage_embed.weight")
-            || name.ends_with("_pos_embed")
-        {
-            draw(Distribution::Normal, 0.02)?
-        } else if name.ends_with(".scale") {
-            Tensor::ones(&dims, DType::F32, Device::Cpu)?
-        } else if name.ends_with(".bias") {
-            Tensor::zeros(&dims, DType::F32, Device::Cpu)?
-        } else if name.ends_with(".weight") && dims.len() == 2 {
-            // Xavier-uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out)).
-            let a = (6.0 / (dims[0] + dims[1]) as f32).sqrt();
-            let u = draw(Distribution::Uniform, 1.0)?;
-            u.affine(2.0 * a, -a)?
-        } else {
-            anyhow::bail!("no initialisation rule for generator tensor {name} {dims:?}");
-        };
-        out.insert(name, t);
-    }
-    Ok(out)
+        .map(|(name, t)| Ok((name.clone(), initial_tensor(cfg, seed, &name, t.dims())?)))
+        .collect()
+}
+
+/// The position tables of `cfg` (see `GeneratorConfig::position_embedding`), with the values
+/// `initial_parameters` gives them: what `--init` adds to a model that has none.
+pub fn position_tables(cfg: &GeneratorConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    let t = cfg.grid.tokens();
+    [
+        ("content_pos_embed", cfg.width),
+        ("structure_pos_embed", cfg.structure_width),
+    ]
+    .into_iter()
+    .map(|(name, width)| Ok((name.to_string(), initial_tensor(cfg, seed, name, &[1, t, width])?)))
+    .collect()
+}
+
+/// The initial value of one named generator tensor.
+fn initial_tensor(cfg: &GeneratorConfig, seed: u64, name: &str, dims: &[usize]) -> Result<Tensor> {
+    let draw = |dist: Distribution, scale: f32| -> Result<Tensor> {
+        let mut v = vec![0.0f32; dims.iter().product()];
+        RngStream::for_name(seed, name).fill(dist, 0, &mut v);
+        v.iter_mut().for_each(|x| *x *= scale);
+        Ok(Tensor::from_vec(v, dims)?)
+    };
+    Ok(if name == "scale_factors" {
+        Tensor::from_vec(scale_factors(cfg.grid.stages()), dims)?
+    } else if name == "content_start_embed" {
+        draw(Distribution::Normal, 1.0)?
+    } else if name.ends_with("class_embed.weight")
+        || name.ends_with("stage_embed.weight")
+        || name.ends_with("_pos_embed")
+    {
+        draw(Distribution::Normal, 0.02)?
+    } else if name.ends_with(".scale") {
+        Tensor::ones(dims, DType::F32, Device::Cpu)?
+    } else if name.ends_with(".bias") {
+        Tensor::zeros(dims, DType::F32, Device::Cpu)?
+    } else if name.ends_with(".weight") && dims.len() == 2 {
+        // Xavier-uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out)).
+        let a = (6.0 / (dims[0] + dims[1]) as f32).sqrt();
+        draw(Distribution::Uniform, 1.0)?.affine(2.0 * a, -a)?
+    } else {
+        anyhow::bail!("no initialisation rule for generator tensor {name} {dims:?}");
+    })
 }

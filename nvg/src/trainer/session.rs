@@ -78,6 +78,19 @@ impl TrainSettings {
     }
 }
 
+/// A generator's sizes in words, for errors.
+fn describe(c: &GeneratorConfig) -> String {
+    format!(
+        "a depth-{} generator on a {}×{} grid with {} codes × {} channels and {} classes",
+        c.depth,
+        c.grid.side(),
+        c.grid.side(),
+        c.vocab_size,
+        c.latent_channels,
+        c.num_classes
+    )
+}
+
 /// One optimiser step's record.
 #[derive(Debug, Clone)]
 pub struct StepLog {
@@ -111,16 +124,18 @@ impl TrainState {
                 let w = WeightMap::generator(path, crate::weights::WeightSet::Raw)?;
                 let g = crate::model::infer_config(&w)?;
                 ensure!(
-                    g.depth == config.depth && g.grid == config.grid && g.vocab_size == config.vocab_size,
-                    "{}: a depth-{} generator, but the run is configured for depth {}",
-                    path.display(),
-                    g.depth,
-                    config.depth
-                );
-                ensure!(
                     !g.position_embedding || config.position_embedding,
                     "{}: a generator with position embeddings; pass --position-embedding to train it further",
                     path.display()
+                );
+                let mut same = g.clone();
+                same.position_embedding = config.position_embedding;
+                ensure!(
+                    same == *config,
+                    "{}: {}, but the run is configured for {}",
+                    path.display(),
+                    describe(&g),
+                    describe(config)
                 );
                 let mut p = w.into_tensors();
                 p.retain(|n, _| n != "rope_ids" && !n.starts_with("projector."));
@@ -129,11 +144,11 @@ impl TrainState {
                     .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.contiguous()?)))
                     .collect::<Result<_>>()?;
                 if config.position_embedding && !g.position_embedding {
-                    // Our extension on top of a model without it: only the new tensors are drawn.
-                    for (name, t) in init::initial_parameters(config, seed)? {
-                        p.entry(name).or_insert(t);
-                    }
+                    // Our extension on top of a model without it: only the tables are new.
+                    p.extend(init::position_tables(config, seed)?);
                 }
+                // Every tensor present with its shape, before any training.
+                Generator::from_weights(WeightMap::new(path.display().to_string(), p.clone()))?;
                 p
             }
         };
