@@ -132,9 +132,158 @@ pub fn cluster_split(grid: &Grid, labels: &[i64], scores: &[f32], stage: usize, 
     next
 }
 
+/// Which child of each split of a cluster tree is named `2p` (bit 0) and which `2p + 1`. The tree (the
+/// partition at every stage) is the same either way; only the names, i.e. the structure bits the
+/// generator sees and predicts, differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildOrder {
+    /// The official rule (NVG-SPEC §2.6 `reorganize`): the child merged earlier (the closer pair) is
+    /// `2p`. Which side of a split that is depends on the image, so a bit's value carries almost no
+    /// information on its own and the structure flow must learn to agree on it across tokens.
+    Merge,
+    /// Our extension: the child lying farther out from the grid centre (larger sum of squared distances
+    /// of its tokens; ties keep the merge order) is `2p`, so bit 0 means "the outer part" everywhere and
+    /// a token's position already predicts its bits.
+    OutsideFirst,
+}
+
+/// Leaf labels `leaf` (a structure map in the merge order of the tokenizer) renamed by `order`. Stage s
+/// of the result is `result >> (bits − s)` as always, and every stage has exactly the same clusters.
+pub fn order_children(grid: &Grid, leaf: &[i64], order: ChildOrder) -> Vec<i64> {
+    if order == ChildOrder::Merge {
+        return leaf.to_vec();
+    }
+    let (t, bits, side) = (grid.tokens(), grid.bits(), grid.side() as i64);
+    // Squared distance from the centre in doubled coordinates (exact integers).
+    let outwardness: Vec<i64> = (0..t)
+        .map(|l| {
+            let (r, c) = grid.row_col(l);
+            let (dr, dc) = (2 * r as i64 - (side - 1), 2 * c as i64 - (side - 1));
+            dr * dr + dc * dc
+        })
+        .collect();
+    let mut renamed = vec![0i64; t];
+    for s in 0..bits {
+        let shift = bits - 1 - s;
+        // Old stage-(s+1) clusters: their outwardness; a child's sibling is `child ^ 1`.
+        let mut sum = vec![0i64; 2 << s];
+        for (l, &old) in leaf.iter().enumerate() {
+            sum[(old >> shift) as usize] += outwardness[l];
+        }
+        for (l, &old) in leaf.iter().enumerate() {
+            let child = (old >> shift) as usize;
+            let bit = match sum[child].cmp(&sum[child ^ 1]) {
+                Ordering::Greater => 0,
+                Ordering::Less => 1,
+                Ordering::Equal => (child & 1) as i64,
+            };
+            renamed[l] = 2 * renamed[l] + bit;
+        }
+    }
+    renamed
+}
+
+/// The labels of every stage (`stages` lists of `tokens`) from leaf labels.
+pub fn stage_labels(grid: &Grid, leaf: &[i64]) -> Vec<Vec<i64>> {
+    (0..grid.stages())
+        .map(|s| leaf.iter().map(|l| l >> (grid.bits() - s)).collect())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A random cluster tree: a random permutation of the tokens as leaf labels.
+    fn random_leaf(grid: &Grid, seed: u64) -> Vec<i64> {
+        let rng = nvg_engine::rng::RngStream::new(seed, 0);
+        let mut leaf: Vec<i64> = (0..grid.tokens() as i64).collect();
+        for i in (1..leaf.len()).rev() {
+            let j = rng.words(i as u64)[0] as usize % (i + 1);
+            leaf.swap(i, j);
+        }
+        leaf
+    }
+
+    /// Whether two labellings of one stage make the same clusters (a bijection between the names).
+    fn same_partition(a: &[i64], b: &[i64]) -> bool {
+        let mut ab = std::collections::HashMap::new();
+        let mut ba = std::collections::HashMap::new();
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| *ab.entry(x).or_insert(y) == y && *ba.entry(y).or_insert(x) == x)
+    }
+
+    #[test]
+    fn outside_first_renames_every_split_without_changing_the_clusters() {
+        for side in [2, 4, 8, 16] {
+            let g = Grid::new(side).unwrap();
+            let centre = (g.side() as f64 - 1.0) / 2.0;
+            let out = |l: usize| {
+                let (r, c) = g.row_col(l);
+                (r as f64 - centre).powi(2) + (c as f64 - centre).powi(2)
+            };
+            for seed in 0..20 {
+                let leaf = random_leaf(&g, seed);
+                let renamed = order_children(&g, &leaf, ChildOrder::OutsideFirst);
+                let (old, new) = (stage_labels(&g, &leaf), stage_labels(&g, &renamed));
+                for s in 0..g.stages() {
+                    assert!(same_partition(&old[s], &new[s]), "side {side} seed {seed} stage {s}");
+                }
+                // Every split: child 2p lies at least as far out as 2p + 1 (mean of squared distances).
+                for (s, labels) in new.iter().enumerate().skip(1) {
+                    let mut sum = vec![0.0f64; 1 << s];
+                    for (l, &c) in labels.iter().enumerate() {
+                        sum[c as usize] += out(l);
+                    }
+                    assert!(
+                        sum.chunks(2).all(|p| p[0] >= p[1] - 1e-9),
+                        "side {side} seed {seed} stage {s}"
+                    );
+                }
+                // Renaming is a function of the tree alone: renaming again changes nothing.
+                assert_eq!(order_children(&g, &renamed, ChildOrder::OutsideFirst), renamed);
+                assert_eq!(order_children(&g, &leaf, ChildOrder::Merge), leaf);
+            }
+        }
+        // 2×2 by hand: tokens 0 1 / 2 3 paired as {0, 3} (leaves 0, 1) and {1, 2} (leaves 2, 3). Every
+        // token is equally far out, so the ties keep the merge order.
+        let g = Grid::new(2).unwrap();
+        assert_eq!(
+            order_children(&g, &[0, 2, 3, 1], ChildOrder::OutsideFirst),
+            vec![0, 2, 3, 1]
+        );
+        // 4×4: leaves list the 4 centre tokens, then the border in raster order. Stage 1: {centre, top
+        // row} is first in merge order but lies less far out than the rest of the border, so it becomes
+        // cluster 1; stage 2 splits it into the top row (2) and the centre (3), and the rest of the
+        // border into the bottom row (0, its corners lie farther out) and the side tokens (1).
+        let g = Grid::new(4).unwrap();
+        let inner = |l: usize| {
+            let (r, c) = g.row_col(l);
+            (1..3).contains(&r) && (1..3).contains(&c)
+        };
+        let order: Vec<usize> = (0..16)
+            .filter(|&l| inner(l))
+            .chain((0..16).filter(|&l| !inner(l)))
+            .collect();
+        let mut leaf = vec![0i64; 16];
+        for (i, &l) in order.iter().enumerate() {
+            leaf[l] = i as i64;
+        }
+        let renamed = order_children(&g, &leaf, ChildOrder::OutsideFirst);
+        for (l, &name) in renamed.iter().enumerate() {
+            let expect = if inner(l) {
+                3
+            } else if l < 4 {
+                2
+            } else if l >= 12 {
+                0
+            } else {
+                1
+            };
+            assert_eq!(name >> 2, expect, "token {l}");
+        }
+    }
 
     #[test]
     fn features_mark_known_bits_msb_first_and_unknown_as_one() {

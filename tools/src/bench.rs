@@ -534,6 +534,7 @@ pub fn tokenizer_bench(images: usize, threads: usize) -> Result<String> {
         seed: 0,
         batch: 4,
         whole: false,
+        child_order: nvg::structure_map::ChildOrder::Merge,
     };
     let r = pool.install(|| crate::tokenize::tokenize(&opts))?;
     let tok = Tokenizer::load(&tok_path, 16)?;

@@ -4,6 +4,7 @@ use crate::progress::Progress;
 use anyhow::{Context, Result, bail};
 use nvg::dataset::{DatasetHeader, DatasetWriter, Record};
 use nvg::image::{Crop, preprocess, read_image, to_tensor};
+use nvg::structure_map::{ChildOrder, order_children, stage_labels};
 use nvg::tokenizer::Tokenizer;
 use nvg_engine::Tensor;
 use rayon::prelude::*;
@@ -28,6 +29,26 @@ pub struct TokenizeOptions {
     pub batch: usize,
     /// Resize each image as a whole instead of the official resize-and-crop (`crops` must be 1).
     pub whole: bool,
+    /// How the children of every split are named (the official merge order, or outside first).
+    pub child_order: ChildOrder,
+}
+
+/// `--child-order` of `nvg tokenize` (see `nvg::structure_map::ChildOrder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChildOrderArg {
+    /// The official tokenizer's names: the child merged first is cluster 2p.
+    Merge,
+    /// Our extension: the child lying farther out from the centre is cluster 2p (bit 0).
+    OutsideFirst,
+}
+
+impl From<ChildOrderArg> for ChildOrder {
+    fn from(a: ChildOrderArg) -> ChildOrder {
+        match a {
+            ChildOrderArg::Merge => ChildOrder::Merge,
+            ChildOrderArg::OutsideFirst => ChildOrder::OutsideFirst,
+        }
+    }
 }
 
 /// What `nvg tokenize` did.
@@ -184,7 +205,14 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
             report.encode_seconds += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let tokens = tok.token_major(&features)?;
-            let maps = tok.structure_maps(&tokens)?;
+            let mut maps = tok.structure_maps(&tokens)?;
+            if opts.child_order != ChildOrder::Merge {
+                // Renaming before quantisation: every cluster keeps its tokens, so its code is the same.
+                for map in &mut maps {
+                    let leaf = order_children(&grid, &map[grid.stages() - 1], opts.child_order);
+                    *map = stage_labels(&grid, &leaf);
+                }
+            }
             report.cluster_seconds += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let q = tok.quantizer.quantize(&tokens, &maps)?;

@@ -3,6 +3,7 @@
 
 use nvg::dataset::Dataset;
 use nvg::image::{Crop, decode_image, from_tensor, preprocess, read_image, to_tensor, write_png};
+use nvg::structure_map::{ChildOrder, order_children};
 use nvg::tokenizer::Tokenizer;
 use nvg_engine::Tensor;
 use nvg_testkit::Fixtures;
@@ -133,6 +134,42 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
             );
         }
     }
+
+    // --child-order outside-first: the same clusters and codes under the renamed leaves
+    // (nvg::structure_map::order_children, whose rule its unit test checks).
+    let outside = dir.join("outside.nvgtok");
+    let (ok, stdout, stderr) = nvg(&[
+        "tokenize",
+        "--images",
+        dir.join("images").to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--out",
+        outside.to_str().unwrap(),
+        "--child-order",
+        "outside-first",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    let grid = tok.grid();
+    let renamed = Dataset::open(&outside, Some(tok.hash)).unwrap();
+    let mut changed = 0;
+    for i in 0..3 {
+        let (a, b) = (ds.record(i).unwrap(), renamed.record(i).unwrap());
+        assert_eq!(a.class, b.class);
+        let expect = order_children(&grid, &a.leaf_labels, ChildOrder::OutsideFirst);
+        assert_eq!(b.leaf_labels, expect, "image {i}");
+        changed += (b.leaf_labels != a.leaf_labels) as usize;
+        for s in 0..9 {
+            let (la, lb) = (a.labels(s), b.labels(s));
+            for l in 0..grid.tokens() {
+                assert_eq!(
+                    a.codes[s][la[l] as usize], b.codes[s][lb[l] as usize],
+                    "image {i} stage {s} token {l}"
+                );
+            }
+        }
+    }
+    assert!(changed > 0, "outside-first renamed nothing");
 
     // Reconstruction, plain and stage by stage.
     let png = dir.join("recon.png");

@@ -37,6 +37,11 @@ pub struct SamplerConfig {
     pub structure_steps: usize,
     /// Rank split scores with Gumbel noise instead of deterministically.
     pub gumbel_split: bool,
+    /// Scale of the structure flow's starting noise (the unknown bits at t = 1): 1 is the official
+    /// flow; below 1 the model's prediction outweighs the noise in where a cluster splits (a
+    /// temperature for the structure, our extension). The random second-to-last split ranks the raw
+    /// noise of each pair and is the same at any positive scale.
+    pub structure_noise: f32,
     /// Keep each stage's (guided) code logits in the result: large, for tests and inspection.
     pub keep_logits: bool,
 }
@@ -55,6 +60,7 @@ impl SamplerConfig {
             top_p: parse("1-0.5").negative_log(n).expect("9 stages"),
             structure_steps: 25,
             gumbel_split: false,
+            structure_noise: 1.0,
             keep_logits: false,
         }
     }
@@ -70,6 +76,7 @@ impl SamplerConfig {
             top_p: vec![1.0; n],
             structure_steps,
             gumbel_split: false,
+            structure_noise: 1.0,
             keep_logits: false,
         }
     }
@@ -92,6 +99,9 @@ impl SamplerConfig {
         }
         if let Some(p) = self.top_p.iter().find(|p| !(**p > 0.0 && **p <= 1.0)) {
             bail!("top-p must be in (0, 1], got {p}");
+        }
+        if !(self.structure_noise > 0.0 && self.structure_noise.is_finite()) {
+            bail!("the structure noise scale must be > 0, got {}", self.structure_noise);
         }
         if self.temperature.is_nan() || self.temperature < 0.0 {
             bail!("temperature must be >= 0, got {}", self.temperature);
@@ -415,7 +425,11 @@ fn structure_flow(
         let features = structure_features(&grid, &labels[i * t..(i + 1) * t], s);
         for (j, &f) in features.iter().enumerate() {
             known.push(f - 1.0);
-            z.push(if j % bits < s { f - 1.0 } else { n.structure[j] });
+            z.push(if j % bits < s {
+                f - 1.0
+            } else {
+                cfg.structure_noise * n.structure[j]
+            });
         }
     }
     let guided = cfg.structure_cfg.is_some();
