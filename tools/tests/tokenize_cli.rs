@@ -83,17 +83,22 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
     let files = image_folder(&dir.join("images"), &fx);
     let tokenizer = fx.path("tokenizer.safetensors");
     let out = dir.join("data.nvgtok");
-    let (ok, stdout, stderr) = nvg(&[
-        "tokenize",
-        "--images",
-        dir.join("images").to_str().unwrap(),
-        "--tokenizer",
-        tokenizer.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--batch",
-        "2",
-    ]);
+    // `nvg tokenize` of the test's folder into `out`, with `extra` flags.
+    let tokenize = |out: &Path, extra: &[&str]| {
+        let images = dir.join("images");
+        let mut args = vec![
+            "tokenize",
+            "--images",
+            images.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        nvg(&args)
+    };
+    let (ok, stdout, stderr) = tokenize(&out, &["--batch", "2"]);
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("3 records from 3 images of 2 classes"), "{stdout}");
     assert!(
@@ -138,17 +143,7 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
     // --child-order outside-first: the same clusters and codes under the renamed leaves
     // (nvg::structure_map::order_children, whose rule its unit test checks).
     let outside = dir.join("outside.nvgtok");
-    let (ok, stdout, stderr) = nvg(&[
-        "tokenize",
-        "--images",
-        dir.join("images").to_str().unwrap(),
-        "--tokenizer",
-        tokenizer.to_str().unwrap(),
-        "--out",
-        outside.to_str().unwrap(),
-        "--child-order",
-        "outside-first",
-    ]);
+    let (ok, stdout, stderr) = tokenize(&outside, &["--child-order", "outside-first"]);
     assert!(ok, "{stdout}{stderr}");
     let grid = tok.grid();
     let renamed = Dataset::open(&outside, Some(tok.hash)).unwrap();
