@@ -152,6 +152,15 @@ impl GeneratorConfig {
         self.num_classes
     }
 
+    /// Names and shapes of the position tables (`position_embedding`): content's, then structure's.
+    pub fn position_tables(&self) -> [(&'static str, [usize; 3]); 2] {
+        let t = self.grid.tokens();
+        [
+            ("content_pos_embed", [1, t, self.width]),
+            ("structure_pos_embed", [1, t, self.structure_width]),
+        ]
+    }
+
     /// MLP hidden width of a content block.
     pub fn mlp_width(&self) -> usize {
         self.mlp_ratio * self.width

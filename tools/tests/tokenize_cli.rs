@@ -242,34 +242,13 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
         out.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("no class sub-folders"), "{err}");
-    let (ok, _, err) = nvg(&[
-        "tokenize",
-        "--images",
-        dir.join("images").to_str().unwrap(),
-        "--tokenizer",
-        tokenizer.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--resolution",
-        "200",
-    ]);
+    let (ok, _, err) = tokenize(&out, &["--resolution", "200"]);
     assert!(!ok && err.contains("--resolution 200"), "{err}");
 
     // --whole: each image resized as a whole (no 1.125× resize and crop); the records equal the
     // library's tokenization of Crop::Whole, and an image already at the resolution is used as it is.
     let whole = dir.join("whole.nvgtok");
-    let images = dir.join("images");
-    let args = [
-        "tokenize",
-        "--images",
-        images.to_str().unwrap(),
-        "--tokenizer",
-        tokenizer.to_str().unwrap(),
-        "--out",
-        whole.to_str().unwrap(),
-        "--whole",
-    ];
-    let (ok, stdout, stderr) = nvg(&args);
+    let (ok, stdout, stderr) = tokenize(&whole, &["--whole"]);
     assert!(ok, "{stdout}{stderr}");
     let ds = Dataset::open(&whole, Some(tok.hash)).unwrap();
     let inputs: Vec<Tensor> = files
@@ -289,7 +268,7 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
     }
     let img = read_image(&files[0].0).unwrap().resize(256, 256);
     assert_eq!(preprocess(&img, 256, Crop::Whole).unwrap(), img);
-    let (ok, _, err) = nvg(&[&args[..], &["--crops", "2"]].concat());
+    let (ok, _, err) = tokenize(&whole, &["--whole", "--crops", "2"]);
     assert!(!ok && err.contains("--whole") && err.contains("--crops 2"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

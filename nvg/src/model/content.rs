@@ -46,7 +46,10 @@ impl ContentTransformer {
             cfg: cfg.clone(),
             start_embed: w.take("content_start_embed", &[1, t, c]),
             embed: Linear::load(w, "content_embed", c, h),
-            pos_embed: cfg.position_embedding.then(|| w.take("content_pos_embed", &[1, t, h])),
+            pos_embed: cfg.position_embedding.then(|| {
+                let [(name, dims), _] = cfg.position_tables();
+                w.take(name, &dims)
+            }),
             class_embed: w.take("content_class_embed.weight", &[cfg.num_classes + 1, h]),
             stage_embed: w.take("content_stage_embed.weight", &[s, h]),
             blocks: (0..cfg.depth)

@@ -161,7 +161,7 @@ pub fn infer_config(w: &WeightMap) -> Result<GeneratorConfig> {
         cfg.grid = Grid::new(side)?;
         cfg.latent_channels = c;
     }
-    cfg.position_embedding = w.contains("structure_pos_embed") || w.contains("content_pos_embed");
+    cfg.position_embedding = cfg.position_tables().iter().any(|(name, _)| w.contains(name));
     Ok(cfg)
 }
 

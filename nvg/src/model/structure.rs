@@ -38,9 +38,10 @@ impl StructureTransformer {
             embed: Linear::load(w, "structure_embed", bits, hs),
             class_embed: w.take("structure_class_embed.weight", &[cfg.num_classes + 1, hs]),
             canvas_embed: Linear::load(w, "structure_content_cond_embed", c, hs),
-            pos_embed: cfg
-                .position_embedding
-                .then(|| w.take("structure_pos_embed", &[1, cfg.grid.tokens(), hs])),
+            pos_embed: cfg.position_embedding.then(|| {
+                let [_, (name, dims)] = cfg.position_tables();
+                w.take(name, &dims)
+            }),
             stage_embed: w.take("structure_stage_embed.weight", &[cfg.grid.flow_stages(), hs]),
             time_embed: MlpEmbedder::load(w, "structure_time_embed", TIME_FEATURES, hs),
             blocks: (0..cfg.depth)

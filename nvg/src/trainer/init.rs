@@ -44,14 +44,10 @@ pub fn initial_parameters(cfg: &GeneratorConfig, seed: u64) -> Result<BTreeMap<S
 /// The position tables of `cfg` (see `GeneratorConfig::position_embedding`), with the values
 /// `initial_parameters` gives them: what `--init` adds to a model that has none.
 pub fn position_tables(cfg: &GeneratorConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
-    let t = cfg.grid.tokens();
-    [
-        ("content_pos_embed", cfg.width),
-        ("structure_pos_embed", cfg.structure_width),
-    ]
-    .into_iter()
-    .map(|(name, width)| Ok((name.to_string(), initial_tensor(cfg, seed, name, &[1, t, width])?)))
-    .collect()
+    cfg.position_tables()
+        .into_iter()
+        .map(|(name, dims)| Ok((name.to_string(), initial_tensor(cfg, seed, name, &dims)?)))
+        .collect()
 }
 
 /// The initial value of one named generator tensor.
