@@ -4,8 +4,10 @@
 use anyhow::{Context, Result, bail, ensure};
 use nvg::config::GeneratorConfig;
 use nvg::dataset::Dataset;
+use nvg::model::infer_config;
 use nvg::tokenizer::Tokenizer;
 use nvg::trainer::session::{StepLog, TrainSettings, TrainState, checkpoint_path, checkpoint_settings, train};
+use nvg::weights::{WeightMap, WeightSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,13 +21,15 @@ pub struct TrainOptions {
     /// The tokenizer the dataset was made with (its fingerprint is checked).
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Model size: d16, d20, d24 or depth=N (even N; width 64·N).
-    #[arg(long, default_value = "d16")]
-    pub config: String,
+    /// Model size: d16, d20, d24 or depth=N (even N; width 64·N) [default: the depth of the --resume
+    /// checkpoint or the --init model, else d16].
+    #[arg(long)]
+    pub config: Option<String>,
     /// Add learned absolute position embeddings to the image tokens of both branches (our extension,
     /// not in the official models: it lets the structure flow learn position-dependent splits far
     /// sooner; see docs/emoji-demo.md). With --init from a model without them, they start from the
-    /// usual N(0, 0.02) draw.
+    /// usual N(0, 0.02) draw. A --resume checkpoint or --init model that has them keeps them without
+    /// this flag.
     #[arg(long)]
     pub position_embedding: bool,
     /// Images per micro-batch.
@@ -104,12 +108,33 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         o.data.display(),
         o.tokenizer.display()
     );
-    let mut config = GeneratorConfig::from_depth(parse_depth(&o.config)?)?;
+    // The model this run continues, if any: its shape is the default of --config and --position-embedding.
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let ckpt = checkpoint_path(&o.out);
+    let resumed = match o.resume && ckpt.exists() {
+        true => Some(TrainState::load(&ckpt, o.ema_decay)?),
+        false => None,
+    };
+    let continued = match (&resumed, &o.init) {
+        (Some(s), _) => Some(s.config.clone()),
+        (None, Some(path)) => Some(
+            WeightMap::generator(path, WeightSet::Raw)
+                .and_then(|w| infer_config(&w))
+                .with_context(|| format!("--init {}", path.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let depth = match (&o.config, &continued) {
+        (Some(c), _) => parse_depth(c)?,
+        (None, Some(c)) => c.depth,
+        (None, None) => 16,
+    };
+    let mut config = GeneratorConfig::from_depth(depth)?;
     config.grid = grid;
     config.vocab_size = dataset.header.codebook_size;
     config.latent_channels = tok.quantizer.channels();
     config.num_classes = dataset.header.num_classes;
-    config.position_embedding = o.position_embedding;
+    config.position_embedding = o.position_embedding || continued.as_ref().is_some_and(|c| c.position_embedding);
 
     ensure!(o.batch > 0 && o.accum > 0, "--batch and --accum must be at least 1");
     let per_epoch = (dataset.len() / o.batch / o.accum) as u64;
@@ -148,10 +173,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         stop_after: o.stop_after,
     };
 
-    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    let ckpt = checkpoint_path(&o.out);
-    let mut state = if o.resume && ckpt.exists() {
-        let s = TrainState::load(&ckpt, o.ema_decay)?;
+    let mut state = if let Some(s) = resumed {
         ensure!(
             s.config.depth == config.depth && s.config.grid == config.grid,
             "{}: a depth-{} checkpoint, but --config asks for depth {}",
@@ -161,14 +183,9 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         );
         ensure!(
             s.config.position_embedding == config.position_embedding,
-            "{}: a checkpoint {}",
+            "{}: a checkpoint without position embeddings: resume it without --position-embedding (to add \
+             them, start a new --out with --init <this checkpoint> --position-embedding)",
             ckpt.display(),
-            if s.config.position_embedding {
-                "with position embeddings: resume it with --position-embedding"
-            } else {
-                "without position embeddings: resume it without --position-embedding (to add them, start a \
-                 new --out with --init <this checkpoint> --position-embedding)"
-            }
         );
         eprintln!("resuming from {} at step {}", ckpt.display(), s.step);
         // Resuming with other settings is allowed (e.g. more --steps) but changes the run: say what.

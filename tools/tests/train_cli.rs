@@ -219,3 +219,76 @@ fn train_refuses_bad_settings_clearly() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--resume` and `--init` take the model's shape (depth, position tables) from the model they continue
+/// when `--config`/`--position-embedding` are not given; a `--config` that contradicts it is refused.
+#[test]
+fn train_continues_a_model_without_restating_its_shape() {
+    let fx = Fixtures::open();
+    let dir = temp_dir("continue");
+    let images = dir.join("images");
+    image_folder(&images);
+    let tok = fx.path("tokenizer.safetensors");
+    let tok = tok.to_str().unwrap();
+    let data = dir.join("data.nvgtok");
+    let (ok, log) = nvg(&[
+        "tokenize",
+        "--images",
+        images.to_str().unwrap(),
+        "--tokenizer",
+        tok,
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{log}");
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--tokenizer",
+            tok,
+            "--batch",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        nvg(&args)
+    };
+    let has_tables = |ckpt: &Path| {
+        SafetensorsFile::open(ckpt)
+            .unwrap()
+            .names()
+            .any(|n| n.ends_with("content_pos_embed"))
+    };
+
+    let first = dir.join("first");
+    let (ok, log) = train(&first, &["--config", "depth=2", "--position-embedding", "--steps", "2"]);
+    assert!(ok && log.contains("training depth 2"), "{log}");
+    let first_ckpt = first.join("last.safetensors");
+    assert!(has_tables(&first_ckpt));
+
+    // Resumed with neither flag: still depth 2 with tables.
+    let (ok, log) = train(&first, &["--steps", "3", "--resume"]);
+    assert!(
+        ok && log.contains("at step 2") && log.contains("training depth 2"),
+        "{log}"
+    );
+    assert!(has_tables(&first_ckpt));
+
+    // A new run from its weights with neither flag: depth 2, tables kept.
+    let second = dir.join("second");
+    let init = first_ckpt.to_str().unwrap();
+    let (ok, log) = train(&second, &["--init", init, "--steps", "1"]);
+    assert!(ok && log.contains("training depth 2"), "{log}");
+    assert!(has_tables(&second.join("last.safetensors")));
+
+    // A --config that contradicts the model is refused, naming both shapes.
+    let third = dir.join("third");
+    let (ok, log) = train(&third, &["--init", init, "--config", "depth=4", "--steps", "1"]);
+    assert!(!ok && log.contains("depth-2") && log.contains("depth-4"), "{log}");
+    let (ok, log) = train(&first, &["--config", "depth=4", "--steps", "4", "--resume"]);
+    assert!(!ok && log.contains("depth-2") && log.contains("depth 4"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
