@@ -2,6 +2,7 @@
 //! that are truncated, foreign, of another version, made with another tokenizer, or never finished.
 
 use nvg::dataset::{Dataset, DatasetHeader, DatasetWriter, HEADER_SIZE, Record, rebuild};
+use nvg::structure_map::ChildOrder;
 use nvg::tokenizer::Tokenizer;
 use nvg_testkit::Fixtures;
 use std::path::{Path, PathBuf};
@@ -44,11 +45,16 @@ fn header(tok: &Tokenizer) -> DatasetHeader {
         num_classes: 10,
         count: 0,
         tokenizer_hash: tok.hash,
+        child_order: ChildOrder::Merge,
     }
 }
 
 fn write(path: &Path, tok: &Tokenizer, records: &[Record]) {
-    let mut w = DatasetWriter::create(path, header(tok)).unwrap();
+    write_with(path, header(tok), records)
+}
+
+fn write_with(path: &Path, header: DatasetHeader, records: &[Record]) {
+    let mut w = DatasetWriter::create(path, header).unwrap();
     for r in records {
         w.push(r).unwrap();
     }
@@ -126,6 +132,9 @@ fn damaged_foreign_and_mismatched_files_are_refused_with_the_reason() {
     assert!(open_err(&version, None).contains("version 99"));
     let unfinished = variant("unfinished.nvgtok", &|b| b[60] = 0);
     assert!(open_err(&unfinished, None).contains("did not finish"));
+    let newer = variant("newer.nvgtok", &|b| b[60] |= 4);
+    let msg = open_err(&newer, None);
+    assert!(msg.contains("flags") && msg.contains("newer"), "{msg}");
     let msg = open_err(&good, Some(tok.hash ^ 1));
     assert!(
         msg.contains("another tokenizer") && msg.contains("good.nvgtok"),
@@ -156,5 +165,29 @@ fn a_writer_that_does_not_finish_leaves_no_file_behind() {
         0,
         "the partial file is removed"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The header records the child order: merge order (flag clear, as in files written before the flag
+/// existed) and outside-first both read back as written.
+#[test]
+fn the_header_records_how_the_children_were_named() {
+    let (tok, records, _) = tokenized();
+    let dir = temp("child-order");
+    for order in [ChildOrder::Merge, ChildOrder::OutsideFirst] {
+        let path = dir.join(format!("{order:?}.nvgtok"));
+        write_with(
+            &path,
+            DatasetHeader {
+                child_order: order,
+                ..header(&tok)
+            },
+            &records,
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let flags = u32::from_le_bytes(bytes[60..64].try_into().unwrap());
+        assert_eq!(flags, if order == ChildOrder::Merge { 1 } else { 3 }, "{order:?}");
+        assert_eq!(Dataset::open(&path, None).unwrap().header.child_order, order);
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -5,6 +5,7 @@
 
 use nvg::config::Grid;
 use nvg::dataset::{Dataset, DatasetHeader, DatasetWriter, HEADER_SIZE, Record, rebuild};
+use nvg::structure_map::ChildOrder;
 use nvg::tokenizer::Quantizer;
 use nvg::trainer::loader::{LoadedBatch, Loader, LoaderState, epoch_order};
 use nvg_engine::rng::RngStream;
@@ -73,6 +74,7 @@ fn write_dataset(path: &Path, len: usize) {
         num_classes: 10,
         count: 0,
         tokenizer_hash: 0,
+        child_order: ChildOrder::Merge,
     };
     let mut w = DatasetWriter::create(path, header).unwrap();
     for r in records(len) {

@@ -7,6 +7,7 @@
 use nvg::config::{GeneratorConfig, Grid};
 use nvg::dataset::{Dataset, DatasetHeader, DatasetWriter, Record};
 use nvg::model::Generator;
+use nvg::structure_map::ChildOrder;
 use nvg::tokenizer::Quantizer;
 use nvg::trainer::init::{OFFICIAL_SCALE_FACTORS, initial_parameters};
 use nvg::trainer::objective::{TrainNoise, drop_path_rates};
@@ -40,6 +41,7 @@ fn dataset(name: &str, len: usize) -> (Arc<Dataset>, PathBuf) {
         num_classes: CLASSES,
         count: 0,
         tokenizer_hash: 0,
+        child_order: ChildOrder::Merge,
     };
     let rng = RngStream::new(3, 1);
     let mut k = 0u64;

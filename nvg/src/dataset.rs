@@ -7,6 +7,7 @@
 //! whose writer failed, never exists under its final name.
 
 use crate::config::Grid;
+use crate::structure_map::ChildOrder;
 use crate::tokenizer::Quantizer;
 use anyhow::{Context, Result, bail, ensure};
 use memmap2::Mmap;
@@ -23,6 +24,11 @@ pub const VERSION: u32 = 1;
 pub const HEADER_SIZE: usize = 64;
 /// Header flag: the writer finished (the count is final).
 const FLAG_COMPLETE: u32 = 1;
+/// Header flag: the children of every split are named outside-first (`ChildOrder::OutsideFirst`); clear:
+/// the official merge order. Files written before the flag existed are merge order.
+const FLAG_OUTSIDE_FIRST: u32 = 2;
+/// Every flag this build knows; a file with another bit set comes from a newer build.
+const KNOWN_FLAGS: u32 = FLAG_COMPLETE | FLAG_OUTSIDE_FIRST;
 
 /// What a dataset file declares about its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +39,8 @@ pub struct DatasetHeader {
     pub num_classes: usize,
     pub count: usize,
     pub tokenizer_hash: u64,
+    /// How the tokenizer named the two children of every split (what the structure labels mean).
+    pub child_order: ChildOrder,
 }
 
 impl DatasetHeader {
@@ -77,7 +85,15 @@ impl DatasetHeader {
             (32, self.label_bytes() as u32),
             (36, self.record_size() as u32),
             (56, self.num_classes as u32),
-            (60, flags),
+            (
+                60,
+                flags
+                    | if self.child_order == ChildOrder::OutsideFirst {
+                        FLAG_OUTSIDE_FIRST
+                    } else {
+                        0
+                    },
+            ),
         ];
         for (at, v) in u32s {
             h[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -261,6 +277,15 @@ impl Dataset {
             "{name}: header size {} (expected {HEADER_SIZE})",
             u32_at(12)
         );
+        let flags = u32_at(60) as u32;
+        ensure!(
+            flags & !KNOWN_FLAGS == 0,
+            "{name}: header flags {flags:#x} include bits this build does not know (a newer nvg-rs wrote it)"
+        );
+        ensure!(
+            flags & FLAG_COMPLETE != 0,
+            "{name}: the writer did not finish this file"
+        );
         let header = DatasetHeader {
             grid_side: u32_at(16),
             stages: u32_at(20),
@@ -268,6 +293,11 @@ impl Dataset {
             num_classes: u32_at(56),
             count: u64_at(40) as usize,
             tokenizer_hash: u64_at(48),
+            child_order: if flags & FLAG_OUTSIDE_FIRST != 0 {
+                ChildOrder::OutsideFirst
+            } else {
+                ChildOrder::Merge
+            },
         };
         let grid = header.grid().with_context(|| format!("{name}: bad grid"))?;
         ensure!(
@@ -293,10 +323,6 @@ impl Dataset {
                 u32_at(at)
             );
         }
-        ensure!(
-            u32_at(60) & FLAG_COMPLETE as usize != 0,
-            "{name}: the writer did not finish this file"
-        );
         let want_len = HEADER_SIZE + header.count * header.record_size();
         ensure!(
             map.len() == want_len,

@@ -1,24 +1,82 @@
-//! `nvg inspect`: what a safetensors file or a PyTorch checkpoint holds, and which model it is.
+//! `nvg inspect`: what a safetensors file or a PyTorch checkpoint holds, and which model it is; or what a
+//! pre-tokenized dataset holds.
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use nvg::checkpoint::{ModelKind, TorchCheckpoint, detect_kind};
+use nvg::dataset::Dataset;
+use nvg::structure_map::ChildOrder;
 use nvg_engine::io::safetensors::SafetensorsFile;
 use std::fmt::Write;
 use std::path::Path;
 
+/// Does the file start with `magic`?
+fn starts_with(path: &Path, magic: &[u8]) -> Result<bool> {
+    use std::io::Read;
+    let mut head = vec![0u8; magic.len()];
+    let mut f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f
+            .read(&mut head[n..])
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n == magic.len() && head == magic)
+}
+
 /// Is this a ZIP archive (a `torch.save` checkpoint) rather than safetensors?
 fn is_zip(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut magic))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(n == 4 && magic == *b"PK\x03\x04")
+    starts_with(path, b"PK\x03\x04")
+}
+
+/// A pre-tokenized dataset's header and its records per class.
+fn inspect_dataset(path: &Path) -> Result<String> {
+    let ds = Dataset::open(path, None)?;
+    let h = &ds.header;
+    let mut per_class = vec![0usize; h.num_classes];
+    for i in 0..ds.len() {
+        let class = ds.record(i)?.class;
+        ensure!(
+            class < h.num_classes,
+            "{}: record {i} has class {class} of {}",
+            path.display(),
+            h.num_classes
+        );
+        per_class[class] += 1;
+    }
+    let mut out = String::new();
+    writeln!(
+        out,
+        "kind: pre-tokenized dataset (format version {}) — {} records, {}×{} grid ({} stages), {} codes, {} classes, \
+         tokenizer fingerprint {:016x}, children named {}",
+        nvg::dataset::VERSION,
+        ds.len(),
+        h.grid_side,
+        h.grid_side,
+        h.stages,
+        h.codebook_size,
+        h.num_classes,
+        h.tokenizer_hash,
+        match h.child_order {
+            ChildOrder::Merge => "in merge order (official)",
+            ChildOrder::OutsideFirst => "outside-first",
+        }
+    )?;
+    for (class, n) in per_class.iter().enumerate() {
+        writeln!(out, "class {class}: {n} records")?;
+    }
+    Ok(out)
 }
 
 /// A listing of every tensor (name, dtype, shape, elements), the parameter count, the header metadata,
 /// and the detected model kind with its configuration.
 pub fn inspect(path: &Path) -> Result<String> {
+    if starts_with(path, &nvg::dataset::MAGIC)? {
+        return inspect_dataset(path);
+    }
     let mut out = String::new();
     let names: Vec<String> = if is_zip(path)? {
         let ckpt = TorchCheckpoint::open(path)?;

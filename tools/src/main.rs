@@ -18,12 +18,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the tensors of a safetensors file or PyTorch checkpoint and name the model they make.
+    /// List the tensors of a safetensors file or PyTorch checkpoint and name the model they make, or
+    /// describe a pre-tokenized dataset.
     ///
     /// Prints every tensor (name, dtype, shape, elements), the parameter count, the safetensors metadata,
-    /// and the detected kind — NVG generator or tokenizer — with its configuration.
+    /// and the detected kind — NVG generator or tokenizer — with its configuration. For a .nvgtok dataset:
+    /// its header (grid, codes, classes, tokenizer fingerprint, child order) and the records per class.
     Inspect {
-        /// A .safetensors file or a PyTorch (Lightning) .ckpt.
+        /// A .safetensors file, a PyTorch (Lightning) .ckpt or a .nvgtok dataset.
         file: PathBuf,
     },
     /// Convert an official PyTorch Lightning checkpoint (.ckpt) or one of our training checkpoints to

@@ -136,6 +136,7 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
         num_classes: classes.len(),
         count: 0,
         tokenizer_hash: tok.hash,
+        child_order: opts.child_order,
     };
     let mut writer = DatasetWriter::create(&opts.out, header)?;
     eprintln!(

@@ -147,6 +147,12 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
     assert!(ok, "{stdout}{stderr}");
     let grid = tok.grid();
     let renamed = Dataset::open(&outside, Some(tok.hash)).unwrap();
+    assert_eq!(
+        renamed.header.child_order,
+        ChildOrder::OutsideFirst,
+        "recorded in the header"
+    );
+    assert_eq!(ds.header.child_order, ChildOrder::Merge);
     let mut changed = 0;
     for i in 0..3 {
         let (a, b) = (ds.record(i).unwrap(), renamed.record(i).unwrap());
@@ -165,6 +171,17 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
         }
     }
     assert!(changed > 0, "outside-first renamed nothing");
+    // `nvg inspect` describes both datasets from their headers.
+    for (path, order) in [(&out, "merge order"), (&outside, "outside-first")] {
+        let (ok, stdout, stderr) = nvg(&["inspect", path.to_str().unwrap()]);
+        assert!(ok, "{stderr}");
+        assert!(
+            stdout.contains("3 records") && stdout.contains(order) && stdout.contains(&format!("{:016x}", tok.hash)),
+            "{stdout}"
+        );
+        let per_class: usize = files.iter().filter(|(_, c)| *c == 0).count();
+        assert!(stdout.contains(&format!("class 0: {per_class} records")), "{stdout}");
+    }
 
     // Reconstruction, plain and stage by stage.
     let png = dir.join("recon.png");
