@@ -52,6 +52,24 @@ fn image_folder(dir: &Path) {
     }
 }
 
+/// DIR/data.nvgtok: the image folder DIR/images tokenized with the tokenizer at `tok`.
+fn tokenized_folder(dir: &Path, tok: &str) -> PathBuf {
+    let images = dir.join("images");
+    image_folder(&images);
+    let data = dir.join("data.nvgtok");
+    let (ok, log) = nvg(&[
+        "tokenize",
+        "--images",
+        images.to_str().unwrap(),
+        "--tokenizer",
+        tok,
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{log}");
+    data
+}
+
 fn losses(log: &Path) -> Vec<f64> {
     std::fs::read_to_string(log)
         .unwrap()
@@ -68,21 +86,9 @@ fn losses(log: &Path) -> Vec<f64> {
 fn train_from_a_tokenized_folder_resume_exactly_and_sample_the_checkpoint() {
     let fx = Fixtures::open();
     let dir = temp_dir("e2e");
-    let images = dir.join("images");
-    image_folder(&images);
     let tokenizer = fx.path("tokenizer.safetensors");
     let tok = tokenizer.to_str().unwrap();
-    let data = dir.join("data.nvgtok");
-    let (ok, log) = nvg(&[
-        "tokenize",
-        "--images",
-        images.to_str().unwrap(),
-        "--tokenizer",
-        tok,
-        "--out",
-        data.to_str().unwrap(),
-    ]);
-    assert!(ok, "{log}");
+    let data = tokenized_folder(&dir, tok);
     let data = data.to_str().unwrap();
     let train = |out: &Path, extra: &[&str]| {
         let mut args = vec![
@@ -226,21 +232,9 @@ fn train_refuses_bad_settings_clearly() {
 fn train_continues_a_model_without_restating_its_shape() {
     let fx = Fixtures::open();
     let dir = temp_dir("continue");
-    let images = dir.join("images");
-    image_folder(&images);
     let tok = fx.path("tokenizer.safetensors");
     let tok = tok.to_str().unwrap();
-    let data = dir.join("data.nvgtok");
-    let (ok, log) = nvg(&[
-        "tokenize",
-        "--images",
-        images.to_str().unwrap(),
-        "--tokenizer",
-        tok,
-        "--out",
-        data.to_str().unwrap(),
-    ]);
-    assert!(ok, "{log}");
+    let data = tokenized_folder(&dir, tok);
     let train = |out: &Path, extra: &[&str]| {
         let mut args = vec![
             "train",
