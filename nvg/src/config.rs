@@ -112,6 +112,20 @@ pub struct GeneratorConfig {
 }
 
 impl GeneratorConfig {
+    /// The sizes in words, for errors: "a depth-4 generator on a 8×8 grid with 1024 codes × 32 channels
+    /// and 9 classes".
+    pub fn describe(&self) -> String {
+        format!(
+            "a depth-{} generator on a {}×{} grid with {} codes × {} channels and {} classes",
+            self.depth,
+            self.grid.side(),
+            self.grid.side(),
+            self.vocab_size,
+            self.latent_channels,
+            self.num_classes
+        )
+    }
+
     /// The official architecture at any even depth: width 64·depth, depth heads; the structure branch
     /// has half the width and half the heads.
     pub fn from_depth(depth: usize) -> Result<GeneratorConfig> {

@@ -174,12 +174,14 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     };
 
     let mut state = if let Some(s) = resumed {
+        let mut same = s.config.clone();
+        same.position_embedding = config.position_embedding;
         ensure!(
-            s.config.depth == config.depth && s.config.grid == config.grid,
-            "{}: a depth-{} checkpoint, but --config asks for depth {}",
+            same == config,
+            "{}: {}, but the run (--config and --data) is {}",
             ckpt.display(),
-            s.config.depth,
-            config.depth
+            s.config.describe(),
+            config.describe()
         );
         ensure!(
             s.config.position_embedding == config.position_embedding,

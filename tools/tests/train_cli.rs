@@ -283,6 +283,6 @@ fn train_continues_a_model_without_restating_its_shape() {
     let (ok, log) = train(&third, &["--init", init, "--config", "depth=4", "--steps", "1"]);
     assert!(!ok && log.contains("depth-2") && log.contains("depth-4"), "{log}");
     let (ok, log) = train(&first, &["--config", "depth=4", "--steps", "4", "--resume"]);
-    assert!(!ok && log.contains("depth-2") && log.contains("depth 4"), "{log}");
+    assert!(!ok && log.contains("depth-2") && log.contains("depth-4"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

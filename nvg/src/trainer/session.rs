@@ -78,19 +78,6 @@ impl TrainSettings {
     }
 }
 
-/// A generator's sizes in words, for errors.
-fn describe(c: &GeneratorConfig) -> String {
-    format!(
-        "a depth-{} generator on a {}×{} grid with {} codes × {} channels and {} classes",
-        c.depth,
-        c.grid.side(),
-        c.grid.side(),
-        c.vocab_size,
-        c.latent_channels,
-        c.num_classes
-    )
-}
-
 /// One optimiser step's record.
 #[derive(Debug, Clone)]
 pub struct StepLog {
@@ -134,8 +121,8 @@ impl TrainState {
                     same == *config,
                     "{}: {}, but the run is configured for {}",
                     path.display(),
-                    describe(&g),
-                    describe(config)
+                    g.describe(),
+                    config.describe()
                 );
                 let mut p = w.into_tensors();
                 p.retain(|n, _| n != "rope_ids" && !n.starts_with("projector."));
