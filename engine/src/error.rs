@@ -84,14 +84,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+// `source` stays `None` for `Io`: its Display already ends with the OS error, and anyhow's `{:#}`
+// prints the whole chain, which would print the OS error twice ("x: No such device: No such device").
+impl std::error::Error for Error {}
 
 /// Formats a shape as `[2, 3, 4]` for error messages.
 pub(crate) fn fmt_shape(dims: &[usize]) -> String {

@@ -67,6 +67,14 @@ fn inspect_of_a_missing_or_corrupt_file_fails_with_the_path_in_the_message() {
     let missing = dir.join("nope.safetensors");
     let (ok, _, err) = nvg(&["inspect", missing.to_str().unwrap()]);
     assert!(!ok && err.contains("nope.safetensors"), "{err}");
+    // The engine's I/O error names the path and the OS error once, also through anyhow's `{:#}` chain.
+    let Err(e) = nvg_engine::io::safetensors::SafetensorsFile::open(&missing) else {
+        panic!("opened a missing file")
+    };
+    let e = anyhow::Error::from(e);
+    let msg = format!("{e:#}");
+    assert!(msg.contains("nope.safetensors"), "{msg}");
+    assert_eq!(msg.matches("(os error 2)").count(), 1, "{msg}");
     let corrupt = dir.join("bad.safetensors");
     std::fs::write(&corrupt, b"not a safetensors file at all").unwrap();
     let (ok, _, err) = nvg(&["inspect", corrupt.to_str().unwrap()]);
