@@ -252,7 +252,7 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Opens and validates a dataset: magic, version, sizes, completeness and length; with
+    /// Opens and validates a dataset: magic, version, sizes, flags (complete, none unknown) and length; with
     /// `tokenizer_hash`, that it was made with that tokenizer.
     pub fn open(path: &Path, tokenizer_hash: Option<u64>) -> Result<Dataset> {
         let name = path.display().to_string();

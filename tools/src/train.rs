@@ -108,34 +108,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         o.data.display(),
         o.tokenizer.display()
     );
-    // The model this run continues, if any: its shape is the default of --config and --position-embedding.
-    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    let ckpt = checkpoint_path(&o.out);
-    let resumed = match o.resume && ckpt.exists() {
-        true => Some(TrainState::load(&ckpt, o.ema_decay)?),
-        false => None,
-    };
-    let continued = match (&resumed, &o.init) {
-        (Some(s), _) => Some(s.config.clone()),
-        (None, Some(path)) => Some(
-            WeightMap::generator(path, WeightSet::Raw)
-                .and_then(|w| infer_config(&w))
-                .with_context(|| format!("--init {}", path.display()))?,
-        ),
-        (None, None) => None,
-    };
-    let depth = match (&o.config, &continued) {
-        (Some(c), _) => parse_depth(c)?,
-        (None, Some(c)) => c.depth,
-        (None, None) => 16,
-    };
-    let mut config = GeneratorConfig::from_depth(depth)?;
-    config.grid = grid;
-    config.vocab_size = dataset.header.codebook_size;
-    config.latent_channels = tok.quantizer.channels();
-    config.num_classes = dataset.header.num_classes;
-    config.position_embedding = o.position_embedding || continued.as_ref().is_some_and(|c| c.position_embedding);
-
+    let given_depth = o.config.as_deref().map(parse_depth).transpose()?;
     ensure!(o.batch > 0 && o.accum > 0, "--batch and --accum must be at least 1");
     let per_epoch = (dataset.len() / o.batch / o.accum) as u64;
     ensure!(
@@ -173,12 +146,49 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         stop_after: o.stop_after,
     };
 
+    // The model this run continues, if any: its shape is the default of --config and --position-embedding.
+    let ckpt = checkpoint_path(&o.out);
+    let resumed = match o.resume && ckpt.exists() {
+        true => Some(TrainState::load(&ckpt, o.ema_decay)?),
+        false => None,
+    };
+    if let (Some(_), Some(init)) = (&resumed, &o.init) {
+        eprintln!(
+            "warning: --init {} is ignored: resuming {}",
+            init.display(),
+            ckpt.display()
+        );
+    }
+    // Flags given, nothing to infer: `TrainState::new` checks the --init file against them.
+    let init_to_infer = o.init.as_ref().filter(|_| o.config.is_none() || !o.position_embedding);
+    let continued = match (&resumed, init_to_infer) {
+        (Some(s), _) => Some(s.config.clone()),
+        (None, Some(path)) => Some(
+            WeightMap::generator(path, WeightSet::Raw)
+                .and_then(|w| infer_config(&w))
+                .with_context(|| format!("--init {}", path.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let depth = match (given_depth, &continued) {
+        (Some(d), _) => d,
+        (None, Some(c)) => c.depth,
+        (None, None) => 16,
+    };
+    let mut config = GeneratorConfig::from_depth(depth)?;
+    config.grid = grid;
+    config.vocab_size = dataset.header.codebook_size;
+    config.latent_channels = tok.quantizer.channels();
+    config.num_classes = dataset.header.num_classes;
+    config.position_embedding = o.position_embedding || continued.as_ref().is_some_and(|c| c.position_embedding);
+
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let mut state = if let Some(s) = resumed {
         let mut same = s.config.clone();
         same.position_embedding = config.position_embedding;
         ensure!(
             same == config,
-            "{}: {}, but the run (--config and --data) is {}",
+            "{}: {}, but the run (--config, --data and --tokenizer) is {}",
             ckpt.display(),
             s.config.describe(),
             config.describe()

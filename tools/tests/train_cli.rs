@@ -269,7 +269,6 @@ fn train_continues_a_model_without_restating_its_shape() {
         ok && log.contains("at step 2") && log.contains("training depth 2"),
         "{log}"
     );
-    assert!(has_tables(&first_ckpt));
 
     // A new run from its weights with neither flag: depth 2, tables kept.
     let second = dir.join("second");
@@ -277,6 +276,22 @@ fn train_continues_a_model_without_restating_its_shape() {
     let (ok, log) = train(&second, &["--init", init, "--steps", "1"]);
     assert!(ok && log.contains("training depth 2"), "{log}");
     assert!(has_tables(&second.join("last.safetensors")));
+
+    // --resume of a folder without a checkpoint yet starts from --init, with its shape.
+    let fresh = dir.join("fresh");
+    let (ok, log) = train(&fresh, &["--init", init, "--steps", "1", "--resume"]);
+    assert!(ok && log.contains("training depth 2"), "{log}");
+    assert!(has_tables(&fresh.join("last.safetensors")));
+
+    // Tables cannot be added on resume: the error names the --init way.
+    let plain = dir.join("plain");
+    let (ok, log) = train(&plain, &["--config", "depth=2", "--steps", "1"]);
+    assert!(ok && !has_tables(&plain.join("last.safetensors")), "{log}");
+    let (ok, log) = train(&plain, &["--steps", "2", "--resume", "--position-embedding"]);
+    assert!(
+        !ok && log.contains("without position embeddings") && log.contains("--init"),
+        "{log}"
+    );
 
     // A --config that contradicts the model is refused, naming both shapes.
     let third = dir.join("third");

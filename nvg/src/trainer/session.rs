@@ -112,7 +112,7 @@ impl TrainState {
                 let g = crate::model::infer_config(&w)?;
                 ensure!(
                     !g.position_embedding || config.position_embedding,
-                    "{}: a generator with position embeddings; pass --position-embedding to train it further",
+                    "{}: a generator with position embeddings, but the run is configured without them",
                     path.display()
                 );
                 let mut same = g.clone();
