@@ -25,7 +25,7 @@ pub const HEADER_SIZE: usize = 64;
 /// Header flag: the writer finished (the count is final).
 const FLAG_COMPLETE: u32 = 1;
 /// Header flag: the children of every split are named outside-first (`ChildOrder::OutsideFirst`); clear:
-/// the official merge order. Files written before the flag existed are merge order.
+/// the official merge order. Files written before the flag existed read as merge order, whatever they hold.
 const FLAG_OUTSIDE_FIRST: u32 = 2;
 /// Every flag this build knows; a file with another bit set comes from a newer build.
 const KNOWN_FLAGS: u32 = FLAG_COMPLETE | FLAG_OUTSIDE_FIRST;
@@ -72,6 +72,13 @@ impl DatasetHeader {
         (4 + self.tokens() * self.label_bytes() + self.codes_per_record() * self.code_bytes()).div_ceil(8) * 8
     }
 
+    fn child_order_flag(&self) -> u32 {
+        match self.child_order {
+            ChildOrder::Merge => 0,
+            ChildOrder::OutsideFirst => FLAG_OUTSIDE_FIRST,
+        }
+    }
+
     fn encode(&self, flags: u32) -> [u8; HEADER_SIZE] {
         let mut h = [0u8; HEADER_SIZE];
         h[0..8].copy_from_slice(&MAGIC);
@@ -85,15 +92,7 @@ impl DatasetHeader {
             (32, self.label_bytes() as u32),
             (36, self.record_size() as u32),
             (56, self.num_classes as u32),
-            (
-                60,
-                flags
-                    | if self.child_order == ChildOrder::OutsideFirst {
-                        FLAG_OUTSIDE_FIRST
-                    } else {
-                        0
-                    },
-            ),
+            (60, flags | self.child_order_flag()),
         ];
         for (at, v) in u32s {
             h[at..at + 4].copy_from_slice(&v.to_le_bytes());
