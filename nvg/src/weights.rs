@@ -41,6 +41,11 @@ pub struct WeightMap {
 }
 
 impl WeightMap {
+    /// Where the tensors came from (a path, with the weight set), as error messages name it.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// A map over `tensors`; `source` names their origin in error messages.
     pub fn new(source: impl Into<String>, tensors: BTreeMap<String, Tensor>) -> WeightMap {
         WeightMap {

@@ -159,15 +159,16 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             ckpt.display()
         );
     }
-    // Flags given, nothing to infer: `TrainState::new` checks the --init file against them.
-    let init_to_infer = o.init.as_ref().filter(|_| o.config.is_none() || !o.position_embedding);
-    let continued = match (&resumed, init_to_infer) {
+    // The --init weights are loaded once: their shape is read here, `TrainState::from_weights` trains them.
+    let init = match (&resumed, &o.init) {
+        (None, Some(path)) => {
+            Some(WeightMap::generator(path, WeightSet::Raw).with_context(|| format!("--init {}", path.display()))?)
+        }
+        _ => None,
+    };
+    let continued = match (&resumed, &init) {
         (Some(s), _) => Some(s.config.clone()),
-        (None, Some(path)) => Some(
-            WeightMap::generator(path, WeightSet::Raw)
-                .and_then(|w| infer_config(&w))
-                .with_context(|| format!("--init {}", path.display()))?,
-        ),
+        (None, Some(w)) => Some(infer_config(w).with_context(|| format!("--init {}", w.source()))?),
         (None, None) => None,
     };
     let depth = match (given_depth, &continued) {
@@ -221,7 +222,10 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 o.out.display()
             );
         }
-        TrainState::new(&config, o.init.as_deref(), o.seed, o.ema_decay)?
+        match init {
+            Some(w) => TrainState::from_weights(&config, w, o.seed, o.ema_decay)?,
+            None => TrainState::new(&config, None, o.seed, o.ema_decay)?,
+        }
     };
     eprintln!(
         "training depth {} ({:.2} M parameters) on {} records of {} classes: {} steps of {}×{} images, lr {:.2e} (warmup {}, decay after {} to {:.2e}), DropPath {}",

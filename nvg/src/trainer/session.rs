@@ -105,40 +105,54 @@ pub struct TrainState {
 impl TrainState {
     /// A new model: official initialisation from `seed`, or the weights of `init` (a generator file).
     pub fn new(config: &GeneratorConfig, init_from: Option<&Path>, seed: u64, ema_decay: f64) -> Result<TrainState> {
-        let params = match init_from {
-            None => init::initial_parameters(config, seed)?,
-            Some(path) => {
-                let w = WeightMap::generator(path, crate::weights::WeightSet::Raw)?;
-                let g = crate::model::infer_config(&w)?;
-                ensure!(
-                    !g.position_embedding || config.position_embedding,
-                    "{}: a generator with position embeddings, but the run is configured without them",
-                    path.display()
-                );
-                let mut same = g.clone();
-                same.position_embedding = config.position_embedding;
-                ensure!(
-                    same == *config,
-                    "{}: {}, but the run is configured for {}",
-                    path.display(),
-                    g.describe(),
-                    config.describe()
-                );
-                let mut p = w.into_tensors();
-                p.retain(|n, _| n != "rope_ids" && !n.starts_with("projector."));
-                let mut p: BTreeMap<String, Tensor> = p
-                    .into_iter()
-                    .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.contiguous()?)))
-                    .collect::<Result<_>>()?;
-                if config.position_embedding && !g.position_embedding {
-                    // Our extension on top of a model without it: only the tables are new.
-                    p.extend(init::position_tables(config, seed)?);
-                }
-                // Every tensor present with its shape, before any training.
-                Generator::from_weights(WeightMap::new(path.display().to_string(), p.clone()))?;
-                p
-            }
-        };
+        match init_from {
+            None => Self::with_parameters(config, init::initial_parameters(config, seed)?, ema_decay),
+            Some(path) => Self::from_weights(
+                config,
+                WeightMap::generator(path, crate::weights::WeightSet::Raw)?,
+                seed,
+                ema_decay,
+            ),
+        }
+    }
+
+    /// A new model from loaded generator weights `w` (whose shape must be `config`'s); position tables that
+    /// `config` has and `w` lacks are drawn from `seed`.
+    pub fn from_weights(config: &GeneratorConfig, w: WeightMap, seed: u64, ema_decay: f64) -> Result<TrainState> {
+        let source = w.source().to_string();
+        let g = crate::model::infer_config(&w)?;
+        ensure!(
+            !g.position_embedding || config.position_embedding,
+            "{source}: a generator with position embeddings, but the run is configured without them"
+        );
+        let mut same = g.clone();
+        same.position_embedding = config.position_embedding;
+        ensure!(
+            same == *config,
+            "{source}: {}, but the run is configured for {}",
+            g.describe(),
+            config.describe()
+        );
+        let mut p = w.into_tensors();
+        p.retain(|n, _| n != "rope_ids" && !n.starts_with("projector."));
+        let mut p: BTreeMap<String, Tensor> = p
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.contiguous()?)))
+            .collect::<Result<_>>()?;
+        if config.position_embedding && !g.position_embedding {
+            // Our extension on top of a model without it: only the tables are new.
+            p.extend(init::position_tables(config, seed)?);
+        }
+        // Every tensor present with its shape, before any training.
+        Generator::from_weights(WeightMap::new(source, p.clone()))?;
+        Self::with_parameters(config, p, ema_decay)
+    }
+
+    fn with_parameters(
+        config: &GeneratorConfig,
+        params: BTreeMap<String, Tensor>,
+        ema_decay: f64,
+    ) -> Result<TrainState> {
         let trainable: BTreeMap<String, Tensor> = params
             .iter()
             .filter(|(n, _)| params::is_parameter(n))
