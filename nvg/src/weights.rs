@@ -215,21 +215,28 @@ impl WeightMap {
         self.take(name, &[len]).to_f32_vec().expect("f32 tensor")
     }
 
-    /// A 64-bit fingerprint of every tensor taken so far (names, shapes and f32 values, in name order):
-    /// identifies the weights a derived artefact (a tokenized dataset) was made with.
-    pub fn hash_taken(&self) -> Result<u64> {
-        let mut h = nvg_engine::io::Hasher64::new();
+    /// Two 64-bit fingerprints of the tensors taken so far (names, shapes and f32 values, in name
+    /// order): of all of them, and of those whose name satisfies `part`. They identify the weights a
+    /// derived artefact (a tokenized dataset) was made with.
+    pub fn hashes_taken(&self, part: impl Fn(&str) -> bool) -> Result<(u64, u64)> {
+        let (mut all, mut some) = (nvg_engine::io::Hasher64::new(), nvg_engine::io::Hasher64::new());
         for name in &self.taken {
             if let Some(t) = self.tensors.get(name) {
-                h.update(name.as_bytes());
-                for &d in t.dims() {
-                    h.update(&(d as u64).to_le_bytes());
-                }
                 let v = t.to_f32_vec()?;
-                h.update(nvg_engine::bytemuck_cast(&v));
+                let feed = |h: &mut nvg_engine::io::Hasher64| {
+                    h.update(name.as_bytes());
+                    for &d in t.dims() {
+                        h.update(&(d as u64).to_le_bytes());
+                    }
+                    h.update(nvg_engine::bytemuck_cast(&v));
+                };
+                feed(&mut all);
+                if part(name) {
+                    feed(&mut some);
+                }
             }
         }
-        Ok(h.finish())
+        Ok((all.finish(), some.finish()))
     }
 
     /// Reports every missing, mis-shaped and unexpected tensor in one error.

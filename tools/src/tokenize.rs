@@ -135,7 +135,7 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
         codebook_size: tok.config.codebook_size,
         num_classes: classes.len(),
         count: 0,
-        tokenizer_hash: tok.hash,
+        tokenizer_hash: tok.codes_hash,
         child_order: opts.child_order,
     };
     let mut writer = DatasetWriter::create(&opts.out, header)?;

@@ -103,8 +103,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     let tok =
         Tokenizer::load(&o.tokenizer, grid.side()).with_context(|| format!("tokenizer {}", o.tokenizer.display()))?;
     ensure!(
-        tok.hash == dataset.header.tokenizer_hash,
-        "{} was tokenized with another tokenizer than {} (tokenizer fingerprints differ)",
+        tok.assigns_codes_of(dataset.header.tokenizer_hash),
+        "{} was tokenized with another tokenizer than {} (the fingerprints of their encoders and codebooks differ)",
         o.data.display(),
         o.tokenizer.display()
     );

@@ -117,7 +117,7 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
 
     // The records equal what the library computes for the same preprocessing.
     let tok = Tokenizer::load(&tokenizer, 16).unwrap();
-    let ds = Dataset::open(&out, Some(tok.hash)).unwrap();
+    let ds = Dataset::open(&out, Some(tok.codes_hash)).unwrap();
     assert_eq!(ds.len(), 3);
     let inputs: Vec<Tensor> = files
         .iter()
@@ -146,7 +146,7 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
     let (ok, stdout, stderr) = tokenize(&outside, &["--child-order", "outside-first"]);
     assert!(ok, "{stdout}{stderr}");
     let grid = tok.grid();
-    let renamed = Dataset::open(&outside, Some(tok.hash)).unwrap();
+    let renamed = Dataset::open(&outside, Some(tok.codes_hash)).unwrap();
     assert_eq!(
         renamed.header.child_order,
         ChildOrder::OutsideFirst,
@@ -176,7 +176,9 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
         let (ok, stdout, stderr) = nvg(&["inspect", path.to_str().unwrap()]);
         assert!(ok, "{stderr}");
         assert!(
-            stdout.contains("3 records") && stdout.contains(order) && stdout.contains(&format!("{:016x}", tok.hash)),
+            stdout.contains("3 records")
+                && stdout.contains(order)
+                && stdout.contains(&format!("{:016x}", tok.codes_hash)),
             "{stdout}"
         );
         let per_class: usize = files.iter().filter(|(_, c)| *c == 0).count();
@@ -267,7 +269,7 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
     let whole = dir.join("whole.nvgtok");
     let (ok, stdout, stderr) = tokenize(&whole, &["--whole"]);
     assert!(ok, "{stdout}{stderr}");
-    let ds = Dataset::open(&whole, Some(tok.hash)).unwrap();
+    let ds = Dataset::open(&whole, Some(tok.codes_hash)).unwrap();
     let inputs: Vec<Tensor> = files
         .iter()
         .map(|(p, _)| to_tensor(&preprocess(&read_image(p).unwrap(), 256, Crop::Whole).unwrap()).unwrap())

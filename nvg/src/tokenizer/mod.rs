@@ -34,8 +34,12 @@ pub struct Tokenizer {
     pub encoder: Encoder,
     pub decoder: Decoder,
     pub quantizer: Quantizer,
-    /// Hash of the weights (identifies the tokenizer a dataset was made with).
+    /// Fingerprint of all the weights.
     pub hash: u64,
+    /// Fingerprint of the weights that decide the codes (everything but the decoder): what a tokenized
+    /// dataset records, so that a decoder fine-tuned with `nvg train-tokenizer --decoder-only` reads
+    /// the datasets of the tokenizer it came from.
+    pub codes_hash: u64,
 }
 
 impl Tokenizer {
@@ -80,15 +84,8 @@ impl Tokenizer {
 
     /// [`Tokenizer::load_for_resolution`] with the weights on `device`.
     pub fn load_for_resolution_on(path: &Path, resolution: usize, device: Device) -> Result<Tokenizer> {
-        let f = TokenizerConfig::infer(&WeightMap::from_file(path, "")?)?.downsample();
-        let side = resolution / f;
-        if !resolution.is_multiple_of(f) || !side.is_power_of_two() || side < 2 {
-            bail!(
-                "{resolution} px does not map onto a power-of-two latent grid with this tokenizer (downsampling ×{f}; try {})",
-                16 * f
-            );
-        }
-        Tokenizer::load_on(path, side, device)
+        let grid = TokenizerConfig::infer(&WeightMap::from_file(path, "")?)?.grid_for_resolution(resolution)?;
+        Tokenizer::load_on(path, grid.side(), device)
     }
 
     /// A tokenizer with made-up weights (benchmarks, tests).
@@ -109,11 +106,18 @@ impl Tokenizer {
 
     fn build(w: &mut WeightMap, config: TokenizerConfig, grid: Grid) -> Result<Tokenizer> {
         let mut tok = Tokenizer::build_unhashed(w, config, grid)?;
-        tok.hash = w.hash_taken()?;
+        (tok.hash, tok.codes_hash) = w.hashes_taken(|name| !name.starts_with("decoder."))?;
         Ok(tok)
     }
 
-    /// `build` without the weights' hash (0): for training steps, which rebuild the model every step.
+    /// Whether a dataset whose header records `tokenizer_hash` was made with codes this tokenizer
+    /// assigns: the header holds the codes fingerprint, or (files written before 2026-11-30) the
+    /// fingerprint of all the weights.
+    pub fn assigns_codes_of(&self, tokenizer_hash: u64) -> bool {
+        tokenizer_hash == self.codes_hash || tokenizer_hash == self.hash
+    }
+
+    /// `build` without the weights' hashes (0): for training steps, which rebuild the model every step.
     pub(crate) fn build_unhashed(w: &mut WeightMap, config: TokenizerConfig, grid: Grid) -> Result<Tokenizer> {
         let encoder = Encoder::load(w, &config);
         let decoder = Decoder::load(w, &config);
@@ -124,6 +128,7 @@ impl Tokenizer {
             decoder,
             quantizer,
             hash: 0,
+            codes_hash: 0,
         })
     }
 

@@ -41,6 +41,21 @@ impl TokenizerConfig {
         1 << (self.channel_mult.len() - 1)
     }
 
+    /// The latent grid of `resolution × resolution` images: the resolution over the downsampling factor,
+    /// which must be a power of two (at least 2).
+    pub fn grid_for_resolution(&self, resolution: usize) -> Result<crate::config::Grid> {
+        let f = self.downsample();
+        let side = resolution / f;
+        if !resolution.is_multiple_of(f) || !side.is_power_of_two() || side < 2 {
+            bail!(
+                "{resolution} px does not map onto a power-of-two latent grid with this tokenizer ({} levels, downsampling ×{f}; try {})",
+                self.channel_mult.len(),
+                16 * f
+            );
+        }
+        crate::config::Grid::new(side)
+    }
+
     fn width(&self, level: usize) -> usize {
         self.base_channels * self.channel_mult[level]
     }
