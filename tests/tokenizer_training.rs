@@ -4,7 +4,9 @@
 
 use nvg::config::Grid;
 use nvg::image::ImageSet;
-use nvg::tokenizer::train::{TokenizerTrainSettings, TokenizerTrainState, initial_weights, reconstruction_psnr};
+use nvg::tokenizer::train::{
+    TokenizerTrainSettings, TokenizerTrainState, TrainedPart, initial_weights, reconstruction_psnr,
+};
 use nvg::tokenizer::{Tokenizer, TokenizerConfig};
 use nvg_testkit::fresh_dir;
 
@@ -127,6 +129,116 @@ fn training_reduces_the_reconstruction_error_and_resumes_exactly() {
     let p = reconstruction_psnr(&tok, &batch).unwrap();
     let q = reconstruction_psnr(&state.tokenizer().unwrap(), &batch).unwrap();
     assert_eq!(p, q, "the exported tokenizer reconstructs like the training state");
+}
+
+/// Every stage's codes and structure maps of `batch` under the state's tokenizer.
+fn codes_of(state: &TokenizerTrainState, batch: &nvg_engine::Tensor) -> (Vec<Vec<i64>>, Vec<Vec<Vec<i64>>>) {
+    let tok = state.tokenizer().unwrap();
+    let tokens = tok.tokenize(&tok.encode(batch).unwrap()).unwrap();
+    let codes = tokens.quantized.codes.iter().map(|c| c.to_i64_vec().unwrap()).collect();
+    (codes, tokens.labels)
+}
+
+#[test]
+fn decoder_only_training_keeps_the_codes_and_sharpens_the_reconstruction() {
+    let data = images();
+    let batch = data.batch(&(0..8).collect::<Vec<_>>()).unwrap();
+    let grid = Grid::new(8).unwrap();
+    let s = settings(40);
+    // A briefly trained tokenizer, exported as `nvg train-tokenizer` writes it.
+    let mut whole = TokenizerTrainState::new(&config(), grid, s.seed).unwrap();
+    for _ in 0..10 {
+        whole.train_step(&batch, &s).unwrap();
+    }
+    let dir = fresh_dir("tokenizer_training", "decoder_only");
+    let path = dir.join("tokenizer.safetensors");
+    whole.export(&path).unwrap();
+
+    let mut dec = TokenizerTrainState::from_tokenizer_file(&path, 16, TrainedPart::Decoder).unwrap();
+    assert_eq!((dec.config.clone(), dec.grid, dec.step), (config(), grid, 0));
+    let codes_before = codes_of(&dec, &batch);
+    assert_eq!(
+        codes_before,
+        codes_of(&whole, &batch),
+        "the file reproduces the exported tokenizer"
+    );
+    let psnr_before = reconstruction_psnr(&dec.tokenizer().unwrap(), &batch).unwrap();
+    for _ in 0..20 {
+        dec.train_step(&batch, &s).unwrap();
+    }
+    let psnr_after = reconstruction_psnr(&dec.tokenizer().unwrap(), &batch).unwrap();
+    eprintln!("decoder only: PSNR {psnr_before:.2} → {psnr_after:.2} dB");
+    assert!(
+        psnr_after > psnr_before + 1.0,
+        "PSNR {psnr_before:.2} → {psnr_after:.2} dB"
+    );
+    let mut decoder_changed = 0;
+    for (name, t) in &dec.params {
+        let (now, then) = (t.to_f32_vec().unwrap(), whole.params[name].to_f32_vec().unwrap());
+        if name.starts_with("decoder.") {
+            decoder_changed += usize::from(now != then);
+        } else {
+            assert_eq!(now, then, "{name} is frozen in a decoder-only run");
+        }
+    }
+    let decoder_tensors = dec.params.keys().filter(|n| n.starts_with("decoder.")).count();
+    assert!(
+        decoder_changed * 10 >= decoder_tensors * 9,
+        "{decoder_changed} of {decoder_tensors} decoder tensors changed"
+    );
+    assert_eq!(
+        codes_of(&dec, &batch),
+        codes_before,
+        "a decoder-only run keeps every code"
+    );
+
+    // The checkpoint keeps the part, and the optimiser state covers the decoder alone.
+    let ckpt = dir.join("last.safetensors");
+    dec.save(&ckpt, &s).unwrap();
+    let mut resumed = TokenizerTrainState::load(&ckpt).unwrap();
+    assert_eq!(resumed.part, TrainedPart::Decoder);
+    let (a, _) = dec.train_step(&batch, &s).unwrap();
+    let (b, _) = resumed.train_step(&batch, &s).unwrap();
+    assert_eq!(a, b, "losses after resuming");
+    assert_eq!(
+        dec.params["decoder.conv_out.conv.weight"].to_f32_vec().unwrap(),
+        resumed.params["decoder.conv_out.conv.weight"].to_f32_vec().unwrap()
+    );
+    // The exported tokenizer has a new decoder but the same codes fingerprint, so it reads the
+    // datasets of the tokenizer it came from (and those written before the fingerprint left the
+    // decoder out, which hold the fingerprint of all the weights).
+    let tuned_path = dir.join("tuned.safetensors");
+    dec.export(&tuned_path).unwrap();
+    let (old, tuned) = (
+        Tokenizer::load(&path, 8).unwrap(),
+        Tokenizer::load(&tuned_path, 8).unwrap(),
+    );
+    assert_eq!(tuned.codes_hash, old.codes_hash);
+    assert_ne!(tuned.hash, old.hash);
+    assert!(tuned.assigns_codes_of(old.codes_hash) && tuned.assigns_codes_of(tuned.hash));
+    assert!(
+        !tuned.assigns_codes_of(old.hash),
+        "the old file's full fingerprint names another decoder"
+    );
+    let other = TokenizerTrainState::new(&config(), grid, s.seed + 1).unwrap();
+    other.export(&dir.join("other.safetensors")).unwrap();
+    let other = Tokenizer::load(&dir.join("other.safetensors"), 8).unwrap();
+    assert!(!tuned.assigns_codes_of(other.codes_hash) && !tuned.assigns_codes_of(other.hash));
+
+    // A whole-tokenizer checkpoint says so.
+    let whole_ckpt = dir.join("whole.safetensors");
+    whole.save(&whole_ckpt, &s).unwrap();
+    assert_eq!(TokenizerTrainState::load(&whole_ckpt).unwrap().part, TrainedPart::Whole);
+
+    // A file that is not a whole tokenizer is refused with the missing tensor's name.
+    let mut partial = whole.params.clone();
+    partial.remove("decoder.conv_out.conv.weight");
+    let bad = dir.join("partial.safetensors");
+    nvg_engine::io::safetensors::save(&bad, partial.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
+    let err = TokenizerTrainState::from_tokenizer_file(&bad, 16, TrainedPart::Decoder)
+        .err()
+        .expect("a partial tokenizer file");
+    assert!(format!("{err:#}").contains("decoder.conv_out.conv.weight"), "{err:#}");
 }
 
 #[test]

@@ -2,19 +2,21 @@
 # Writes the built-in emoji model (models/emoji) from the training runs of docs/emoji-demo.md:
 # the generator's weights (raw or EMA) and the tokenizer stored as bf16, the evaluation classifier and the
 # class names. Usage:
-#   tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN]
+#   tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN]
 # RUNS_DIR holds GENERATOR_RUN/last.safetensors (nvg train; GENERATOR_RUN defaults to gen),
-# tok/tokenizer.safetensors (nvg train-tokenizer), classifier.safetensors (nvg eval train-classifier) and
+# TOKENIZER_RUN/tokenizer.safetensors (nvg train-tokenizer; TOKENIZER_RUN defaults to tok, e.g. tok-dec for
+# a --decoder-only fine-tune of it), classifier.safetensors (nvg eval train-classifier) and
 # emoji.nvgtok.classes.json (nvg tokenize).
 set -euo pipefail
-runs=${1:?usage: tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN]}
+runs=${1:?usage: tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN]}
 weights=${2:-raw}
 gen=${3:-gen}
+tok=${4:-tok}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/models/emoji"
 nvg=${NVG:-"$root/target/release/nvg"}
 [ -x "$nvg" ] || { echo "no nvg binary at $nvg: run cargo build --release -p nvg-tools (or set NVG)" >&2; exit 1; }
-for f in "$gen/last.safetensors" tok/tokenizer.safetensors classifier.safetensors emoji.nvgtok.classes.json; do
+for f in "$gen/last.safetensors" "$tok/tokenizer.safetensors" classifier.safetensors emoji.nvgtok.classes.json; do
     [ -f "$runs/$f" ] || { echo "$runs/$f is missing" >&2; exit 1; }
 done
 case "$weights" in
@@ -24,7 +26,7 @@ case "$weights" in
 esac
 mkdir -p "$out"
 "$nvg" convert --input "$runs/$gen/last.safetensors" --output "$out/generator.safetensors" "${ema[@]}" --dtype bf16
-"$nvg" convert --input "$runs/tok/tokenizer.safetensors" --output "$out/tokenizer.safetensors" --dtype bf16
+"$nvg" convert --input "$runs/$tok/tokenizer.safetensors" --output "$out/tokenizer.safetensors" --dtype bf16
 cp "$runs/classifier.safetensors" "$out/classifier.safetensors"
 python3 -c 'import json,sys; print(json.dumps({"classes": json.load(open(sys.argv[1]))["classes"]}, indent=2))' \
     "$runs/emoji.nvgtok.classes.json" > "$out/classes.json"

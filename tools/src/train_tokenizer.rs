@@ -5,10 +5,9 @@
 use crate::progress::Progress;
 use crate::tokenize::image_folder;
 use anyhow::{Context, Result, bail, ensure};
-use nvg::config::Grid;
 use nvg::image::ImageSet;
 use nvg::tokenizer::TokenizerConfig;
-use nvg::tokenizer::train::{TokenizerTrainSettings, TokenizerTrainState, reconstruction_psnr};
+use nvg::tokenizer::train::{TokenizerTrainSettings, TokenizerTrainState, TrainedPart, reconstruction_psnr};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -29,9 +28,20 @@ pub struct TrainTokenizerOptions {
     #[arg(long, default_value_t = 64)]
     pub resolution: usize,
     /// Architecture: base=C,mult=A-B-..,res=N,latent=C,codebook=V (one level per mult entry; every
-    /// level but the last halves the resolution, so the latent grid is resolution / 2^(levels-1)).
-    #[arg(long, default_value = "base=32,mult=1-2-2-2,res=1,latent=32,codebook=1024")]
-    pub arch: String,
+    /// level but the last halves the resolution, so the latent grid is resolution / 2^(levels-1))
+    /// [default: base=32,mult=1-2-2-2,res=1,latent=32,codebook=1024; with --init or --resume: that
+    /// tokenizer's].
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Start from the weights of this tokenizer file (e.g. a previous run's tokenizer.safetensors) with
+    /// a fresh optimiser and schedule, instead of a random initialisation.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Train the decoder alone; the encoder, codebook and quantiser convs stay bit-identical, so the
+    /// tokenizer assigns the same codes and datasets and generators made with --init's tokenizer stay
+    /// valid with the new one. Needs --init (or --resume of such a run).
+    #[arg(long)]
+    pub decoder_only: bool,
     /// Optimiser steps of the run.
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
@@ -63,6 +73,9 @@ pub struct TrainTokenizerOptions {
     #[arg(long)]
     pub stop_after: Option<u64>,
 }
+
+/// The architecture `nvg train-tokenizer` builds without --arch.
+pub const DEFAULT_ARCH: &str = "base=32,mult=1-2-2-2,res=1,latent=32,codebook=1024";
 
 /// Parses `--arch`.
 pub fn parse_arch(s: &str) -> Result<TokenizerConfig> {
@@ -126,16 +139,74 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
         o.checkpoint_every > 0 && o.eval_every > 0,
         "--checkpoint-every and --eval-every must be at least 1"
     );
-    let config = parse_arch(&o.arch)?;
-    let f = config.downsample();
-    let side = o.resolution / f;
+    let ckpt = o.out.join("last.safetensors");
+    let resuming = o.resume && ckpt.exists();
     ensure!(
-        o.resolution.is_multiple_of(f) && side.is_power_of_two() && side >= 2,
-        "--resolution {} with {} levels (downsampling ×{f}) gives no power-of-two latent grid",
-        o.resolution,
-        config.channel_mult.len()
+        resuming || !ckpt.exists(),
+        "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
+        o.out.display()
     );
-    let grid = Grid::new(side)?;
+    ensure!(
+        !o.decoder_only || o.init.is_some() || resuming,
+        "--decoder-only fine-tunes the decoder of an existing tokenizer: pass --init TOKENIZER.safetensors"
+    );
+    let part = if o.decoder_only {
+        TrainedPart::Decoder
+    } else {
+        TrainedPart::Whole
+    };
+    let arch = o.arch.as_deref().map(parse_arch).transpose()?;
+    let mut state = if resuming {
+        if o.init.is_some() {
+            eprintln!(
+                "note: --init is ignored: continuing the checkpoint in {}",
+                o.out.display()
+            );
+        }
+        let s = TokenizerTrainState::load(&ckpt)?;
+        if s.part != part {
+            match s.part {
+                TrainedPart::Decoder => bail!(
+                    "{}: the run trains the decoder only; resume it with --decoder-only",
+                    ckpt.display()
+                ),
+                TrainedPart::Whole => bail!(
+                    "{}: the run trains the whole tokenizer; resume it without --decoder-only",
+                    ckpt.display()
+                ),
+            }
+        }
+        s
+    } else if let Some(init) = &o.init {
+        TokenizerTrainState::from_tokenizer_file(init, o.resolution, part)
+            .with_context(|| format!("--init {}", init.display()))?
+    } else {
+        let config = match &arch {
+            Some(a) => a.clone(),
+            None => parse_arch(DEFAULT_ARCH)?,
+        };
+        let grid = config.grid_for_resolution(o.resolution).context("--resolution")?;
+        TokenizerTrainState::new(&config, grid, o.seed)?
+    };
+    let grid = state.config.grid_for_resolution(o.resolution).context("--resolution")?;
+    if let Some(a) = &arch {
+        ensure!(
+            *a == state.config,
+            "--arch ({a:?}) differs from the architecture of the tokenizer being continued ({:?}); leave --arch out",
+            state.config
+        );
+    }
+    ensure!(
+        state.grid == grid,
+        "{}: the run's latent grid is {side}×{side} but --resolution {} gives {}×{}",
+        ckpt.display(),
+        o.resolution,
+        grid.side(),
+        grid.side(),
+        side = state.grid.side()
+    );
+    let config = state.config.clone();
+    let (f, side) = (config.downsample(), grid.side());
     let settings = TokenizerTrainSettings {
         lr: o.lr,
         warmup: o.warmup.unwrap_or(o.steps / 20),
@@ -157,27 +228,22 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
         o.batch
     );
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    let ckpt = o.out.join("last.safetensors");
-    let mut state = if o.resume && ckpt.exists() {
-        let s = TokenizerTrainState::load(&ckpt)?;
-        ensure!(
-            s.config == config && s.grid == grid,
-            "{}: the checkpoint's architecture ({:?}, grid {}) differs from --arch/--resolution ({config:?}, grid {side})",
-            ckpt.display(),
-            s.config,
-            s.grid.side()
-        );
-        eprintln!("resuming from {} at step {}", ckpt.display(), s.step);
-        s
-    } else {
-        ensure!(
-            !ckpt.exists(),
-            "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
-            o.out.display()
-        );
-        TokenizerTrainState::new(&config, grid, o.seed)?
-    };
+    if resuming {
+        eprintln!("resuming from {} at step {}", ckpt.display(), state.step);
+    }
     let params: usize = state.params.values().map(|t| t.numel()).sum();
+    let trained: usize = state
+        .params
+        .iter()
+        .filter(|(n, _)| state.part.trains(n))
+        .map(|(_, t)| t.numel())
+        .sum();
+    if state.part == TrainedPart::Decoder {
+        eprintln!(
+            "decoder only: {:.2} M of the parameters learn; the encoder and quantiser (the codes) stay as they are",
+            trained as f64 / 1e6
+        );
+    }
     eprintln!(
         "training a tokenizer ({:.2} M parameters, f{f}, {side}×{side}×{} latent, {} codes) on {} images of {}²: {} steps of {}, lr {:.1e}",
         params as f64 / 1e6,

@@ -1,7 +1,8 @@
 //! The whole pipeline of the emoji demo on a grid other than 16×16, through the `nvg` program: a tiny
 //! tokenizer (f2, 16-pixel images → 8×8 grid, 7 stages) is trained with `nvg train-tokenizer`, the
-//! images are tokenized with `--whole`, a depth-2 generator trains on them with `nvg train`, and
-//! `nvg generate` samples 16×16 images with their stage strips.
+//! images are tokenized with `--whole`, its decoder is fine-tuned alone (`--decoder-only`), a depth-2
+//! generator trains on the dataset with `nvg train`, and `nvg generate` samples 16×16 images with their
+//! stage strips through the fine-tuned decoder.
 
 use nvg::image::{RgbImage, read_image, write_png};
 use std::path::Path;
@@ -99,13 +100,60 @@ fn train_tokenizer_tokenize_train_and_generate_on_an_8x8_grid() {
     ]);
     assert!(ok && log.contains("12 records from 12 images of 2 classes"), "{log}");
 
+    // The decoder alone, fine-tuned from the exported tokenizer: the result reads the dataset made with
+    // the original (the generator below trains and samples with it).
+    let tuned_dir = dir.join("tok-decoder");
+    let tune = |extra: &[&str]| {
+        let mut args = vec![
+            "train-tokenizer".to_string(),
+            "--images".into(),
+            s(&images),
+            "--out".into(),
+            s(&tuned_dir),
+            "--resolution".into(),
+            "16".into(),
+            "--steps".into(),
+            "3".into(),
+            "--batch".into(),
+            "4".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        nvg(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (ok, log) = tune(&["--decoder-only"]);
+    assert!(
+        !ok && log.contains("--init"),
+        "--decoder-only without a tokenizer to start from: {log}"
+    );
+    let (ok, log) = tune(&[
+        "--decoder-only",
+        "--init",
+        &s(&tokenizer),
+        "--arch",
+        "base=32,mult=1-2,res=1,latent=16,codebook=64",
+    ]);
+    assert!(
+        !ok && log.contains("--arch"),
+        "an --arch that contradicts --init: {log}"
+    );
+    let (ok, log) = tune(&["--decoder-only", "--init", &s(&tokenizer), "--stop-after", "2"]);
+    assert!(ok && log.contains("decoder only"), "{log}");
+    let (ok, log) = tune(&["--resume"]);
+    assert!(
+        !ok && log.contains("--decoder-only"),
+        "resuming a decoder-only run as a whole one: {log}"
+    );
+    let (ok, log) = tune(&["--resume", "--decoder-only"]);
+    assert!(ok && log.contains("at step 2"), "{log}");
+    let tuned = tuned_dir.join("tokenizer.safetensors");
+
     let run = dir.join("run");
     let (ok, log) = nvg(&[
         "train",
         "--data",
         &s(&data),
         "--tokenizer",
-        &s(&tokenizer),
+        &s(&tuned),
         "--config",
         "depth=2",
         "--batch",
@@ -123,7 +171,7 @@ fn train_tokenizer_tokenize_train_and_generate_on_an_8x8_grid() {
         "--generator",
         &s(&run.join("last.safetensors")),
         "--tokenizer",
-        &s(&tokenizer),
+        &s(&tuned),
         "--classes",
         "0,1",
         "--structure-steps",

@@ -5,6 +5,10 @@
 //! over the stages; the decoder reconstructs from the straight-through latent `f + sg(f̂ − f)` and the
 //! reconstruction loss is `mean|x − x̂| + mean (x − x̂)²`.
 //!
+//! A run can train the decoder alone ([`TrainedPart::Decoder`]): the encoder, the codebook and the `Phi_s`
+//! convs stay bit-identical, so every code the tokenizer assigns, and every dataset and generator made
+//! with it, stays valid while the decoder learns to draw the same codes better.
+//!
 //! The official first-epoch soft code assignment (`smooth_end_epoch`) is not implemented: codes are
 //! always the nearest ones.
 
@@ -62,6 +66,40 @@ pub fn initial_weights(config: &TokenizerConfig, seed: u64) -> Result<BTreeMap<S
         out.insert(name.clone(), value);
     }
     Ok(out)
+}
+
+/// Which weights a tokenizer run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrainedPart {
+    /// Encoder, quantiser and decoder.
+    #[default]
+    Whole,
+    /// The decoder alone (`decoder.*`); the rest is frozen, so the tokenizer's codes do not change.
+    Decoder,
+}
+
+impl TrainedPart {
+    /// Whether the named tokenizer tensor is trained.
+    pub fn trains(self, name: &str) -> bool {
+        match self {
+            TrainedPart::Whole => true,
+            TrainedPart::Decoder => name.starts_with("decoder."),
+        }
+    }
+
+    /// The name kept in checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainedPart::Whole => "whole",
+            TrainedPart::Decoder => "decoder",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<TrainedPart> {
+        [TrainedPart::Whole, TrainedPart::Decoder]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
 }
 
 /// Builds a tokenizer on `grid` from named weights (no hashing: for training steps).
@@ -210,6 +248,8 @@ pub struct TokenizerTrainState {
     pub config: TokenizerConfig,
     pub grid: Grid,
     pub params: BTreeMap<String, Tensor>,
+    /// Which of `params` the optimiser updates (it holds state for those alone).
+    pub part: TrainedPart,
     pub optimizer: AdamW,
     pub step: u64,
 }
@@ -223,6 +263,41 @@ impl TokenizerTrainState {
             config: config.clone(),
             grid,
             params: initial_weights(config, seed)?,
+            part: TrainedPart::Whole,
+            optimizer: AdamW::new(tokenizer_adamw())?,
+            step: 0,
+        })
+    }
+
+    /// A run on `resolution`-pixel images that starts from the weights of an existing tokenizer file
+    /// (official key names, as `export` writes them; any float storage) with a fresh optimiser, training
+    /// `part`. The configuration is read off the weights; every tensor the architecture needs must be
+    /// there with its shape, and tensors of other modules (an official checkpoint's loss networks) are
+    /// left out.
+    pub fn from_tokenizer_file(path: &Path, resolution: usize, part: TrainedPart) -> Result<TokenizerTrainState> {
+        let loaded = WeightMap::from_file(path, "").with_context(|| format!("loading tokenizer {}", path.display()))?;
+        let config = TokenizerConfig::infer(&loaded).with_context(|| path.display().to_string())?;
+        let grid = config.grid_for_resolution(resolution)?;
+        let mut tensors = loaded.into_tensors();
+        let mut params = BTreeMap::new();
+        for (name, expected) in initial_weights(&config, 0)? {
+            let t = tensors
+                .remove(&name)
+                .with_context(|| format!("{}: no tensor {name}", path.display()))?;
+            ensure!(
+                t.dims() == expected.dims(),
+                "{}: {name} has shape {:?}, the architecture it describes needs {:?}",
+                path.display(),
+                t.dims(),
+                expected.dims()
+            );
+            params.insert(name, t.to_dtype(DType::F32)?.contiguous()?);
+        }
+        Ok(TokenizerTrainState {
+            config,
+            grid,
+            params,
+            part,
             optimizer: AdamW::new(tokenizer_adamw())?,
             step: 0,
         })
@@ -250,10 +325,12 @@ impl TokenizerTrainState {
     /// One optimiser step on `images` `[B, 3, R, R]`; returns the losses and the gradient norm before
     /// clipping.
     pub fn train_step(&mut self, images: &Tensor, settings: &TokenizerTrainSettings) -> Result<(TokenizerLosses, f32)> {
+        let part = self.part;
+        // Frozen tensors enter as constants: no graph is recorded through them.
         let leaves: BTreeMap<String, Tensor> = self
             .params
             .iter()
-            .map(|(n, t)| (n.clone(), t.requires_grad()))
+            .map(|(n, t)| (n.clone(), if part.trains(n) { t.requires_grad() } else { t.clone() }))
             .collect();
         let tok = tokenizer_from(&leaves, &self.config, self.grid)?;
         let (loss, losses) = training_loss(&tok, images)?;
@@ -263,11 +340,18 @@ impl TokenizerTrainState {
             self.step
         );
         let grads = loss.backward()?;
-        let mut grads = crate::trainer::params::gradients_of(&leaves, &grads)?;
+        let mut grads = crate::trainer::params::gradients_of(leaves.iter().filter(|(n, _)| part.trains(n)), &grads)?;
         drop((tok, leaves));
         let norm = clip_grad_norm(&mut grads, settings.clip)?;
         let lr = settings.schedule().lr(self.step);
-        self.optimizer.step(&mut self.params, &grads, lr)?;
+        let mut trained: BTreeMap<String, Tensor> = self
+            .params
+            .iter()
+            .filter(|(n, _)| part.trains(n))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        self.optimizer.step(&mut trained, &grads, lr)?;
+        self.params.extend(trained);
         self.step += 1;
         Ok((losses, norm))
     }
@@ -288,6 +372,7 @@ impl TokenizerTrainState {
         let meta = serde_json::json!({
             "step": self.step,
             "grid_side": self.grid.side(),
+            "part": self.part.name(),
             "settings": settings.describe(),
         });
         let metadata = HashMap::from([
@@ -318,10 +403,17 @@ impl TokenizerTrainState {
         }
         let config = TokenizerConfig::infer(&WeightMap::new("checkpoint", params.clone()))?;
         let side = meta["grid_side"].as_u64().context("checkpoint metadata: grid_side")? as usize;
+        // Checkpoints from before decoder-only runs trained the whole tokenizer.
+        let part = match meta.get("part").and_then(|p| p.as_str()) {
+            None => TrainedPart::Whole,
+            Some(name) => TrainedPart::from_name(name)
+                .with_context(|| format!("{}: unknown trained part `{name}` in the metadata", path.display()))?,
+        };
         Ok(TokenizerTrainState {
             config,
             grid: Grid::new(side)?,
             params,
+            part,
             optimizer: AdamW::from_state_tensors(tokenizer_adamw(), opt)?,
             step: meta["step"].as_u64().context("checkpoint metadata: step")?,
         })
