@@ -14,8 +14,8 @@ use std::path::Path;
 
 /// Images per class of the scored job.
 const PER_CLASS: usize = 8;
-/// Accuracy of the intended class measured on this job at shipping time (33 of 72; models/emoji/README.md).
-const MEASURED_ACCURACY: f64 = 33.0 / 72.0;
+/// Accuracy of the intended class measured on this job at shipping time (35 of 72; models/emoji/README.md).
+const MEASURED_ACCURACY: f64 = 35.0 / 72.0;
 /// How far below the measured value the test still passes (3.6 images of 72; the first shipped model's
 /// 13 of 72 and chance, 8 of 72, fail).
 const MARGIN: f64 = 0.05;
