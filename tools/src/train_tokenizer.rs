@@ -74,18 +74,20 @@ pub struct TrainTokenizerOptions {
     pub stop_after: Option<u64>,
 }
 
-/// The architecture `nvg train-tokenizer` builds without --arch.
-pub const DEFAULT_ARCH: &str = "base=32,mult=1-2-2-2,res=1,latent=32,codebook=1024";
-
-/// Parses `--arch`.
-pub fn parse_arch(s: &str) -> Result<TokenizerConfig> {
-    let mut cfg = TokenizerConfig {
+/// The architecture `nvg train-tokenizer` builds without --arch (and the base --arch keys change).
+pub fn default_arch() -> TokenizerConfig {
+    TokenizerConfig {
         base_channels: 32,
         channel_mult: vec![1, 2, 2, 2],
         res_blocks: 1,
         latent_channels: 32,
         codebook_size: 1024,
-    };
+    }
+}
+
+/// Parses `--arch`.
+pub fn parse_arch(s: &str) -> Result<TokenizerConfig> {
+    let mut cfg = default_arch();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
         let (k, v) = part
             .split_once('=')
@@ -164,6 +166,16 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
             );
         }
         let s = TokenizerTrainState::load(&ckpt)?;
+        let grid = s.config.grid_for_resolution(o.resolution).context("--resolution")?;
+        ensure!(
+            s.grid == grid,
+            "{}: the run's latent grid is {side}×{side} but --resolution {} gives {}×{}",
+            ckpt.display(),
+            o.resolution,
+            grid.side(),
+            grid.side(),
+            side = s.grid.side()
+        );
         if s.part != part {
             match s.part {
                 TrainedPart::Decoder => bail!(
@@ -181,14 +193,10 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
         TokenizerTrainState::from_tokenizer_file(init, o.resolution, part)
             .with_context(|| format!("--init {}", init.display()))?
     } else {
-        let config = match &arch {
-            Some(a) => a.clone(),
-            None => parse_arch(DEFAULT_ARCH)?,
-        };
+        let config = arch.clone().unwrap_or_else(default_arch);
         let grid = config.grid_for_resolution(o.resolution).context("--resolution")?;
         TokenizerTrainState::new(&config, grid, o.seed)?
     };
-    let grid = state.config.grid_for_resolution(o.resolution).context("--resolution")?;
     if let Some(a) = &arch {
         ensure!(
             *a == state.config,
@@ -196,17 +204,8 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
             state.config
         );
     }
-    ensure!(
-        state.grid == grid,
-        "{}: the run's latent grid is {side}×{side} but --resolution {} gives {}×{}",
-        ckpt.display(),
-        o.resolution,
-        grid.side(),
-        grid.side(),
-        side = state.grid.side()
-    );
     let config = state.config.clone();
-    let (f, side) = (config.downsample(), grid.side());
+    let (f, side) = (config.downsample(), state.grid.side());
     let settings = TokenizerTrainSettings {
         lr: o.lr,
         warmup: o.warmup.unwrap_or(o.steps / 20),

@@ -20,6 +20,11 @@ use std::path::Path;
 /// Prefix of the tokenizer inside official generator checkpoints.
 const GENERATOR_COPY_PREFIX: &str = "first_stage_model.";
 
+/// Whether a named tokenizer tensor belongs to the decoder, the one part that does not decide the codes.
+pub fn is_decoder_tensor(name: &str) -> bool {
+    name.starts_with("decoder.")
+}
+
 /// An image as NVG sees it: per stage its structure map and codes, plus every stage's canvas and the
 /// final latent (batched over B images).
 pub struct Tokens {
@@ -106,7 +111,7 @@ impl Tokenizer {
 
     fn build(w: &mut WeightMap, config: TokenizerConfig, grid: Grid) -> Result<Tokenizer> {
         let mut tok = Tokenizer::build_unhashed(w, config, grid)?;
-        (tok.hash, tok.codes_hash) = w.hashes_taken(|name| !name.starts_with("decoder."))?;
+        (tok.hash, tok.codes_hash) = w.hashes_taken(|name| !is_decoder_tensor(name))?;
         Ok(tok)
     }
 

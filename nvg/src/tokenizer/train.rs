@@ -83,7 +83,7 @@ impl TrainedPart {
     pub fn trains(self, name: &str) -> bool {
         match self {
             TrainedPart::Whole => true,
-            TrainedPart::Decoder => name.starts_with("decoder."),
+            TrainedPart::Decoder => super::is_decoder_tensor(name),
         }
     }
 
