@@ -212,6 +212,18 @@ impl RgbImage {
         self.resize(w, h)
     }
 
+    /// The image mirrored left to right (pixel (x, y) moves to (width − 1 − x, y)): the data
+    /// augmentation of `nvg tokenize --mirror`.
+    pub fn mirrored(&self) -> RgbImage {
+        let mut out = RgbImage::new(self.width, self.height);
+        for y in 0..self.height {
+            for x in 0..self.width {
+                out.set(self.width - 1 - x, y, self.pixel(x, y));
+            }
+        }
+        out
+    }
+
     /// The `w × h` window at (x, y).
     pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> RgbImage {
         let mut out = RgbImage::new(w, h);
@@ -374,6 +386,22 @@ mod tests {
         write_png(&path, &r).unwrap();
         assert_eq!(read_image(&path).unwrap(), r);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn mirroring_moves_each_pixel_across_the_vertical_axis() {
+        let mut img = RgbImage::new(3, 2);
+        for (i, b) in img.data.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let m = img.mirrored();
+        assert_eq!((m.width, m.height), (3, 2));
+        for y in 0..2 {
+            for x in 0..3 {
+                assert_eq!(m.pixel(2 - x, y), img.pixel(x, y), "({x}, {y})");
+            }
+        }
+        assert_eq!(m.mirrored(), img);
     }
 
     #[test]

@@ -535,6 +535,7 @@ pub fn tokenizer_bench(images: usize, threads: usize) -> Result<String> {
         batch: 4,
         whole: false,
         child_order: nvg::structure_map::ChildOrder::Merge,
+        mirror: false,
     };
     let r = pool.install(|| crate::tokenize::tokenize(&opts))?;
     let tok = Tokenizer::load(&tok_path, 16)?;

@@ -123,6 +123,10 @@ enum Command {
         /// data (docs/emoji-demo.md).
         #[arg(long, value_enum, default_value = "merge")]
         child_order: nvg_tools::tokenize::ChildOrderArg,
+        /// Data augmentation: also write every crop mirrored left to right, as the record after it
+        /// (twice the records; the emoji demo's generator phase f trained on such a dataset).
+        #[arg(long)]
+        mirror: bool,
     },
     /// Encode → quantise → decode one image and write the reconstruction as PNG; with --stages, a strip of
     /// the image decoded after every granularity stage above that stage's structure map (one colour per
@@ -339,6 +343,7 @@ fn run() -> Result<()> {
             batch,
             whole,
             child_order,
+            mirror,
         } => {
             let opts = nvg_tools::tokenize::TokenizeOptions {
                 images,
@@ -351,6 +356,7 @@ fn run() -> Result<()> {
                 batch,
                 whole,
                 child_order: child_order.into(),
+                mirror,
             };
             let r = nvg_tools::tokenize::tokenize(&opts)?;
             println!(

@@ -31,6 +31,8 @@ pub struct TokenizeOptions {
     pub whole: bool,
     /// How the children of every split are named (the official merge order, or outside first).
     pub child_order: ChildOrder,
+    /// Also write each crop mirrored left to right, as the record after it (data augmentation).
+    pub mirror: bool,
 }
 
 /// `--child-order` of `nvg tokenize` (see `nvg::structure_map::ChildOrder`).
@@ -140,7 +142,7 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
     };
     let mut writer = DatasetWriter::create(&opts.out, header)?;
     eprintln!(
-        "tokenizing {} images of {} classes from {} at {}×{} ({} crop{} each) into {}",
+        "tokenizing {} images of {} classes from {} at {}×{} ({} crop{} each{}) into {}",
         files.len(),
         classes.len(),
         opts.images.display(),
@@ -148,6 +150,7 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
         opts.resolution,
         opts.crops,
         if opts.crops == 1 { "" } else { "s" },
+        if opts.mirror { ", and each mirrored" } else { "" },
         opts.out.display()
     );
     let mut progress = Progress::new("tokenize", "images", files.len());
@@ -181,9 +184,15 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
                                 stream: index * opts.crops as u64 + c as u64,
                             }
                         };
-                        to_tensor(&preprocess(&img, opts.resolution, crop)?)
+                        let pre = preprocess(&img, opts.resolution, crop)?;
+                        let mut views = vec![to_tensor(&pre)?];
+                        if opts.mirror {
+                            views.push(to_tensor(&pre.mirrored())?);
+                        }
+                        Ok(views)
                     })
-                    .collect()
+                    .collect::<Result<Vec<Vec<Tensor>>>>()
+                    .map(|views| views.into_iter().flatten().collect())
             })
             .collect();
         let mut tensors = Vec::new();

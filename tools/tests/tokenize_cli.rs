@@ -171,6 +171,46 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
         }
     }
     assert!(changed > 0, "outside-first renamed nothing");
+    // --mirror: every image, then its mirror image, each tokenized as the library does the mirrored
+    // preprocessed pixels.
+    let mirrored = dir.join("mirrored.nvgtok");
+    let (ok, stdout, stderr) = tokenize(&mirrored, &["--mirror", "--batch", "2"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("6 records from 3 images"), "{stdout}");
+    let twice = Dataset::open(&mirrored, Some(tok.codes_hash)).unwrap();
+    let flipped: Vec<Tensor> = files
+        .iter()
+        .map(|(p, _)| {
+            let pre = preprocess(&read_image(p).unwrap(), 256, Crop::Center).unwrap();
+            to_tensor(&pre.mirrored()).unwrap()
+        })
+        .collect();
+    let refs: Vec<&Tensor> = flipped.iter().collect();
+    let flipped_tokens = tok
+        .tokenize(&tok.encode(&Tensor::stack(&refs, 0).unwrap()).unwrap())
+        .unwrap();
+    for (i, (_, class)) in files.iter().enumerate() {
+        let (plain, mirror) = (twice.record(2 * i).unwrap(), twice.record(2 * i + 1).unwrap());
+        assert_eq!(
+            plain,
+            ds.record(i).unwrap(),
+            "image {i}: the unmirrored record comes first"
+        );
+        assert_eq!(mirror.class, *class);
+        assert_eq!(mirror.leaf_labels, flipped_tokens.labels[i][8], "image {i}");
+        for s in 0..9 {
+            assert_eq!(
+                mirror.codes[s],
+                flipped_tokens.quantized.codes[s].to_i64_vec().unwrap()[i << s..(i + 1) << s],
+                "mirrored image {i} stage {s}"
+            );
+        }
+        assert_ne!(
+            mirror.codes[8], plain.codes[8],
+            "image {i}: the mirror image has other codes"
+        );
+    }
+
     // `nvg inspect` describes both datasets from their headers.
     for (path, order) in [(&out, "merge order"), (&outside, "outside-first")] {
         let (ok, stdout, stderr) = nvg(&["inspect", path.to_str().unwrap()]);
