@@ -39,15 +39,19 @@ pub fn reconstruct(
         .with_context(|| format!("--resolution {}", resolution))?;
     let input = preprocess(&read_image(image)?, resolution, crop)?;
     let x = to_tensor(&input)?.unsqueeze(0)?;
-    let tokens = tok.tokenize(&tok.encode(&x)?)?;
+    let features = tok.encode(&x)?;
+    let tokens = tok.tokenize(&features)?;
     let q = &tokens.quantized;
     let recon = from_tensor(&tok.decode(&q.latent)?.squeeze(0)?)?;
     let quality = psnr(&input, &recon);
     if !stages {
         write_png(out, &recon)?;
+        // The encoder's features decoded as they are: what the autoencoder loses, apart from quantising.
+        let unquantised = from_tensor(&tok.decode(&tok.token_major(&features)?)?.squeeze(0)?)?;
         return Ok(format!(
-            "wrote {} ({resolution}×{resolution}, PSNR {quality:.2} dB against the preprocessed input)",
-            out.display()
+            "wrote {} ({resolution}×{resolution}, PSNR {quality:.2} dB against the preprocessed input; {:.2} dB without quantisation)",
+            out.display(),
+            psnr(&input, &unquantised)
         ));
     }
     // The latent after stage s is the canvas stage s+1 starts from; after the last stage, the final latent.

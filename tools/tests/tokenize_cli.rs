@@ -265,6 +265,15 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
             "{crop:?}: {psnr:.2} dB vs `{stdout}`"
         );
     }
+    // ... and the encoder's features decoded without quantisation, against the same input.
+    let pre = preprocess(&input, 256, Crop::Whole).unwrap();
+    let features = tok.encode(&to_tensor(&pre).unwrap().unsqueeze(0).unwrap()).unwrap();
+    let decoded = tok.decode(&tok.token_major(&features).unwrap()).unwrap();
+    let unquantised = nvg_tools::reconstruct::psnr(&pre, &from_tensor(&decoded.squeeze(0).unwrap()).unwrap());
+    assert!(
+        stdout.contains(&format!("; {unquantised:.2} dB without quantisation")),
+        "{unquantised:.2} dB vs `{stdout}`"
+    );
     let strip = dir.join("stages.png");
     let (ok, stdout, stderr) = nvg(&[
         "reconstruct",
