@@ -4,7 +4,7 @@
 //!
 //! The accuracy floor comes from the value measured on exactly this job (seed 0, `PER_CLASS` images per
 //! class, default sampling settings) when the model was shipped, less a margin of a few images for other
-//! machines' rounding. The model gets about 4 in 10 right (chance: 1 in 9), so a sampler, model or
+//! machines' rounding. The model gets about half right (chance: 1 in 9), so a sampler, model or
 //! decoder regression that loses the class fails it.
 
 use clap::Parser;
@@ -14,8 +14,8 @@ use std::path::Path;
 
 /// Images per class of the scored job.
 const PER_CLASS: usize = 8;
-/// Accuracy of the intended class measured on this job at shipping time (35 of 72; models/emoji/README.md).
-const MEASURED_ACCURACY: f64 = 35.0 / 72.0;
+/// Accuracy of the intended class measured on this job at shipping time (37 of 72; models/emoji/README.md).
+const MEASURED_ACCURACY: f64 = 37.0 / 72.0;
 /// How far below the measured value the test still passes (3.6 images of 72; the first shipped model's
 /// 13 of 72 and chance, 8 of 72, fail).
 const MARGIN: f64 = 0.05;
