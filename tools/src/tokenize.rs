@@ -172,27 +172,25 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
             .map(|(k, (path, _))| {
                 let img = read_image(path)?;
                 let index = (chunk_index * opts.batch + k) as u64;
-                (0..opts.crops)
-                    .map(|c| {
-                        let crop = if opts.whole {
-                            Crop::Whole
-                        } else if opts.crops == 1 {
-                            Crop::Center
-                        } else {
-                            Crop::Random {
-                                seed: opts.seed,
-                                stream: index * opts.crops as u64 + c as u64,
-                            }
-                        };
-                        let pre = preprocess(&img, opts.resolution, crop)?;
-                        let mut views = vec![to_tensor(&pre)?];
-                        if opts.mirror {
-                            views.push(to_tensor(&pre.mirrored())?);
+                let mut views = Vec::with_capacity(opts.crops * (1 + opts.mirror as usize));
+                for c in 0..opts.crops {
+                    let crop = if opts.whole {
+                        Crop::Whole
+                    } else if opts.crops == 1 {
+                        Crop::Center
+                    } else {
+                        Crop::Random {
+                            seed: opts.seed,
+                            stream: index * opts.crops as u64 + c as u64,
                         }
-                        Ok(views)
-                    })
-                    .collect::<Result<Vec<Vec<Tensor>>>>()
-                    .map(|views| views.into_iter().flatten().collect())
+                    };
+                    let pre = preprocess(&img, opts.resolution, crop)?;
+                    views.push(to_tensor(&pre)?);
+                    if opts.mirror {
+                        views.push(to_tensor(&pre.mirrored())?);
+                    }
+                }
+                Ok(views)
             })
             .collect();
         let mut tensors = Vec::new();

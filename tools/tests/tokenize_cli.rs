@@ -1,10 +1,10 @@
 //! `nvg tokenize` and `nvg reconstruct` end to end on an image folder made by the test (PNG and JPEG
 //! images, an unreadable file, a non-image file), with the fixture tokenizer.
 
-use nvg::dataset::Dataset;
-use nvg::image::{Crop, decode_image, from_tensor, preprocess, read_image, to_tensor, write_png};
+use nvg::dataset::{Dataset, Record};
+use nvg::image::{Crop, RgbImage, decode_image, from_tensor, preprocess, read_image, to_tensor, write_png};
 use nvg::structure_map::{ChildOrder, order_children};
-use nvg::tokenizer::Tokenizer;
+use nvg::tokenizer::{Tokenizer, Tokens};
 use nvg_engine::Tensor;
 use nvg_testkit::Fixtures;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,31 @@ fn image_folder(dir: &Path, fx: &Fixtures) -> Vec<(PathBuf, usize)> {
     .unwrap();
     std::fs::write(dir.join("dog").join("notes.txt"), b"not an image").unwrap();
     files
+}
+
+/// The library's tokens of the files, each preprocessed as `nvg tokenize` does by default (centre crop at
+/// 256) and then passed through `view`.
+fn library_tokens(tok: &Tokenizer, files: &[(PathBuf, usize)], view: impl Fn(RgbImage) -> RgbImage) -> Tokens {
+    let inputs: Vec<Tensor> = files
+        .iter()
+        .map(|(p, _)| to_tensor(&view(preprocess(&read_image(p).unwrap(), 256, Crop::Center).unwrap())).unwrap())
+        .collect();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    tok.tokenize(&tok.encode(&Tensor::stack(&refs, 0).unwrap()).unwrap())
+        .unwrap()
+}
+
+/// `record` holds image `i` of `tokens` (class, last-stage structure map, every stage's codes).
+fn assert_record_is(record: &Record, tokens: &Tokens, i: usize, class: usize) {
+    assert_eq!(record.class, class, "image {i}");
+    assert_eq!(record.leaf_labels, tokens.labels[i][8], "image {i}");
+    for s in 0..9 {
+        assert_eq!(
+            record.codes[s],
+            tokens.quantized.codes[s].to_i64_vec().unwrap()[i << s..(i + 1) << s],
+            "image {i} stage {s}"
+        );
+    }
 }
 
 #[test]
@@ -119,25 +144,10 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
     let tok = Tokenizer::load(&tokenizer, 16).unwrap();
     let ds = Dataset::open(&out, Some(tok.codes_hash)).unwrap();
     assert_eq!(ds.len(), 3);
-    let inputs: Vec<Tensor> = files
-        .iter()
-        .map(|(p, _)| to_tensor(&preprocess(&read_image(p).unwrap(), 256, Crop::Center).unwrap()).unwrap())
-        .collect();
-    let refs: Vec<&Tensor> = inputs.iter().collect();
-    let tokens = tok
-        .tokenize(&tok.encode(&Tensor::stack(&refs, 0).unwrap()).unwrap())
-        .unwrap();
+    let tokens = library_tokens(&tok, &files, |img| img);
     for (i, (_, class)) in files.iter().enumerate() {
         let r = ds.record(i).unwrap();
-        assert_eq!(r.class, *class);
-        assert_eq!(r.leaf_labels, tokens.labels[i][8]);
-        for s in 0..9 {
-            assert_eq!(
-                r.codes[s],
-                tokens.quantized.codes[s].to_i64_vec().unwrap()[i << s..(i + 1) << s],
-                "image {i} stage {s}"
-            );
-        }
+        assert_record_is(&r, &tokens, i, *class);
     }
 
     // --child-order outside-first: the same clusters and codes under the renamed leaves
@@ -178,17 +188,7 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("6 records from 3 images"), "{stdout}");
     let twice = Dataset::open(&mirrored, Some(tok.codes_hash)).unwrap();
-    let flipped: Vec<Tensor> = files
-        .iter()
-        .map(|(p, _)| {
-            let pre = preprocess(&read_image(p).unwrap(), 256, Crop::Center).unwrap();
-            to_tensor(&pre.mirrored()).unwrap()
-        })
-        .collect();
-    let refs: Vec<&Tensor> = flipped.iter().collect();
-    let flipped_tokens = tok
-        .tokenize(&tok.encode(&Tensor::stack(&refs, 0).unwrap()).unwrap())
-        .unwrap();
+    let flipped_tokens = library_tokens(&tok, &files, |img| img.mirrored());
     for (i, (_, class)) in files.iter().enumerate() {
         let (plain, mirror) = (twice.record(2 * i).unwrap(), twice.record(2 * i + 1).unwrap());
         assert_eq!(
@@ -196,15 +196,7 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
             ds.record(i).unwrap(),
             "image {i}: the unmirrored record comes first"
         );
-        assert_eq!(mirror.class, *class);
-        assert_eq!(mirror.leaf_labels, flipped_tokens.labels[i][8], "image {i}");
-        for s in 0..9 {
-            assert_eq!(
-                mirror.codes[s],
-                flipped_tokens.quantized.codes[s].to_i64_vec().unwrap()[i << s..(i + 1) << s],
-                "mirrored image {i} stage {s}"
-            );
-        }
+        assert_record_is(&mirror, &flipped_tokens, i, *class);
         assert_ne!(
             mirror.codes[8], plain.codes[8],
             "image {i}: the mirror image has other codes"
