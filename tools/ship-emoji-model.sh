@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Writes the built-in emoji model (models/emoji) from the training runs of docs/emoji-demo.md:
-# the generator's weights (raw or EMA) and the tokenizer stored as bf16, the evaluation classifier and the
-# class names. Usage:
-#   tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN]
+# the generator's weights (raw or EMA) and the tokenizer stored as bf16, the evaluation classifier, the
+# class names and the licences of the training data. Usage:
+#   tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN] [DATA_DIR]
 # RUNS_DIR holds GENERATOR_RUN/last.safetensors (nvg train; GENERATOR_RUN defaults to gen),
 # TOKENIZER_RUN/tokenizer.safetensors (nvg train-tokenizer; TOKENIZER_RUN defaults to tok, e.g. tok-dec for
 # a --decoder-only fine-tune of it), classifier.safetensors (nvg eval train-classifier) and
-# emoji.nvgtok.classes.json (nvg tokenize).
+# emoji.nvgtok.classes.json (nvg tokenize). DATA_DIR (default target/emoji) is the tools/fetch-emoji.sh
+# folder of the largest data set any of the models saw: its LICENSE-emoji.txt becomes LICENSE-data.txt.
 set -euo pipefail
-runs=${1:?usage: tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN]}
+usage="usage: tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN] [DATA_DIR]"
+runs=${1:?$usage}
 weights=${2:-raw}
 gen=${3:-gen}
 tok=${4:-tok}
+data=${5:-target/emoji}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/models/emoji"
 nvg=${NVG:-"$root/target/release/nvg"}
@@ -19,6 +22,7 @@ nvg=${NVG:-"$root/target/release/nvg"}
 for f in "$gen/last.safetensors" "$tok/tokenizer.safetensors" classifier.safetensors emoji.nvgtok.classes.json; do
     [ -f "$runs/$f" ] || { echo "$runs/$f is missing" >&2; exit 1; }
 done
+[ -f "$data/LICENSE-emoji.txt" ] || { echo "$data/LICENSE-emoji.txt is missing (a tools/fetch-emoji.sh folder?)" >&2; exit 1; }
 case "$weights" in
     raw) ema=() ;;
     ema) ema=(--ema) ;;
@@ -30,4 +34,9 @@ mkdir -p "$out"
 cp "$runs/classifier.safetensors" "$out/classifier.safetensors"
 python3 -c 'import json,sys; print(json.dumps({"classes": json.load(open(sys.argv[1]))["classes"]}, indent=2))' \
     "$runs/emoji.nvgtok.classes.json" > "$out/classes.json"
+{
+    printf '%s\n' "The emoji model of this folder was trained on the images below (copied from the LICENSE-emoji.txt that" \
+        "tools/fetch-emoji.sh writes beside the data)." ""
+    cat "$data/LICENSE-emoji.txt"
+} > "$out/LICENSE-data.txt"
 ls -l "$out"
