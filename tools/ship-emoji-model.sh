@@ -6,7 +6,7 @@
 # RUNS_DIR holds GENERATOR_RUN/last.safetensors (nvg train; GENERATOR_RUN defaults to gen),
 # TOKENIZER_RUN/tokenizer.safetensors (nvg train-tokenizer; TOKENIZER_RUN defaults to tok, e.g. tok-dec for
 # a --decoder-only fine-tune of it), classifier.safetensors (nvg eval train-classifier) and
-# emoji.nvgtok.classes.json (nvg tokenize). DATA_DIR (default target/emoji) is the tools/fetch-emoji.sh
+# emoji.nvgtok.classes.json (nvg tokenize). DATA_DIR (default target/emoji of the repository) is the tools/fetch-emoji.sh
 # folder of the largest data set any of the models saw: its LICENSE-emoji.txt becomes LICENSE-data.txt.
 set -euo pipefail
 usage="usage: tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN] [DATA_DIR]"
@@ -14,8 +14,8 @@ runs=${1:?$usage}
 weights=${2:-raw}
 gen=${3:-gen}
 tok=${4:-tok}
-data=${5:-target/emoji}
 root=$(cd "$(dirname "$0")/.." && pwd)
+data=${5:-"$root/target/emoji"}
 out="$root/models/emoji"
 nvg=${NVG:-"$root/target/release/nvg"}
 [ -x "$nvg" ] || { echo "no nvg binary at $nvg: run cargo build --release -p nvg-tools (or set NVG)" >&2; exit 1; }
