@@ -6,8 +6,9 @@
 # RUNS_DIR holds GENERATOR_RUN/last.safetensors (nvg train; GENERATOR_RUN defaults to gen),
 # TOKENIZER_RUN/tokenizer.safetensors (nvg train-tokenizer; TOKENIZER_RUN defaults to tok, e.g. tok-dec for
 # a --decoder-only fine-tune of it), classifier.safetensors (nvg eval train-classifier) and
-# emoji.nvgtok.classes.json (nvg tokenize). DATA_DIR (default target/emoji of the repository) is the tools/fetch-emoji.sh
-# folder of the largest data set any of the models saw: its LICENSE-emoji.txt becomes LICENSE-data.txt.
+# emoji.nvgtok.classes.json (nvg tokenize). DATA_DIR (default: the repository's target/emoji) is the
+# tools/fetch-emoji.sh folder of the largest data set any of the models saw; its LICENSE-emoji.txt becomes
+# LICENSE-data.txt.
 set -euo pipefail
 usage="usage: tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN] [DATA_DIR]"
 runs=${1:?$usage}

@@ -62,11 +62,12 @@ fn library_tokens(tok: &Tokenizer, files: &[(PathBuf, usize)], view: impl Fn(Rgb
 /// `record` holds image `i` of `tokens` (class, last-stage structure map, every stage's codes).
 fn assert_record_is(record: &Record, tokens: &Tokens, i: usize, class: usize) {
     assert_eq!(record.class, class, "image {i}");
-    assert_eq!(record.leaf_labels, tokens.labels[i][8], "image {i}");
-    for s in 0..9 {
+    assert_eq!(record.leaf_labels, *tokens.labels[i].last().unwrap(), "image {i}");
+    assert_eq!(record.codes.len(), tokens.quantized.codes.len(), "image {i}: stages");
+    for (s, codes) in tokens.quantized.codes.iter().enumerate() {
         assert_eq!(
             record.codes[s],
-            tokens.quantized.codes[s].to_i64_vec().unwrap()[i << s..(i + 1) << s],
+            codes.to_i64_vec().unwrap()[i << s..(i + 1) << s],
             "image {i} stage {s}"
         );
     }
