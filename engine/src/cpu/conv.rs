@@ -32,72 +32,91 @@ pub struct Im2col<'a> {
     pub ow: usize,
 }
 
-/// A stretch of a panel's columns that lies in one output row: panel columns `j..j+len` are output
-/// pixels `(oy, ox0..ox0+len)`.
+/// One output row's share of a panel for one kernel tap `(ky, kx)`: panel columns `j..j + len`, of which
+/// `lo..hi` read the input (from `src`, `src + stride`, ... within a channel plane) and the rest are
+/// padding.
 #[derive(Clone, Copy)]
-struct Run {
+struct TapRun {
     j: usize,
-    oy: usize,
-    ox0: usize,
     len: usize,
+    lo: usize,
+    hi: usize,
+    src: usize,
 }
 
-impl PackB for Im2col<'_> {
-    fn pack_b(&self, k0: usize, kc: usize, j0: usize, cols: usize, nr: usize, dst: &mut [f32]) {
-        // The panel's output pixels, split at output-row boundaries (once per panel, not per row of B).
-        let mut runs: Vec<Run> = Vec::with_capacity(4);
+impl Im2col<'_> {
+    /// The panel's output pixels `j0..j0 + cols`, split at output-row boundaries, resolved for every
+    /// kernel tap: `kh·kw` groups of `runs` entries. Everything that depends on the tap and the pixel but
+    /// not on the channel is computed here, once per panel, so packing a row of B is table look-ups and
+    /// copies.
+    fn tap_runs(&self, j0: usize, cols: usize) -> (Vec<TapRun>, usize) {
+        let mut rows = Vec::with_capacity(4);
         let mut j = 0;
         while j < cols {
             let pix = j0 + j;
             let (oy, ox0) = (pix / self.ow, pix % self.ow);
             let len = (self.ow - ox0).min(cols - j);
-            runs.push(Run { j, oy, ox0, len });
+            rows.push((j, oy, ox0, len));
             j += len;
         }
-        let (st, hh, ww) = (self.stride as isize, self.h as isize, self.w as isize);
-        let ceil_div = |a: isize| if a <= 0 { a / st } else { (a + st - 1) / st };
-        // Row k0 of B is (channel, ky, kx); later rows advance kx, then ky, then the channel.
-        let khw = self.kh * self.kw;
-        let (mut ci, mut ky, mut kx) = (k0 / khw, (k0 % khw) / self.kw, k0 % self.kw);
-        for p in 0..kc {
-            let plane = &self.x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
-            let row = &mut dst[p * nr..(p + 1) * nr];
+        let (st, pad_left) = (self.stride, self.pad_left);
+        let mut table = Vec::with_capacity(self.kh * self.kw * rows.len());
+        for ky in 0..self.kh {
+            for kx in 0..self.kw {
+                // Output columns ox with 0 <= ox·stride + kx − pad_left < w read the input line.
+                let ox_lo = pad_left.saturating_sub(kx).div_ceil(st);
+                let ox_hi = (self.w + pad_left).saturating_sub(kx).div_ceil(st);
+                for &(j, oy, ox0, len) in &rows {
+                    let iy = (oy * st + ky).wrapping_sub(self.pad_top);
+                    let (lo, hi) = if iy < self.h {
+                        let lo = ox_lo.saturating_sub(ox0).min(len);
+                        (lo, ox_hi.saturating_sub(ox0).min(len).max(lo))
+                    } else {
+                        (0, 0)
+                    };
+                    // Only read when lo < hi, where the input column is in range.
+                    let src = if lo < hi {
+                        iy * self.w + (ox0 + lo) * st + kx - pad_left
+                    } else {
+                        0
+                    };
+                    table.push(TapRun { j, len, lo, hi, src });
+                }
+            }
+        }
+        (table, rows.len())
+    }
+}
+
+impl PackB for Im2col<'_> {
+    fn pack_b(&self, k0: usize, kc: usize, j0: usize, cols: usize, nr: usize, dst: &mut [f32]) {
+        let (table, runs) = self.tap_runs(j0, cols);
+        let (khw, plane) = (self.kh * self.kw, self.h * self.w);
+        // Row k of B is (channel k / khw, tap k % khw).
+        let (mut ci, mut tap) = (k0 / khw, k0 % khw);
+        for row in dst[..kc * nr].chunks_exact_mut(nr) {
+            let x = &self.x[ci * plane..(ci + 1) * plane];
             row[cols..].fill(0.0);
-            // Output columns ox with 0 <= ox·stride + kx − pad_left < w read the input line; the others
-            // are padding.
-            let shift = self.pad_left as isize - kx as isize;
-            let (ox_lo, ox_hi) = (ceil_div(shift), ceil_div(ww + shift));
-            for r in &runs {
+            for r in &table[tap * runs..(tap + 1) * runs] {
                 let out = &mut row[r.j..r.j + r.len];
-                let iy = (r.oy * self.stride + ky) as isize - self.pad_top as isize;
-                if iy < 0 || iy >= hh {
-                    out.fill(0.0);
+                out[..r.lo].fill(0.0);
+                out[r.hi..].fill(0.0);
+                let n = r.hi - r.lo;
+                if n == 0 {
                     continue;
                 }
-                let line = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                let lo = (ox_lo - r.ox0 as isize).clamp(0, r.len as isize) as usize;
-                let hi = ((ox_hi - r.ox0 as isize).clamp(0, r.len as isize) as usize).max(lo);
-                out[..lo].fill(0.0);
-                out[hi..].fill(0.0);
-                if lo < hi {
-                    let start = ((r.ox0 + lo) * self.stride + kx) - self.pad_left;
-                    if self.stride == 1 {
-                        copy_run(&mut out[lo..hi], &line[start..start + (hi - lo)]);
-                    } else {
-                        for (t, o) in out[lo..hi].iter_mut().enumerate() {
-                            *o = line[start + t * self.stride];
-                        }
+                if self.stride == 1 {
+                    copy_run(&mut out[r.lo..r.hi], &x[r.src..r.src + n]);
+                } else {
+                    for (t, o) in out[r.lo..r.hi].iter_mut().enumerate() {
+                        *o = x[r.src + t * self.stride];
                     }
                 }
             }
-            kx += 1;
-            if kx == self.kw {
-                kx = 0;
-                ky += 1;
-                if ky == self.kh {
-                    ky = 0;
-                    ci += 1;
-                }
+            tap += 1;
+            if tap == khw {
+                tap = 0;
+                ci += 1;
             }
         }
     }
@@ -194,5 +213,74 @@ pub fn col2im_add(g: &ConvGeom, cols: &[f32], dx: &mut [f32]) {
         dx.par_chunks_mut(plane).enumerate().for_each(channel);
     } else {
         dx.chunks_mut(plane).enumerate().for_each(channel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Element `(row, pixel)` of the im2col matrix, straight from the definition.
+    fn naive(im: &Im2col, row: usize, pix: usize) -> f32 {
+        let khw = im.kh * im.kw;
+        let (ci, ky, kx) = (row / khw, (row % khw) / im.kw, row % im.kw);
+        let (oy, ox) = (pix / im.ow, pix % im.ow);
+        let iy = (oy * im.stride + ky) as isize - im.pad_top as isize;
+        let ix = (ox * im.stride + kx) as isize - im.pad_left as isize;
+        if iy < 0 || ix < 0 || iy >= im.h as isize || ix >= im.w as isize {
+            return 0.0;
+        }
+        im.x[ci * im.h * im.w + iy as usize * im.w + ix as usize]
+    }
+
+    #[test]
+    fn packed_panels_match_the_im2col_definition() {
+        // (c, h, w, kh, kw, stride, pad_top, pad_left, oh, ow): rows wider and narrower than a panel,
+        // strides 1 and 2, asymmetric padding, taps that miss the input on some rows entirely.
+        let geoms = [
+            (3, 9, 7, 3, 3, 1, 1, 1, 9, 7),
+            (2, 8, 8, 3, 3, 2, 0, 0, 4, 4),
+            (4, 6, 5, 3, 3, 1, 2, 1, 6, 6),
+            (2, 40, 3, 3, 3, 1, 0, 0, 38, 1),
+            (3, 7, 11, 3, 2, 2, 1, 0, 4, 6),
+            (2, 64, 64, 3, 3, 1, 1, 1, 64, 64),
+            (1, 5, 5, 1, 1, 1, 0, 0, 5, 5),
+        ];
+        for (gi, &(c, h, w, kh, kw, stride, pad_top, pad_left, oh, ow)) in geoms.iter().enumerate() {
+            let x: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.37 + gi as f32).sin()).collect();
+            let im = Im2col {
+                x: &x,
+                h,
+                w,
+                kh,
+                kw,
+                stride,
+                pad_top,
+                pad_left,
+                ow,
+            };
+            let (k, npix) = (c * kh * kw, oh * ow);
+            for nr in [8usize, 16, 32] {
+                // Panels at every offset step of 5 pixels, from every 4th row of B, partial widths too.
+                for j0 in (0..npix).step_by(5) {
+                    let cols = nr.min(npix - j0);
+                    for k0 in (0..k).step_by(4) {
+                        let kc = (k - k0).min(7);
+                        let mut dst = vec![f32::NAN; kc * nr];
+                        im.pack_b(k0, kc, j0, cols, nr, &mut dst);
+                        for p in 0..kc {
+                            for j in 0..nr {
+                                let want = if j < cols { naive(&im, k0 + p, j0 + j) } else { 0.0 };
+                                assert_eq!(
+                                    dst[p * nr + j].to_bits(),
+                                    want.to_bits(),
+                                    "geometry {gi}, nr {nr}, panel at row {k0} + {p}, column {j0} + {j}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
