@@ -2,6 +2,7 @@
 //! is reference counted); views share storage; ops return new tensors and never mutate their inputs.
 
 use crate::autograd::{Node, Op};
+use crate::cpu::uninit::vec_written_by;
 use crate::cuda;
 use crate::error::{Error, Result, fmt_shape};
 use crate::layout::Layout;
@@ -11,6 +12,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// An n-dimensional array on a device.
@@ -25,12 +27,12 @@ pub struct Tensor {
 /// Copies the elements of a strided view into a packed row-major vector.
 pub(crate) fn gather_strided<T: Copy + Default + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
     let n = layout.numel();
-    let copy_row = |dst: &mut [T], start: usize, stride: usize| {
+    let copy_row = |dst: &mut [MaybeUninit<T>], start: usize, stride: usize| {
         if stride == 1 {
-            dst.copy_from_slice(&src[start..start + dst.len()]);
+            dst.write_copy_of_slice(&src[start..start + dst.len()]);
         } else {
             for (i, d) in dst.iter_mut().enumerate() {
-                *d = src[start + i * stride];
+                d.write(src[start + i * stride]);
             }
         }
     };
@@ -51,13 +53,22 @@ pub(crate) fn gather_strided<T: Copy + Default + Send + Sync>(src: &[T], layout:
         starts.push(start);
         (row_len, row_stride) = (len, stride);
     });
-    let mut out = vec![T::default(); n];
+    assert_eq!(
+        starts.len() * row_len,
+        n,
+        "gather_strided: the rows do not cover the tensor"
+    );
     let min_rows = (4096 / row_len.max(1)).max(1);
-    out.par_chunks_mut(row_len)
-        .zip(starts.par_iter())
-        .with_min_len(min_rows)
-        .for_each(|(dst, &start)| copy_row(dst, start, row_stride));
-    out
+    // SAFETY: the rows cover all n elements (asserted above) and each chunk of `row_len` is one row,
+    // copied in full by `copy_row`.
+    unsafe {
+        vec_written_by(n, |out| {
+            out.par_chunks_mut(row_len)
+                .zip(starts.par_iter())
+                .with_min_len(min_rows)
+                .for_each(|(dst, &start)| copy_row(dst, start, row_stride));
+        })
+    }
 }
 
 /// Element count above which copies are split across threads.
@@ -622,19 +633,24 @@ impl Tensor {
             let parts: Vec<Cow<[T]>> = ts.iter().map(|t| t.typed_data::<T>("cat")).collect::<Result<_>>()?;
             let rows: Vec<usize> = ts.iter().map(|t| t.dims()[d..].iter().product()).collect();
             let total: usize = rows.iter().sum();
-            let mut out = vec![T::default(); total * outer];
-            let fill = |(o, dst): (usize, &mut [T])| {
+            let fill = |(o, dst): (usize, &mut [MaybeUninit<T>])| {
                 let mut at = 0;
                 for (p, &r) in parts.iter().zip(&rows) {
-                    dst[at..at + r].copy_from_slice(&p[o * r..(o + 1) * r]);
+                    dst[at..at + r].write_copy_of_slice(&p[o * r..(o + 1) * r]);
                     at += r;
                 }
             };
-            if total > 0 && total * outer >= PAR_COPY_ELEMS {
-                out.par_chunks_mut(total).enumerate().for_each(fill);
-            } else if total > 0 {
-                out.chunks_mut(total).enumerate().for_each(fill);
-            }
+            // SAFETY: each of the `outer` chunks of `total` elements is written in full by `fill` (the
+            // parts' row lengths sum to `total`); with `total == 0` there is nothing to write.
+            let out = unsafe {
+                vec_written_by(total * outer, |out| {
+                    if total > 0 && total * outer >= PAR_COPY_ELEMS {
+                        out.par_chunks_mut(total).enumerate().for_each(fill);
+                    } else if total > 0 {
+                        out.chunks_mut(total).enumerate().for_each(fill);
+                    }
+                })
+            };
             Ok(out)
         }
         let storage = match dtype {

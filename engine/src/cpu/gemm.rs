@@ -546,6 +546,15 @@ impl SharedPtr {
         }
     }
 
+    /// Over a buffer that is not initialised yet: only writes may go through it until they have
+    /// covered what is later read.
+    pub fn new_uninit(buf: &mut [std::mem::MaybeUninit<f32>]) -> Self {
+        SharedPtr {
+            ptr: buf.as_mut_ptr().cast::<f32>(),
+            len: buf.len(),
+        }
+    }
+
     /// Pointer to element `offset`.
     ///
     /// # Safety
@@ -582,14 +591,56 @@ pub fn gemm(
     ldc: usize,
     accumulate: bool,
 ) {
+    // SAFETY: `c` is an initialised slice.
+    unsafe { gemm_into(isa, m, n, k, a, b, SharedPtr::new(c), ldc, accumulate) }
+}
+
+/// `C = A·B` into a C that is not initialised yet (a fresh output buffer): every element of the m×n
+/// block (row stride `ldc`) is written; elements between rows (`n..ldc`) are left as they are.
+pub fn gemm_uninit(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &impl PackA,
+    b: &impl PackB,
+    c: &mut [std::mem::MaybeUninit<f32>],
+    ldc: usize,
+) {
+    // SAFETY: with `accumulate` false the GEMM reads no element of C before it has written it: the
+    // first K block's micro-kernels store without loading C (`MicroKernel::run` with `acc` false), and
+    // later K blocks add to what the first one wrote.
+    unsafe { gemm_into(isa, m, n, k, a, b, SharedPtr::new_uninit(c), ldc, false) }
+}
+
+/// The GEMM on a C given as a shared pointer.
+///
+/// # Safety
+/// `c` must point to a buffer of at least `(m − 1)·ldc + n` elements (checked) that nothing else
+/// accesses during the call; if `accumulate` is true its m×n block must be initialised.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &impl PackA,
+    b: &impl PackB,
+    cptr: SharedPtr,
+    ldc: usize,
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm: C is too small");
+    assert!(ldc >= n && cptr.len >= (m - 1) * ldc + n, "gemm: C is too small");
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                c[i * ldc..i * ldc + n].fill(0.0);
+                for j in 0..n {
+                    // SAFETY: (i, j) lies inside the buffer (asserted above).
+                    unsafe { cptr.at(i * ldc + j).write(0.0) };
+                }
             }
         }
         return;
@@ -601,7 +652,6 @@ pub fn gemm(
     let mc_max = MC_MAX - MC_MAX % mr;
     let kc_max = block_depth(k, mc_max.min(m.div_ceil(mr) * mr));
     let mut apack = AlignedBuf::new(mc_max.min(m.div_ceil(mr) * mr) * kc_max);
-    let cptr = SharedPtr::new(c);
     let np_n = n.div_ceil(nr);
 
     for pc in (0..k).step_by(kc_max) {

@@ -7,3 +7,4 @@ pub mod attention;
 pub mod conv;
 pub mod gemm;
 pub mod simd;
+pub mod uninit;

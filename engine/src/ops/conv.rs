@@ -7,8 +7,10 @@ use crate::autograd::Op;
 use crate::cpu::conv::Im2col;
 use crate::cpu::gemm::{self, Strided};
 use crate::cpu::simd;
+use crate::cpu::uninit::vec_written_by;
 use crate::error::{Error, Result, fmt_shape};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Zero padding of a convolution input, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,17 +117,11 @@ impl Tensor {
         let bv = bias.map(|t| t.f32_data(op)).transpose()?;
         let k = c * kh * kw;
         let npix = oh * ow;
-        let mut out = vec![0.0f32; b * o * npix];
-        if out.is_empty() {
-            return Ok(Tensor::from_f32_as(out, &[b, o, oh, ow], self.dtype()));
+        if b * o * npix == 0 {
+            return Ok(Tensor::from_f32_as(Vec::new(), &[b, o, oh, ow], self.dtype()));
         }
         let isa = simd::isa();
-        for (bi, ob) in out.chunks_mut(o * npix).enumerate() {
-            if let Some(bv) = &bv {
-                for (oc, row) in ob.chunks_mut(npix).enumerate() {
-                    row.fill(bv[oc]);
-                }
-            }
+        let image = |(bi, ob): (usize, &mut [MaybeUninit<f32>])| {
             let cols = Im2col {
                 x: &x[bi * c * h * w..(bi + 1) * c * h * w],
                 h,
@@ -137,18 +133,21 @@ impl Tensor {
                 pad_left: pad.left,
                 ow,
             };
-            gemm::gemm(
-                isa,
-                o,
-                npix,
-                k,
-                &Strided::row_major(&wt, o, k),
-                &cols,
-                ob,
-                npix,
-                bv.is_some(),
-            );
-        }
+            let w = Strided::row_major(&wt, o, k);
+            match &bv {
+                Some(bv) => {
+                    for (oc, row) in ob.chunks_mut(npix).enumerate() {
+                        row.fill(MaybeUninit::new(bv[oc]));
+                    }
+                    // SAFETY: the bias fill above initialised the whole image.
+                    let ob = unsafe { &mut *(ob as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                    gemm::gemm(isa, o, npix, k, &w, &cols, ob, npix, true);
+                }
+                None => gemm::gemm_uninit(isa, o, npix, k, &w, &cols, ob, npix),
+            }
+        };
+        // SAFETY: each image's o·npix block is written in full, by the bias fill or by `gemm_uninit`.
+        let out = unsafe { vec_written_by(b * o * npix, |out| out.chunks_mut(o * npix).enumerate().for_each(image)) };
         Ok(Tensor::from_f32_as(out, &[b, o, oh, ow], self.dtype()))
     }
 

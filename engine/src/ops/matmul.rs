@@ -6,10 +6,12 @@ use super::{same_device, want_float};
 use crate::autograd::Op;
 use crate::cpu::gemm::{self, Strided};
 use crate::cpu::simd;
+use crate::cpu::uninit::vec_written_by;
 use crate::error::{Error, Result, fmt_shape};
 use crate::layout::broadcast_shapes;
 use crate::{DType, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A 2-D strided view of the last two dims of `t` at storage offset `offset`.
 fn mat_view<'a>(data: &'a [f32], t: &Tensor, offset: usize) -> Strided<'a> {
@@ -137,19 +139,26 @@ impl Tensor {
         let ad = a.cpu_storage(op)?.as_slice::<f32>().unwrap();
         let bd = b.cpu_storage(op)?.as_slice::<f32>().unwrap();
         let nb = oa.len();
-        let mut out = vec![0.0f32; nb * m * n];
         let isa = simd::isa();
-        if m * n > 0 {
-            let one = |(i, c): (usize, &mut [f32])| {
-                gemm::matmul(isa, mat_view(ad, &a, oa[i]), mat_view(bd, &b, ob[i]), c, n, false);
-            };
-            // Many small products: one per task. Few large ones: the GEMM parallelises inside.
-            if nb > 1 && m * n * k < (1 << 22) {
-                out.par_chunks_mut(m * n).enumerate().for_each(one);
-            } else {
-                out.chunks_mut(m * n).enumerate().for_each(one);
-            }
-        }
+        let one = |(i, c): (usize, &mut [MaybeUninit<f32>])| {
+            let (av, bv) = (mat_view(ad, &a, oa[i]), mat_view(bd, &b, ob[i]));
+            gemm::gemm_uninit(isa, m, n, k, &av, &bv, c, n);
+        };
+        // SAFETY: each of the nb chunks of m·n elements is one product, which `gemm_uninit` writes in
+        // full (row stride n: no gaps); with m·n == 0 there is nothing to write.
+        let out = unsafe {
+            vec_written_by(nb * m * n, |out| {
+                if m * n == 0 {
+                    return;
+                }
+                // Many small products: one per task. Few large ones: the GEMM parallelises inside.
+                if nb > 1 && m * n * k < (1 << 22) {
+                    out.par_chunks_mut(m * n).enumerate().for_each(one);
+                } else {
+                    out.chunks_mut(m * n).enumerate().for_each(one);
+                }
+            })
+        };
         let mut dims = batch;
         dims.extend_from_slice(&[m, n]);
         Ok(Tensor::from_f32_as(out, &dims, self.dtype()))
@@ -208,30 +217,37 @@ impl Tensor {
         let w = f32_operand(weight)?;
         let xd = x.cpu_storage(op)?.as_slice::<f32>().unwrap();
         let wd = w.cpu_storage(op)?.as_slice::<f32>().unwrap();
-        let mut out = vec![0.0f32; rows * out_f];
-        let accumulate = match bias {
-            Some(_) if out_f == 0 => false,
-            Some(b) => {
+        let a = Strided::new(
+            xd,
+            x.layout().offset(),
+            rows,
+            in_f,
+            row_stride,
+            *x.layout().strides().last().unwrap(),
+        );
+        let bt = mat_view(wd, &w, w.layout().offset()).t();
+        let isa = simd::isa();
+        let out = match bias {
+            Some(b) if out_f > 0 => {
                 let bv = b.f32_data(op)?;
-                for row in out.chunks_mut(out_f) {
-                    row.copy_from_slice(&bv);
-                }
-                true
+                // SAFETY: every row of `out_f` elements is a copy of the bias.
+                let mut out = unsafe {
+                    vec_written_by(rows * out_f, |out| {
+                        for row in out.chunks_mut(out_f) {
+                            row.write_copy_of_slice(&bv);
+                        }
+                    })
+                };
+                gemm::matmul(isa, a, bt, &mut out, out_f, true);
+                out
             }
-            None => false,
+            // SAFETY: `gemm_uninit` writes the whole rows × out_f block (row stride out_f: no gaps).
+            _ => unsafe {
+                vec_written_by(rows * out_f, |out| {
+                    gemm::gemm_uninit(isa, rows, out_f, in_f, &a, &bt, out, out_f);
+                })
+            },
         };
-        if rows > 0 && out_f > 0 {
-            let a = Strided::new(
-                xd,
-                x.layout().offset(),
-                rows,
-                in_f,
-                row_stride,
-                *x.layout().strides().last().unwrap(),
-            );
-            let bt = mat_view(wd, &w, w.layout().offset()).t();
-            gemm::matmul(simd::isa(), a, bt, &mut out, out_f, accumulate);
-        }
         let mut dims = self.dims().to_vec();
         *dims.last_mut().unwrap() = out_f;
         Ok(Tensor::from_f32_as(out, &dims, self.dtype()))
