@@ -773,4 +773,27 @@ mod tests {
             }
         }
     }
+
+    /// `gemm_uninit` must write every element of C before reading any: C starts as NaN (a stand-in
+    /// for garbage), so a single read-before-write would poison the result. Shapes cover partial tiles,
+    /// k = 0, several K blocks (m = 1056 makes the block depth 256 < k) and the parallel path.
+    #[test]
+    fn gemm_into_an_uninitialised_buffer_equals_gemm_into_zeros() {
+        for isa in Isa::available() {
+            for &(m, n, k) in &[(1, 1, 1), (5, 7, 0), (13, 33, 257), (1056, 20, 600), (37, 65, 300)] {
+                let (ad, bd) = (data(m * k, 3), data(k * n, 4));
+                let a = Strided::row_major(&ad, m, k);
+                let b = Strided::row_major(&bd, k, n);
+                let mut want = vec![0.0f32; m * n];
+                gemm(isa, m, n, k, &a, &b, &mut want, n, false);
+                let mut c = vec![std::mem::MaybeUninit::new(f32::NAN); m * n];
+                gemm_uninit(isa, m, n, k, &a, &b, &mut c, n);
+                // SAFETY: every element was initialised (to NaN) before the call.
+                let got: Vec<f32> = c.iter().map(|x| unsafe { x.assume_init() }).collect();
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{isa:?} {m}x{n}x{k}: element {i}: {g} vs {w}");
+                }
+            }
+        }
+    }
 }
