@@ -50,41 +50,49 @@ impl Im2col<'_> {
     /// not on the channel is computed here, once per panel, so packing a row of B is table look-ups and
     /// copies.
     fn tap_runs(&self, j0: usize, cols: usize) -> (Vec<TapRun>, usize) {
-        let mut rows = Vec::with_capacity(4);
-        let mut j = 0;
-        while j < cols {
-            let pix = j0 + j;
-            let (oy, ox0) = (pix / self.ow, pix % self.ow);
-            let len = (self.ow - ox0).min(cols - j);
-            rows.push((j, oy, ox0, len));
-            j += len;
+        if cols == 0 {
+            return (Vec::new(), 0);
         }
-        let (st, pad_left) = (self.stride, self.pad_left);
-        let mut table = Vec::with_capacity(self.kh * self.kw * rows.len());
-        for ky in 0..self.kh {
-            for kx in 0..self.kw {
+        // One run per output row the panel touches; entry (tap, run) at tap·runs + run.
+        let runs = (j0 + cols - 1) / self.ow - j0 / self.ow + 1;
+        let (st, pad_left, khw) = (self.stride, self.pad_left, self.kh * self.kw);
+        let empty = TapRun {
+            j: 0,
+            len: 0,
+            lo: 0,
+            hi: 0,
+            src: 0,
+        };
+        let mut table = vec![empty; khw * runs];
+        let (mut j, mut run) = (0, 0);
+        while j < cols {
+            let (oy, ox0) = ((j0 + j) / self.ow, (j0 + j) % self.ow);
+            let len = (self.ow - ox0).min(cols - j);
+            for tap in 0..khw {
+                let (ky, kx) = (tap / self.kw, tap % self.kw);
                 // Output columns ox with 0 <= ox·stride + kx − pad_left < w read the input line.
                 let ox_lo = pad_left.saturating_sub(kx).div_ceil(st);
                 let ox_hi = (self.w + pad_left).saturating_sub(kx).div_ceil(st);
-                for &(j, oy, ox0, len) in &rows {
-                    let iy = (oy * st + ky).wrapping_sub(self.pad_top);
-                    let (lo, hi) = if iy < self.h {
-                        let lo = ox_lo.saturating_sub(ox0).min(len);
-                        (lo, ox_hi.saturating_sub(ox0).min(len).max(lo))
-                    } else {
-                        (0, 0)
-                    };
-                    // Only read when lo < hi, where the input column is in range.
-                    let src = if lo < hi {
-                        iy * self.w + (ox0 + lo) * st + kx - pad_left
-                    } else {
-                        0
-                    };
-                    table.push(TapRun { j, len, lo, hi, src });
-                }
+                let iy = (oy * st + ky).wrapping_sub(self.pad_top);
+                let (lo, hi) = if iy < self.h {
+                    let lo = ox_lo.saturating_sub(ox0).min(len);
+                    (lo, ox_hi.saturating_sub(ox0).min(len).max(lo))
+                } else {
+                    (0, 0)
+                };
+                // Only read when lo < hi, where the input column is in range.
+                let src = if lo < hi {
+                    iy * self.w + (ox0 + lo) * st + kx - pad_left
+                } else {
+                    0
+                };
+                table[tap * runs + run] = TapRun { j, len, lo, hi, src };
             }
+            j += len;
+            run += 1;
         }
-        (table, rows.len())
+        debug_assert_eq!(run, runs);
+        (table, runs)
     }
 }
 
