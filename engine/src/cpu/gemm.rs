@@ -727,6 +727,34 @@ mod tests {
     }
 
     #[test]
+    fn packed_a_panels_match_the_definition_for_every_layout_and_tile_width() {
+        // dst[p·mr + i] = A[i0 + i, k0 + p], zero past h: column-contiguous views (runs copied as
+        // they are), row-contiguous views (the transposes) and general strides, full and partial panels.
+        let (rows, cols) = (40, 37);
+        let d = data(rows * cols * 2, 3);
+        let views = [
+            Strided::row_major(&d, rows, cols),
+            Strided::row_major(&d, cols, rows).t(),
+            Strided::new(&d, 1, rows, cols, 2 * cols, 2),
+        ];
+        for a in views {
+            for mr in [4, 6, 12, 16, 32] {
+                for h in [mr, mr - 1, 1] {
+                    let (i0, k0, kc) = (rows - h, 5, 29);
+                    let mut got = vec![f32::NAN; kc * mr];
+                    a.pack_a(i0, h, k0, kc, mr, &mut got);
+                    for p in 0..kc {
+                        for i in 0..mr {
+                            let want = if i < h { a.at(i0 + i, k0 + p) } else { 0.0 };
+                            assert_eq!(got[p * mr + i], want, "mr {mr} h {h}: (p {p}, i {i})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_kernel_matches_naive_on_odd_shapes_and_layouts() {
         for isa in Isa::available() {
             for &(m, n, k) in &[
