@@ -421,8 +421,9 @@ if "twitter" in dict(tarballs):
               "Copyright 2024 jdecked and other contributors (https://github.com/jdecked/twemoji).\n",
               "Licensed under the Creative Commons Attribution 4.0 International licence (CC BY 4.0):\n",
               "https://creativecommons.org/licenses/by/4.0/ (legal code:\n",
-              "https://creativecommons.org/licenses/by/4.0/legalcode). Changes: none to the images; they were\n",
-              "sorted into category folders and renamed with the twitter- prefix.\n", rule]
+              "https://creativecommons.org/licenses/by/4.0/legalcode). Changes: the transparent pixels were\n",
+              "composited onto white (RGB instead of RGBA); the images were sorted into category folders and\n",
+              "renamed with the twitter- prefix.\n", rule]
 with open(os.path.join(work, "LICENSE-emoji.txt"), "w") as f:
     f.write("".join(parts))
 
