@@ -7,6 +7,9 @@
 #   --styles LIST          comma-separated image styles: google (default), twitter, or both
 #   --style S              the same as --styles S
 #   --val-percent N        share of emoji held out for validation, integer 0..100 (default 10)
+#   --classes KIND         category (default: the 9 categories) or subcategory (the 98 subcategories
+#                          of emoji.json, folders <category folder>--<subcategory>, e.g.
+#                          0-smileys-emotion--face-smiling: grouped by category in sorted order)
 #   --no-skin-tones        leave out the skin-tone variants (default: include them under the
 #                          parent emoji's category)
 #   --keep-duplicates      keep byte-identical copies of an image (default: keep one — the emoji
@@ -28,7 +31,8 @@
 #
 # Layout: OUT/{train,val}/<id>-<category>/<file>.png, class folders 0-smileys-emotion 1-people-body
 # 2-animals-nature 3-food-drink 4-travel-places 5-activities 6-objects 7-symbols 8-flags (sorted names
-# = class ids 0..8; every folder exists in both splits, even if empty). "Component" emoji (the bare
+# = class ids 0..8; every folder exists in both splits, even if empty; with --classes subcategory, one
+# folder per subcategory named after its category's, so the sorted ids stay grouped by category). "Component" emoji (the bare
 # skin-tone swatches) are left out. Twitter files are named twitter-<file>.png; google ones keep the
 # package's name. OUT also gets counts.json, LICENSE-emoji.txt and ATTRIBUTION.md.
 #
@@ -66,6 +70,7 @@ usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0
 
 # ---- options ---------------------------------------------------------------------------------------
 styles_arg=google
+classes=category
 val_percent=10
 skin=1
 dedup=1
@@ -78,6 +83,8 @@ while [[ $# -gt 0 ]]; do
   -h | --help) usage; exit 0 ;;
   --style | --styles) need_value "$@"; styles_arg="$2"; shift 2 ;;
   --style=* | --styles=*) styles_arg="${1#*=}"; shift ;;
+  --classes) need_value "$@"; classes="$2"; shift 2 ;;
+  --classes=*) classes="${1#*=}"; shift ;;
   --val-percent) need_value "$@"; val_percent="$2"; shift 2 ;;
   --val-percent=*) val_percent="${1#*=}"; shift ;;
   --no-skin-tones) skin=0; shift ;;
@@ -90,6 +97,8 @@ while [[ $# -gt 0 ]]; do
   *) [[ -z "$out" ]] || die "more than one OUT given ('$out', '$1')"; out="$1"; shift ;;
   esac
 done
+[[ "$classes" == category || "$classes" == subcategory ]] ||
+  die "--classes must be category or subcategory, not '$classes'"
 [[ "$val_percent" =~ ^[0-9]+$ ]] && ((10#$val_percent <= 100)) ||
   die "--val-percent must be an integer from 0 to 100, not '$val_percent'"
 val_percent=$((10#$val_percent))
@@ -229,12 +238,13 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 mkdir -- "$work"
 
-python3 - "${BASH_SOURCE[0]}" "$work" "$val_percent" "$skin" "$dedup" "$VERSION" "${tarballs[@]}" <<'PY' || die "building the image folder failed"
+python3 - "${BASH_SOURCE[0]}" "$work" "$val_percent" "$skin" "$dedup" "$VERSION" "$classes" "${tarballs[@]}" <<'PY' || die "building the image folder failed"
 import hashlib, json, os, struct, sys, tarfile
 
 script, work, val_percent, version = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[6]
 skin, dedup = sys.argv[4] == "1", sys.argv[5] == "1"
-rest = sys.argv[7:]  # style, integrity, path; style, integrity, path; ...
+by_subcategory = sys.argv[7] == "subcategory"
+rest = sys.argv[8:]  # style, integrity, path; style, integrity, path; ...
 sources = [rest[i:i + 3] for i in range(0, len(rest), 3)]
 tarballs = [(s, path) for s, _, path in sources]
 integrity = {s: i for s, i, _ in sources}
@@ -252,6 +262,20 @@ CLASSES = [  # (category in emoji.json, folder); the folder names sort in this o
 ]
 FOLDER = dict(CLASSES)
 assert sorted(f for _, f in CLASSES) == [f for _, f in CLASSES]
+folders = set() if by_subcategory else {f for _, f in CLASSES}
+
+
+def class_folder(e):
+    """The class folder of emoji entry e: its category's, or with --classes subcategory
+    <category folder>--<subcategory> (lower case, runs of other characters as one '-')."""
+    if not by_subcategory:
+        return FOLDER[e["category"]]
+    sub = e.get("subcategory")
+    if not sub:
+        fail("emoji %s has no subcategory" % e.get("unified"))
+    slug = "-".join("".join(c if c.isalnum() else " " for c in sub.lower()).split())
+    return FOLDER[e["category"]] + "--" + slug
+
 SKIPPED_CATEGORIES = {"Component"}
 PREFIX = {"google": "", "twitter": "twitter-"}
 LICENCE = {
@@ -311,6 +335,8 @@ for style, path in tarballs:
         if cat not in FOLDER:
             fail("unknown category %r (emoji %s): the class list needs updating" % (cat, e.get("unified")))
         key = e["image"]
+        folder = class_folder(e)
+        folders.add(folder)
         variants = [(e, "base")]
         for tone in sorted(e.get("skin_variations") or {}):
             variants.append((e["skin_variations"][tone], "skin"))
@@ -336,7 +362,7 @@ for style, path in tarballs:
             if (w, h) != (64, 64):
                 fail("%s: %s is %dx%d, expected 64x64" % (style, img, w, h))
             added = tuple(int(x) for x in str(v.get("added_in") or e.get("added_in") or "99").split(".") if x.isdigit())
-            items.append([key, PREFIX[style] + img, FOLDER[cat], pngs[img], style, kind, added])
+            items.append([key, PREFIX[style] + img, folder, pngs[img], style, kind, added])
     unreferenced[style] = sorted(set(pngs) - seen)
     if unreferenced[style]:
         warn("%s: %d images not named in emoji.json, left out (e.g. %s)" % (style, len(unreferenced[style]), unreferenced[style][0]))
@@ -369,9 +395,10 @@ def is_val(key):
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % 100 < val_percent
 
 
-counts = {split: {f: 0 for _, f in CLASSES} for split in ("train", "val")}
+folders = sorted(folders)
+counts = {split: {f: 0 for f in folders} for split in ("train", "val")}
 for split in counts:
-    for _, f in CLASSES:
+    for f in folders:
         os.makedirs(os.path.join(work, split, f))
 for key, name, folder, data, style, kind, added in kept:
     split = "val" if is_val(key) else "train"
@@ -390,7 +417,7 @@ report = {
     "split_rule": "val iff int(sha256(base image file name), 16) % 100 < val_percent",
     "skin_tone_variants": skin,
     "duplicates_dropped": dedup,
-    "classes": [f for _, f in CLASSES],
+    "classes": folders,
     "train": counts["train"],
     "val": counts["val"],
     "total": {"train": sum(counts["train"].values()), "val": sum(counts["val"].values())},
@@ -422,14 +449,14 @@ if "twitter" in dict(tarballs):
               "Licensed under the Creative Commons Attribution 4.0 International licence (CC BY 4.0):\n",
               "https://creativecommons.org/licenses/by/4.0/ (legal code:\n",
               "https://creativecommons.org/licenses/by/4.0/legalcode). Changes: the transparent pixels were\n",
-              "composited onto white (RGB instead of RGBA); the images were sorted into category folders and\n",
+              "composited onto white (RGB instead of RGBA); the images were sorted into %s folders and\n" % ("subcategory" if by_subcategory else "category"),
               "renamed with the twitter- prefix.\n", rule]
 with open(os.path.join(work, "LICENSE-emoji.txt"), "w") as f:
     f.write("".join(parts))
 
 att = ["# Attribution\n\n",
-       "This folder was made by `tools/fetch-emoji.sh` of nvg-rs. It holds emoji images sorted into nine\n",
-       "category folders (from `emoji.json`), unchanged, for training and evaluating a demo model.\n\n"]
+       "This folder was made by `tools/fetch-emoji.sh` of nvg-rs. It holds emoji images sorted into %d\n" % len(folders),
+       "%s folders (from `emoji.json`), unchanged, for training and evaluating a demo model.\n\n" % ("subcategory" if by_subcategory else "category")]
 if "google" in dict(tarballs):
     att += ["- Images without a prefix: **Noto Emoji** by Google (v2.048, https://github.com/googlefonts/noto-emoji),\n",
             "  Apache License 2.0 (full text in `LICENSE-emoji.txt`).\n"]
@@ -444,7 +471,7 @@ with open(os.path.join(work, "ATTRIBUTION.md"), "w") as f:
     f.write("".join(att))
 
 # The table.
-names = [f for _, f in CLASSES]
+names = folders
 width = max(map(len, names))
 print("%-*s %6s %6s" % (width, "class", "train", "val"))
 for f in names:

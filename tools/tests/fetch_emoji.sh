@@ -43,6 +43,7 @@ cp "$src_cache/$tgz" "$cache/"
 "$script" --help | grep -q -- '--val-percent' && ok "--help" || bad "--help"
 expect_fail "unknown option" "unknown option" "$script" --bogus
 expect_fail "unknown style" "unknown style 'apple'" "$script" --style apple "$tmp/o"
+expect_fail "bad class kind" "category or subcategory" "$script" --classes genus "$tmp/o"
 expect_fail "bad val percent" "integer from 0 to 100" "$script" --val-percent 101 "$tmp/o"
 expect_fail "two OUTs" "more than one OUT" "$script" "$tmp/a" "$tmp/b"
 expect_fail "offline, not cached" "not cached" "$script" --offline --cache "$tmp/empty" "$tmp/o"
@@ -94,6 +95,25 @@ vb = val(b)
 train_b = {f for c in os.listdir(b + "/train") for f in os.listdir(b + "/train/" + c)}
 assert not (va & train_b), "a 10 % val image is in the 20 % train split"
 assert 1.5 * jb["total"]["val"] > 0.2 * sum(jb["total"].values()) > 0.5 * jb["total"]["val"]
+PY
+
+# --classes subcategory: the same files, one folder per subcategory, grouped under the category folder
+# names in sorted order (so a category's subcategories have consecutive class ids).
+"$script" --offline --cache "$cache" --classes subcategory "$tmp/sub" >/dev/null 2>&1
+if python3 - "$out" "$tmp/sub" <<'PY'; then ok "--classes subcategory"; else bad "--classes subcategory"; fi
+import json, os, sys
+a, b = sys.argv[1:]
+ja, jb = json.load(open(a + "/counts.json")), json.load(open(b + "/counts.json"))
+assert len(jb["classes"]) == 98 and jb["classes"] == sorted(jb["classes"]), jb["classes"]
+assert "0-smileys-emotion--face-smiling" in jb["classes"] and "4-travel-places--sky-weather" in jb["classes"]
+for split in ("train", "val"):
+    assert sorted(os.listdir(os.path.join(b, split))) == jb["classes"]
+    files = lambda d, cat: {f: c.split("--")[0] if cat else c for c in os.listdir(d + "/" + split) for f in os.listdir(d + "/" + split + "/" + c)}
+    fa, fb = files(a, False), files(b, True)
+    assert fa == fb, split  # every file in the same split, under its category
+    for cat in ja["classes"]:
+        subs = [c for c in jb["classes"] if c.split("--")[0] == cat]
+        assert sum(jb[split][c] for c in subs) == ja[split][cat], (split, cat)
 PY
 
 # Output safety: a folder not made by the script, or a file, is never replaced.
