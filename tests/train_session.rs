@@ -418,3 +418,56 @@ fn position_embeddings_add_learned_tables_on_top_of_the_official_model() {
     let err = TrainState::new(&plain_cfg, Some(&table_file), 9, 0.99).err().unwrap();
     assert!(format!("{err:#}").contains("configured without them"), "{err:#}");
 }
+
+/// `--init-classes`: a model of finer classes starts from a trained one, each new class from the
+/// embedding rows of the class it refines; everything else is the --init model's.
+#[test]
+fn a_model_of_other_classes_starts_from_the_mapped_class_rows() {
+    let coarse = config();
+    let coarse_params = initial_parameters(&coarse, 3).unwrap();
+    let dir = temp_dir("class-map");
+    let file = dir.join("coarse.safetensors");
+    nvg_engine::io::safetensors::save(&file, coarse_params.iter().map(|(k, v)| (k.as_str(), v)), None).unwrap();
+    let map = [0usize, 0, 1, 4, 4, 4, 2];
+    let mut fine = coarse.clone();
+    fine.num_classes = map.len();
+    let load = |rows: Option<&[usize]>, cfg: &GeneratorConfig| {
+        TrainState::from_weights(
+            cfg,
+            WeightMap::generator(&file, nvg::weights::WeightSet::Raw).unwrap(),
+            rows,
+            9,
+            0.99,
+        )
+    };
+    let state = load(Some(&map), &fine).unwrap();
+    state.generator().unwrap();
+    for (n, x) in &coarse_params {
+        let got = state.params[n].to_f32_vec().unwrap();
+        let want = x.to_f32_vec().unwrap();
+        if !n.ends_with("class_embed.weight") {
+            assert_eq!(got, want, "{n} changed");
+            continue;
+        }
+        let width = x.dims()[1];
+        assert_eq!(state.params[n].dims(), &[map.len() + 1, width], "{n}");
+        let row = |v: &[f32], r: usize| v[r * width..(r + 1) * width].to_vec();
+        for (c, &from) in map.iter().enumerate() {
+            assert_eq!(
+                row(&got, c),
+                row(&want, from),
+                "{n}: class {c} should start from class {from}"
+            );
+        }
+        assert_eq!(row(&got, map.len()), row(&want, CLASSES), "{n}: the null row");
+    }
+    // Wrong maps, and other classes without a map, are refused with the reason.
+    let err = |r: Result<TrainState, anyhow::Error>| format!("{:#}", r.err().unwrap());
+    let e = err(load(Some(&map[..3]), &fine));
+    assert!(e.contains("3 entries") && e.contains("7 classes"), "{e}");
+    let e = err(load(Some(&[0, 1, 5, 0, 0, 0, 0]), &fine));
+    assert!(e.contains("sends class 2 to 5") && e.contains("classes 0..4"), "{e}");
+    let e = err(load(None, &fine));
+    assert!(e.contains("5 classes") && e.contains("--init-classes"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

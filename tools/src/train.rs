@@ -59,6 +59,11 @@ pub struct TrainOptions {
     /// Start from these generator weights instead of the official random initialisation.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// With --init from a model of other classes: for each class of the data (in id order), the
+    /// --init model's class whose embeddings it starts from, e.g. `0,0,1,1,1` for data whose classes 0-1
+    /// refine the model's class 0 and 2-4 its class 1 (the emoji subcategories and their categories).
+    #[arg(long, value_delimiter = ',')]
+    pub init_classes: Option<Vec<usize>>,
     /// Seed of the initialisation, data order, class dropout, flow noise and DropPath.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -98,6 +103,10 @@ fn fmt_stages(v: &[f32]) -> String {
 }
 
 pub fn run(o: &TrainOptions) -> Result<()> {
+    ensure!(
+        o.init_classes.is_none() || o.init.is_some(),
+        "--init-classes maps the data's classes onto those of an --init model: give --init too"
+    );
     let dataset = Arc::new(Dataset::open(&o.data, None)?);
     let grid = dataset.header.grid()?;
     let tok =
@@ -223,7 +232,11 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             );
         }
         match init {
-            Some(w) => TrainState::from_weights(&config, w, o.seed, o.ema_decay)?,
+            Some(w) => {
+                let source = w.source().to_string();
+                TrainState::from_weights(&config, w, o.init_classes.as_deref(), o.seed, o.ema_decay)
+                    .with_context(|| format!("--init {source}"))?
+            }
             None => TrainState::new(&config, None, o.seed, o.ema_decay)?,
         }
     };

@@ -204,6 +204,21 @@ fn train_refuses_bad_settings_clearly() {
         dir.join("o").to_str().unwrap(),
     ]);
     assert!(!ok && log.contains("missing.nvgtok"), "{log}");
+    let (ok, log) = nvg(&[
+        "train",
+        "--data",
+        dir.join("missing.nvgtok").to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--init-classes",
+        "0,0,1",
+        "--out",
+        dir.join("o").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && log.contains("--init-classes") && log.contains("give --init too"),
+        "{log}"
+    );
     let (ok, _) = nvg(&["train", "--help"]);
     assert!(ok);
     let (_, help) = nvg(&["train", "--help"]);
@@ -219,6 +234,7 @@ fn train_refuses_bad_settings_clearly() {
         "--out",
         "--resume",
         "--init",
+        "--init-classes",
         "--stop-after",
     ] {
         assert!(help.contains(flag), "train --help does not explain {flag}");

@@ -110,6 +110,7 @@ impl TrainState {
             Some(path) => Self::from_weights(
                 config,
                 WeightMap::generator(path, crate::weights::WeightSet::Raw)?,
+                None,
                 seed,
                 ema_decay,
             ),
@@ -118,7 +119,17 @@ impl TrainState {
 
     /// A new model from loaded generator weights `w` (whose shape must be `config`'s); position tables that
     /// `config` has and `w` lacks are drawn from `seed`.
-    pub fn from_weights(config: &GeneratorConfig, w: WeightMap, seed: u64, ema_decay: f64) -> Result<TrainState> {
+    ///
+    /// `class_rows` starts a model with other classes from `w`: new class `c` takes the embedding rows of
+    /// `w`'s class `class_rows[c]` (e.g. each subcategory its category's), the null class keeps `w`'s null
+    /// row, and every other weight is `w`'s.
+    pub fn from_weights(
+        config: &GeneratorConfig,
+        w: WeightMap,
+        class_rows: Option<&[usize]>,
+        seed: u64,
+        ema_decay: f64,
+    ) -> Result<TrainState> {
         let source = w.source().to_string();
         let g = crate::model::infer_config(&w)?;
         ensure!(
@@ -127,6 +138,28 @@ impl TrainState {
         );
         let mut same = g.clone();
         same.position_embedding = config.position_embedding;
+        if let Some(rows) = class_rows {
+            ensure!(
+                rows.len() == config.num_classes,
+                "the class map has {} entries, but the run has {} classes (one entry per class of the data)",
+                rows.len(),
+                config.num_classes
+            );
+            if let Some((c, &r)) = rows.iter().enumerate().find(|&(_, &r)| r >= g.num_classes) {
+                bail!(
+                    "the class map sends class {c} to {r}, but {source} has classes 0..{}",
+                    g.num_classes - 1
+                );
+            }
+            same.num_classes = config.num_classes;
+        } else if g.num_classes != config.num_classes {
+            bail!(
+                "{source} is a generator of {} classes and the run has {} classes: map the run's classes onto \
+                 the model's to start from it (`nvg train --init-classes`)",
+                g.num_classes,
+                config.num_classes
+            );
+        }
         ensure!(
             same == *config,
             "{source}: {}, but the run is configured for {}",
@@ -139,6 +172,15 @@ impl TrainState {
             .into_iter()
             .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.contiguous()?)))
             .collect::<Result<_>>()?;
+        if let Some(rows) = class_rows {
+            let ids: Vec<i64> = rows.iter().chain([&g.num_classes]).map(|&r| r as i64).collect();
+            let ids = Tensor::from_vec(ids, &[rows.len() + 1])?;
+            for name in ["content_class_embed.weight", "structure_class_embed.weight"] {
+                let table = p.get(name).with_context(|| format!("{source}: no {name}"))?;
+                let mapped = table.embedding(&ids)?.contiguous()?;
+                p.insert(name.to_string(), mapped);
+            }
+        }
         if config.position_embedding && !g.position_embedding {
             // Our extension on top of a model without it: only the tables are new.
             p.extend(init::position_tables(config, seed)?);
