@@ -2,25 +2,30 @@
 # Writes the built-in emoji model (models/emoji) from the training runs of docs/emoji-demo.md:
 # the generator's weights (raw or EMA) and the tokenizer stored as bf16, the evaluation classifier, the
 # class names and the licences of the training data. Usage:
-#   tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN] [DATA_DIR]
+#   tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN] [DATA_DIR] [DATASET]
 # RUNS_DIR holds GENERATOR_RUN/last.safetensors (nvg train; GENERATOR_RUN defaults to gen),
 # TOKENIZER_RUN/tokenizer.safetensors (nvg train-tokenizer; TOKENIZER_RUN defaults to tok, e.g. tok-dec for
 # a --decoder-only fine-tune of it), classifier.safetensors (nvg eval train-classifier) and
-# emoji.nvgtok.classes.json (nvg tokenize). DATA_DIR (default: the repository's target/emoji) is the
+# DATASET.classes.json (nvg tokenize's class names of the generator's training data, DATASET a .nvgtok
+# in RUNS_DIR; default emoji.nvgtok). Class names <category>--<subcategory> (tools/fetch-emoji.sh
+# --classes subcategory) also give classes.json the groups (categories) that `nvg generate` names images
+# by; a subcategory without training records (DATASET must then exist) is left out of its group. DATA_DIR (default: the repository's target/emoji) is the
 # tools/fetch-emoji.sh folder of the largest data set any of the models saw; its LICENSE-emoji.txt becomes
 # LICENSE-data.txt.
 set -euo pipefail
-usage="usage: tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN] [DATA_DIR]"
+usage="usage: tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN] [DATA_DIR] [DATASET]"
 runs=${1:?$usage}
 weights=${2:-raw}
 gen=${3:-gen}
 tok=${4:-tok}
 root=$(cd "$(dirname "$0")/.." && pwd)
 data=${5:-"$root/target/emoji"}
+dataset=${6:-emoji.nvgtok}
+classes="$dataset.classes.json"
 out="$root/models/emoji"
 nvg=${NVG:-"$root/target/release/nvg"}
 [ -x "$nvg" ] || { echo "no nvg binary at $nvg: run cargo build --release -p nvg-tools (or set NVG)" >&2; exit 1; }
-for f in "$gen/last.safetensors" "$tok/tokenizer.safetensors" classifier.safetensors emoji.nvgtok.classes.json; do
+for f in "$gen/last.safetensors" "$tok/tokenizer.safetensors" classifier.safetensors "$classes"; do
     [ -f "$runs/$f" ] || { echo "$runs/$f is missing" >&2; exit 1; }
 done
 [ -f "$data/LICENSE-emoji.txt" ] || { echo "$data/LICENSE-emoji.txt is missing (a tools/fetch-emoji.sh folder?)" >&2; exit 1; }
@@ -33,8 +38,25 @@ mkdir -p "$out"
 "$nvg" convert --input "$runs/$gen/last.safetensors" --output "$out/generator.safetensors" "${ema[@]}" --dtype bf16
 "$nvg" convert --input "$runs/$tok/tokenizer.safetensors" --output "$out/tokenizer.safetensors" --dtype bf16
 cp "$runs/classifier.safetensors" "$out/classifier.safetensors"
-python3 -c 'import json,sys; print(json.dumps({"classes": json.load(open(sys.argv[1]))["classes"]}, indent=2))' \
-    "$runs/emoji.nvgtok.classes.json" > "$out/classes.json"
+records=""
+if grep -q -- '--' "$runs/$classes"; then
+    [ -f "$runs/$dataset" ] || { echo "$runs/$dataset is missing (its records per class decide the groups)" >&2; exit 1; }
+    records=$("$nvg" inspect "$runs/$dataset" | sed -n 's/^class \([0-9]*\): \([0-9]*\) records$/\1 \2/p')
+fi
+python3 - "$runs/$classes" "$records" > "$out/classes.json" <<'PY'
+import json, sys
+names = json.load(open(sys.argv[1]))["classes"]
+records = dict(tuple(map(int, l.split())) for l in sys.argv[2].splitlines())
+out = {"classes": names}
+if any("--" in n for n in names):
+    assert len(records) == len(names), "nvg inspect listed %d classes, not %d" % (len(records), len(names))
+    groups = {}
+    for i, n in enumerate(names):
+        if records[i] > 0:  # a subcategory the generator never saw is not drawn
+            groups.setdefault(n.split("--", 1)[0], []).append(i)
+    out["groups"] = [{"name": g, "classes": ids} for g, ids in groups.items()]
+print(json.dumps(out, indent=2))
+PY
 {
     printf '%s\n' "The emoji model of this folder was trained on the images below (copied from the LICENSE-emoji.txt that" \
         "tools/fetch-emoji.sh writes beside the data)." ""

@@ -18,6 +18,10 @@ pub const TOKENIZER_FILE: &str = "tokenizer.safetensors";
 /// The evaluation classifier of a model directory (`nvg eval score`).
 pub const CLASSIFIER_FILE: &str = "classifier.safetensors";
 
+/// The class names of a model directory, and for the emoji model the groups (categories) of its
+/// generator's classes (subcategories) that `nvg generate` names its images by.
+pub const CLASSES_FILE: &str = "classes.json";
+
 /// `models/emoji` of the repository this program was built from.
 pub fn repository_model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,4 +54,10 @@ pub fn model_file(file: &str, flags: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// `file` of the built-in model if it exists (for optional files such as [`CLASSES_FILE`]).
+pub fn optional_model_file(file: &str) -> Option<PathBuf> {
+    let path = model_dir().0.join(file);
+    path.is_file().then_some(path)
 }

@@ -4,7 +4,10 @@
 //! (seed, c, i): its randomness comes from its own counter-based streams and the engine is
 //! batch-invariant, so it comes out the same in any batch, shard, or run. Each image is written
 //! atomically as `CCCC_IIIII.png`; a re-run skips images that exist, so an interrupted job resumes.
+//! With class groups (`--class-groups`, or the built-in model's), the job's classes are groups of the
+//! generator's classes and image (c, i) is conditioned on the member class chosen from (seed, c, i).
 
+use crate::class_groups::ClassGroups;
 use crate::progress::Progress;
 use anyhow::{Context, Result, bail, ensure};
 use nvg::dataset::Dataset;
@@ -21,7 +24,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, clap::Args)]
 pub struct GenerateOptions {
     /// Generator weights (.safetensors from `nvg convert`, official key names). Leave out both this and
-    /// --tokenizer for the built-in emoji model (models/emoji, or $NVG_MODEL_DIR): 9 classes, 64×64.
+    /// --tokenizer for the built-in emoji model (models/emoji, or $NVG_MODEL_DIR): 64×64 images of the 9
+    /// emoji categories (its classes.json groups the generator's classes into them).
     #[arg(long, requires = "tokenizer")]
     pub generator: Option<PathBuf>,
     /// Tokenizer weights (.safetensors from `nvg convert` of ae.ckpt): its decoder turns canvases into
@@ -31,10 +35,18 @@ pub struct GenerateOptions {
     /// Use the generator file's EMA weights (`ema_model.nvgformer.*`) when it holds both sets.
     #[arg(long)]
     pub ema: bool,
-    /// Classes: ids and ranges (`207,360`, `0-9`), `all`, or `null` for unconditional samples.
+    /// Classes: ids and ranges (`207,360`, `0-9`), `all`, or `null` for unconditional samples. With
+    /// class groups these are group ids.
     #[arg(long, default_value = "all")]
     pub classes: String,
-    /// Images per class (indices 0..N).
+    /// Class groups: a JSON file whose `groups` list (`[{"name": ..., "classes": [ids]}, ...]`) gathers
+    /// the generator's classes into the job's classes, e.g. emoji categories of a generator trained on
+    /// their subcategories. --classes, --per-class, the file names and the grid then count groups, and
+    /// each image is conditioned on one member class, in turn from a start drawn from (seed, group).
+    /// The built-in model uses its classes.json when that has groups.
+    #[arg(long)]
+    pub class_groups: Option<PathBuf>,
+    /// Images per class (or group; indices 0..N).
     #[arg(long, default_value_t = 1)]
     pub per_class: usize,
     /// Seed: with the class and the index, it determines an image.
@@ -188,8 +200,9 @@ fn job_description(
     classes: &[usize],
     generator_hash: u64,
     structures: Option<&StructureBank>,
+    groups: Option<&ClassGroups>,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut job = serde_json::json!({
         "structure_from": structures.map(|b| format!("{:016x}", b.fingerprint)),
         "generator": generator.file_name().map(|f| f.to_string_lossy().into_owned()),
         "generator_fingerprint": format!("{generator_hash:016x}"),
@@ -204,7 +217,25 @@ fn job_description(
         "temperature": o.temperature,
         "structure_steps": o.structure_steps,
         "structure_noise": o.structure_noise,
-    })
+    });
+    // Only grouped jobs name their groups, so the records of earlier jobs stay valid.
+    if let Some(g) = groups {
+        job["class_groups"] = format!("{:016x}", g.fingerprint()).into();
+    }
+    job
+}
+
+/// The class groups of the job: --class-groups, else the built-in model's when it is the one used and
+/// its classes.json has groups.
+fn class_groups(o: &GenerateOptions, num_classes: usize) -> Result<Option<ClassGroups>> {
+    use crate::builtin_model::{CLASSES_FILE, optional_model_file};
+    let path = match (&o.class_groups, &o.generator) {
+        (Some(p), _) => Some(p.clone()),
+        (None, None) => optional_model_file(CLASSES_FILE).filter(|p| ClassGroups::present_in(p)),
+        (None, Some(_)) => None,
+    };
+    path.map(|p| ClassGroups::load(&p, num_classes).context("--class-groups"))
+        .transpose()
 }
 
 /// A cheap fingerprint of a weights file (size and the first and last MiB), to tell jobs apart.
@@ -235,7 +266,14 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     let generator = Generator::load_on(&generator_path, set, o.device)?;
     let gc = &generator.config;
     let grid = gc.grid;
-    let classes = parse_classes(&o.classes, gc.num_classes)?;
+    let groups = class_groups(o, gc.num_classes)?;
+    let classes = parse_classes(&o.classes, groups.as_ref().map_or(gc.num_classes, |g| g.len()))?;
+    // The generator class image (c, i) is conditioned on.
+    let condition = |c: usize, i: usize| match &groups {
+        Some(g) if c < g.len() => g.class_for(o.seed, c, i),
+        Some(_) => gc.num_classes, // the null class
+        None => c,
+    };
     let tok = Tokenizer::load_on(&tokenizer_path, grid.side(), o.device)
         .with_context(|| format!("tokenizer {}", tokenizer_path.display()))?;
     let stages = grid.stages();
@@ -255,7 +293,12 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let job_file = o.out.join("job.json");
     let structures = match &o.structure_from {
-        Some(path) => Some(StructureBank::open(path, &grid, gc.num_classes)?),
+        Some(path) => Some(StructureBank::open(
+            path,
+            &grid,
+            gc.num_classes,
+            groups.as_ref().map(|g| g.len()),
+        )?),
         None => None,
     };
     let job = job_description(
@@ -264,6 +307,7 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
         &classes,
         file_fingerprint(&generator_path)?,
         structures.as_ref(),
+        groups.as_ref(),
     );
     if job_file.exists() {
         let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&job_file)?)
@@ -311,12 +355,13 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
             .iter()
             .map(|&(c, i)| ImageNoise::for_image(&grid, o.seed, image_key(c, i)))
             .collect();
-        let batch_classes: Vec<usize> = batch.iter().map(|&(c, _)| c).collect();
+        let batch_classes: Vec<usize> = batch.iter().map(|&(c, i)| condition(c, i)).collect();
         let leaves = match &structures {
             Some(bank) => Some(
                 batch
                     .iter()
-                    .map(|&(c, i)| bank.pick(o.seed, c, i))
+                    .zip(&batch_classes)
+                    .map(|(&(group, i), &c)| bank.pick(o.seed, if bank.per_group() { group } else { c }, i))
                     .collect::<Result<Vec<_>>>()?,
             ),
             None => None,
@@ -363,13 +408,21 @@ pub struct StructureBank {
     dataset: Dataset,
     /// Record indices of every class; the null class's entry holds every record.
     by_class: Vec<Vec<usize>>,
+    /// The dataset's classes are the job's class groups, not the generator's classes.
+    per_group: bool,
     fingerprint: u64,
 }
 
 impl StructureBank {
     /// Opens `path` and indexes its records by class; its grid must be `grid` and its classes those of
-    /// a `num_classes`-class generator.
-    pub fn open(path: &Path, grid: &nvg::config::Grid, num_classes: usize) -> Result<StructureBank> {
+    /// a `num_classes`-class generator, or the job's `groups` (a dataset of the categories for a
+    /// subcategory generator).
+    pub fn open(
+        path: &Path,
+        grid: &nvg::config::Grid,
+        num_classes: usize,
+        groups: Option<usize>,
+    ) -> Result<StructureBank> {
         let dataset = Dataset::open(path, None).with_context(|| format!("--structure-from {}", path.display()))?;
         let h = &dataset.header;
         ensure!(
@@ -379,23 +432,32 @@ impl StructureBank {
             g = h.grid_side,
             s = grid.side()
         );
+        let per_group = h.num_classes != num_classes && Some(h.num_classes) == groups;
         ensure!(
-            h.num_classes == num_classes,
-            "--structure-from {}: {} classes, but the generator has {num_classes}",
+            h.num_classes == num_classes || per_group,
+            "--structure-from {}: {} classes, but the generator has {num_classes}{}",
             path.display(),
-            h.num_classes
+            h.num_classes,
+            groups.map_or(String::new(), |g| format!(" and the job {g} class groups"))
         );
-        let mut by_class = vec![Vec::new(); num_classes + 1];
+        let n = h.num_classes;
+        let mut by_class = vec![Vec::new(); n + 1];
         for i in 0..dataset.len() {
             let class = dataset.record(i)?.class;
             by_class[class].push(i);
-            by_class[num_classes].push(i);
+            by_class[n].push(i);
         }
         Ok(StructureBank {
             fingerprint: file_fingerprint(path)?,
             dataset,
             by_class,
+            per_group,
         })
+    }
+
+    /// Whether records are chosen by the job's class (group) rather than the generator's class.
+    pub fn per_group(&self) -> bool {
+        self.per_group
     }
 
     /// The leaf labels of the record image (class, index) uses under `seed`.

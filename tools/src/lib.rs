@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod builtin_model;
+pub mod class_groups;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

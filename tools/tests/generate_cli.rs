@@ -451,6 +451,85 @@ fn structure_from_takes_the_cluster_trees_of_dataset_records() {
 }
 
 #[test]
+fn class_groups_name_images_by_group_and_condition_each_on_a_member_class() {
+    let fx = Fixtures::open();
+    let num_classes = fx
+        .file("generator.safetensors")
+        .get("content_class_embed.weight")
+        .dims()[0]
+        - 1;
+    assert!(num_classes >= 8, "the test needs a generator of at least 8 classes");
+    let dir = temp_dir("class-groups");
+    let groups_file = dir.join("groups.json");
+    std::fs::write(
+        &groups_file,
+        r#"{"groups": [{"name": "a", "classes": [0]}, {"name": "b", "classes": [1]}, {"name": "c", "classes": [2]},
+                       {"name": "d", "classes": [3, 7]}]}"#,
+    )
+    .unwrap();
+    let groups_arg = groups_file.to_str().unwrap();
+    let (plain, grouped) = (dir.join("plain"), dir.join("grouped"));
+    let job = ["--classes", "1,3", "--per-class", "4"];
+    let (ok, out) = generate(&fx, &plain, &job);
+    assert!(ok, "{out}");
+    let (ok, out) = generate(&fx, &grouped, &[&job[..], &["--class-groups", groups_arg]].concat());
+    assert!(ok, "{out}");
+    let (p, g) = (pngs(&plain), pngs(&grouped));
+    assert_eq!(
+        p.keys().collect::<Vec<_>>(),
+        g.keys().collect::<Vec<_>>(),
+        "files are named by group"
+    );
+    // Group 1 holds class 1 alone: the same images as class 1 without groups.
+    for i in 0..4 {
+        let name = format!("0001_{i:05}.png");
+        assert_eq!(p[&name], g[&name], "{name}");
+    }
+    // Group 3 holds classes 3 and 7: an image is class 3's exactly when its member is 3.
+    let groups = nvg_tools::class_groups::ClassGroups::load(&groups_file, num_classes).unwrap();
+    let members: Vec<usize> = (0..4).map(|i| groups.class_for(11, 3, i)).collect();
+    assert!(members.contains(&3) && members.contains(&7), "{members:?}");
+    for (i, &c) in members.iter().enumerate() {
+        let name = format!("0003_{i:05}.png");
+        assert_eq!(p[&name] == g[&name], c == 3, "{name}: member class {c}");
+    }
+    let job_json = std::fs::read_to_string(grouped.join("job.json")).unwrap();
+    assert!(job_json.contains("class_groups"), "{job_json}");
+    assert!(
+        !std::fs::read_to_string(plain.join("job.json"))
+            .unwrap()
+            .contains("class_groups")
+    );
+    // Group ids past the last group, and groups naming classes the generator lacks, are refused.
+    let (ok, out) = generate(
+        &fx,
+        &dir.join("past"),
+        &["--classes", "4", "--class-groups", groups_arg],
+    );
+    assert!(
+        !ok && out.contains("class 4 is out of range") && out.contains("0..3"),
+        "{out}"
+    );
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        format!(r#"{{"groups": [{{"name": "x", "classes": [0, {num_classes}]}}]}}"#),
+    )
+    .unwrap();
+    let (ok, out) = generate(
+        &fx,
+        &dir.join("bad"),
+        &["--classes", "0", "--class-groups", bad.to_str().unwrap()],
+    );
+    assert!(
+        !ok && out.contains("--class-groups") && out.contains("bad.json"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("names class {num_classes}")), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn help_explains_every_flag() {
     let (ok, out, _) = nvg(&["generate", "--help"]);
     assert!(ok);
@@ -475,6 +554,7 @@ fn help_explains_every_flag() {
         "--shard",
         "--npz",
         "--structure-from",
+        "--class-groups",
     ] {
         assert!(out.contains(flag), "generate --help does not explain {flag}");
     }
