@@ -35,7 +35,7 @@ pub struct Im2col<'a> {
 /// One output row's share of a panel for one kernel tap `(ky, kx)`: panel columns `j..j + len`, of which
 /// `lo..hi` read the input (from `src`, `src + stride`, ... within a channel plane) and the rest are
 /// padding.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct TapRun {
     j: usize,
     len: usize,
@@ -56,14 +56,7 @@ impl Im2col<'_> {
         // One run per output row the panel touches; entry (tap, run) at tap·runs + run.
         let runs = (j0 + cols - 1) / self.ow - j0 / self.ow + 1;
         let (st, pad_left, khw) = (self.stride, self.pad_left, self.kh * self.kw);
-        let empty = TapRun {
-            j: 0,
-            len: 0,
-            lo: 0,
-            hi: 0,
-            src: 0,
-        };
-        let mut table = vec![empty; khw * runs];
+        let mut table = vec![TapRun::default(); khw * runs];
         let (mut j, mut run) = (0, 0);
         while j < cols {
             let (oy, ox0) = ((j0 + j) / self.ow, (j0 + j) % self.ow);
