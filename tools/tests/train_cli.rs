@@ -192,29 +192,24 @@ fn train_refuses_bad_settings_clearly() {
     let fx = Fixtures::open();
     let dir = temp_dir("refuse");
     let tok = fx.path("tokenizer.safetensors");
-    let (ok, log) = nvg(&[
-        "train",
-        "--data",
-        dir.join("missing.nvgtok").to_str().unwrap(),
-        "--tokenizer",
-        tok.to_str().unwrap(),
-        "--steps",
-        "1",
-        "--out",
-        dir.join("o").to_str().unwrap(),
-    ]);
+    let missing = dir.join("missing.nvgtok");
+    let out = dir.join("o");
+    // `nvg train` on a dataset that does not exist, with `extra` flags.
+    let train_missing = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            missing.to_str().unwrap(),
+            "--tokenizer",
+            tok.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        nvg(&args)
+    };
+    let (ok, log) = train_missing(&["--steps", "1"]);
     assert!(!ok && log.contains("missing.nvgtok"), "{log}");
-    let (ok, log) = nvg(&[
-        "train",
-        "--data",
-        dir.join("missing.nvgtok").to_str().unwrap(),
-        "--tokenizer",
-        tok.to_str().unwrap(),
-        "--init-classes",
-        "0,0,1",
-        "--out",
-        dir.join("o").to_str().unwrap(),
-    ]);
+    let (ok, log) = train_missing(&["--init-classes", "0,0,1"]);
     assert!(
         !ok && log.contains("--init-classes") && log.contains("give --init too"),
         "{log}"
