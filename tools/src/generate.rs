@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub struct GenerateOptions {
     /// Generator weights (.safetensors from `nvg convert`, official key names). Leave out both this and
     /// --tokenizer for the built-in emoji model (models/emoji, or $NVG_MODEL_DIR): 64×64 images of the 9
-    /// emoji categories (its classes.json groups the generator's classes into them).
+    /// emoji categories (if its classes.json has `groups`, they gather the generator's classes into them).
     #[arg(long, requires = "tokenizer")]
     pub generator: Option<PathBuf>,
     /// Tokenizer weights (.safetensors from `nvg convert` of ae.ckpt): its decoder turns canvases into
