@@ -7,9 +7,11 @@
 #   --styles LIST          comma-separated image styles: google (default), twitter, or both
 #   --style S              the same as --styles S
 #   --val-percent N        share of emoji held out for validation, integer 0..100 (default 10)
-#   --classes KIND         category (default: the 9 categories) or subcategory (the 98 subcategories
+#   --classes KIND         category (default: the 9 categories), subcategory (the 98 subcategories
 #                          of emoji.json, folders <category folder>--<subcategory>, e.g.
-#                          0-smileys-emotion--face-smiling: grouped by category in sorted order)
+#                          0-smileys-emotion--face-smiling: grouped by category in sorted order) or
+#                          category-style (one folder per category and style asked, e.g.
+#                          0-smileys-emotion--google and 0-smileys-emotion--twitter)
 #   --no-skin-tones        leave out the skin-tone variants (default: include them under the
 #                          parent emoji's category)
 #   --keep-duplicates      keep byte-identical copies of an image (default: keep one — the emoji
@@ -32,7 +34,8 @@
 # Layout: OUT/{train,val}/<id>-<category>/<file>.png, class folders 0-smileys-emotion 1-people-body
 # 2-animals-nature 3-food-drink 4-travel-places 5-activities 6-objects 7-symbols 8-flags (sorted names
 # = class ids 0..8; every folder exists in both splits, even if empty; with --classes subcategory, one
-# folder per subcategory named after its category's, so the sorted ids stay grouped by category). "Component" emoji (the bare
+# folder per subcategory named after its category's, so the sorted ids stay grouped by category; with
+# --classes category-style, <category folder>--<style> for every category and style asked). "Component" emoji (the bare
 # skin-tone swatches) are left out. Twitter files are named twitter-<file>.png; google ones keep the
 # package's name. OUT also gets counts.json, LICENSE-emoji.txt and ATTRIBUTION.md.
 #
@@ -97,8 +100,8 @@ while [[ $# -gt 0 ]]; do
   *) [[ -z "$out" ]] || die "more than one OUT given ('$out', '$1')"; out="$1"; shift ;;
   esac
 done
-[[ "$classes" == category || "$classes" == subcategory ]] ||
-  die "--classes must be category or subcategory, not '$classes'"
+[[ "$classes" == category || "$classes" == subcategory || "$classes" == category-style ]] ||
+  die "--classes must be category, subcategory or category-style, not '$classes'"
 [[ "$val_percent" =~ ^[0-9]+$ ]] && ((10#$val_percent <= 100)) ||
   die "--val-percent must be an integer from 0 to 100, not '$val_percent'"
 val_percent=$((10#$val_percent))
@@ -244,6 +247,7 @@ import hashlib, json, os, struct, sys, tarfile
 script, work, val_percent, version = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[6]
 skin, dedup = sys.argv[4] == "1", sys.argv[5] == "1"
 by_subcategory = sys.argv[7] == "subcategory"
+by_style = sys.argv[7] == "category-style"
 rest = sys.argv[8:]  # style, integrity, path; style, integrity, path; ...
 sources = [rest[i:i + 3] for i in range(0, len(rest), 3)]
 tarballs = [(s, path) for s, _, path in sources]
@@ -262,12 +266,20 @@ CLASSES = [  # (category in emoji.json, folder); the folder names sort in this o
 ]
 FOLDER = dict(CLASSES)
 assert sorted(f for _, f in CLASSES) == [f for _, f in CLASSES]
-folders = set() if by_subcategory else {f for _, f in CLASSES}
+if by_subcategory:
+    folders = set()
+elif by_style:  # every (category, style) folder, so the class ids do not depend on which images exist
+    folders = {f + "--" + s for _, f in CLASSES for s, _ in tarballs}
+else:
+    folders = {f for _, f in CLASSES}
 
 
-def class_folder(e):
-    """The class folder of emoji entry e: its category's, or with --classes subcategory
-    <category folder>--<subcategory> (lower case, runs of other characters as one '-')."""
+def class_folder(e, style):
+    """The class folder of emoji entry e drawn in style: its category's; with --classes subcategory
+    <category folder>--<subcategory> (lower case, runs of other characters as one '-'); with
+    --classes category-style <category folder>--<style>."""
+    if by_style:
+        return FOLDER[e["category"]] + "--" + style
     if not by_subcategory:
         return FOLDER[e["category"]]
     sub = e.get("subcategory")
@@ -335,7 +347,7 @@ for style, path in tarballs:
         if cat not in FOLDER:
             fail("unknown category %r (emoji %s): the class list needs updating" % (cat, e.get("unified")))
         key = e["image"]
-        folder = class_folder(e)
+        folder = class_folder(e, style)
         folders.add(folder)
         variants = [(e, "base")]
         for tone in sorted(e.get("skin_variations") or {}):
@@ -396,6 +408,7 @@ def is_val(key):
 
 
 folders = sorted(folders)
+KIND_WORDS = "subcategory" if by_subcategory else "category and style" if by_style else "category"
 counts = {split: {f: 0 for f in folders} for split in ("train", "val")}
 for split in counts:
     for f in folders:
@@ -449,14 +462,14 @@ if "twitter" in dict(tarballs):
               "Licensed under the Creative Commons Attribution 4.0 International licence (CC BY 4.0):\n",
               "https://creativecommons.org/licenses/by/4.0/ (legal code:\n",
               "https://creativecommons.org/licenses/by/4.0/legalcode). Changes: the transparent pixels were\n",
-              "composited onto white (RGB instead of RGBA); the images were sorted into %s folders and\n" % ("subcategory" if by_subcategory else "category"),
+              "composited onto white (RGB instead of RGBA); the images were sorted into %s folders and\n" % KIND_WORDS,
               "renamed with the twitter- prefix.\n", rule]
 with open(os.path.join(work, "LICENSE-emoji.txt"), "w") as f:
     f.write("".join(parts))
 
 att = ["# Attribution\n\n",
        "This folder was made by `tools/fetch-emoji.sh` of nvg-rs. It holds emoji images sorted into %d\n" % len(folders),
-       "%s folders (from `emoji.json`), unchanged, for training and evaluating a demo model.\n\n" % ("subcategory" if by_subcategory else "category")]
+       "%s folders (from `emoji.json`), unchanged, for training and evaluating a demo model.\n\n" % KIND_WORDS]
 if "google" in dict(tarballs):
     att += ["- Images without a prefix: **Noto Emoji** by Google (v2.048, https://github.com/googlefonts/noto-emoji),\n",
             "  Apache License 2.0 (full text in `LICENSE-emoji.txt`).\n"]

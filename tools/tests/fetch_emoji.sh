@@ -43,7 +43,7 @@ cp "$src_cache/$tgz" "$cache/"
 "$script" --help | grep -q -- '--val-percent' && ok "--help" || bad "--help"
 expect_fail "unknown option" "unknown option" "$script" --bogus
 expect_fail "unknown style" "unknown style 'apple'" "$script" --style apple "$tmp/o"
-expect_fail "bad class kind" "category or subcategory" "$script" --classes genus "$tmp/o"
+expect_fail "bad class kind" "category, subcategory or category-style" "$script" --classes genus "$tmp/o"
 expect_fail "bad val percent" "integer from 0 to 100" "$script" --val-percent 101 "$tmp/o"
 expect_fail "two OUTs" "more than one OUT" "$script" "$tmp/a" "$tmp/b"
 expect_fail "offline, not cached" "not cached" "$script" --offline --cache "$tmp/empty" "$tmp/o"
@@ -114,6 +114,37 @@ for split in ("train", "val"):
     for cat in ja["classes"]:
         subs = [c for c in jb["classes"] if c.split("--")[0] == cat]
         assert sum(jb[split][c] for c in subs) == ja[split][cat], (split, cat)
+PY
+
+# --classes category-style: the same files, in <category folder>--<style> folders (google only here;
+# with the twitter tarball cached too, both styles: 18 folders, each file under its own style).
+"$script" --offline --cache "$cache" --classes category-style "$tmp/style" >/dev/null 2>&1
+styles=google
+tw=emoji-datasource-twitter-16.0.0.tgz
+if [[ -f "$src_cache/$tw" ]]; then
+  mkdir -p "$tmp/cache2" # the checks below expect the google tarball alone in $cache
+  cp "$src_cache/$tgz" "$src_cache/$tw" "$tmp/cache2/"
+  "$script" --offline --cache "$tmp/cache2" --classes category-style --styles google,twitter "$tmp/style2" >/dev/null 2>&1
+  rm -rf -- "$tmp/cache2"
+  styles=google,twitter
+fi
+if python3 - "$out" "$tmp/style" "$tmp/style2" "$styles" <<'PY'; then ok "--classes category-style ($styles)"; else bad "--classes category-style"; fi
+import json, os, sys
+a, b, b2, styles = sys.argv[1:]
+ja, jb = json.load(open(a + "/counts.json")), json.load(open(b + "/counts.json"))
+assert jb["classes"] == [c + "--google" for c in ja["classes"]], jb["classes"]
+files = lambda d, split: {f: c for c in os.listdir(d + "/" + split) for f in os.listdir(d + "/" + split + "/" + c)}
+for split in ("train", "val"):
+    assert sorted(os.listdir(os.path.join(b, split))) == jb["classes"]
+    assert {f: c + "--google" for f, c in files(a, split).items()} == files(b, split), split
+if styles == "google,twitter":
+    j2 = json.load(open(b2 + "/counts.json"))
+    assert j2["classes"] == sorted(c + "--" + s for c in ja["classes"] for s in ("google", "twitter")), j2["classes"]
+    for split in ("train", "val"):
+        f2 = files(b2, split)
+        assert {f: c for f, c in f2.items() if not f.startswith("twitter-")} == files(b, split), split
+        tw = {f: c for f, c in f2.items() if f.startswith("twitter-")}
+        assert tw and all(c.endswith("--twitter") for c in tw.values()), split
 PY
 
 # Output safety: a folder not made by the script, or a file, is never replaced.
