@@ -7,6 +7,7 @@ use nvg::config::Grid;
 use nvg::dataset::{Dataset, DatasetHeader, DatasetWriter, HEADER_SIZE, Record, rebuild};
 use nvg::structure_map::ChildOrder;
 use nvg::tokenizer::Quantizer;
+use nvg::trainer::class_balance::{ClassBalance, class_quotas};
 use nvg::trainer::loader::{LoadedBatch, Loader, LoaderState, epoch_order};
 use nvg_engine::rng::RngStream;
 use std::collections::BTreeSet;
@@ -92,7 +93,7 @@ fn fixture(dir: &TempDir, len: usize) -> (Arc<Dataset>, Arc<Quantizer>) {
 }
 
 fn loader(ds: &Arc<Dataset>, q: &Arc<Quantizer>, start: LoaderState, prefetch: usize) -> Loader {
-    Loader::new(ds.clone(), q.clone(), B, SEED, start, prefetch).unwrap()
+    Loader::new(ds.clone(), q.clone(), B, SEED, start, prefetch, 0.0).unwrap()
 }
 
 fn take(l: &mut Loader, n: usize) -> Vec<LoadedBatch> {
@@ -127,7 +128,7 @@ fn assert_same(a: &LoadedBatch, b: &LoadedBatch, what: &str) {
 }
 
 fn loader_err(ds: &Arc<Dataset>, q: &Arc<Quantizer>, batch: usize, start: LoaderState, prefetch: usize) -> String {
-    match Loader::new(ds.clone(), q.clone(), batch, SEED, start, prefetch) {
+    match Loader::new(ds.clone(), q.clone(), batch, SEED, start, prefetch, 0.0) {
         Ok(_) => panic!("the loader started but should not"),
         Err(e) => format!("{e:#}"),
     }
@@ -269,7 +270,7 @@ fn a_dataset_smaller_than_one_batch_and_bad_settings_are_refused_clearly() {
         msg.contains("3 records are fewer than one batch of 4") && msg.contains("d.nvgtok"),
         "{msg}"
     );
-    assert!(Loader::new(ds.clone(), q.clone(), 3, SEED, LoaderState::default(), 1).is_ok());
+    assert!(Loader::new(ds.clone(), q.clone(), 3, SEED, LoaderState::default(), 1, 0.0).is_ok());
     assert!(loader_err(&ds, &q, 0, LoaderState::default(), 2).contains("batch size"));
     assert!(loader_err(&ds, &q, 1, LoaderState::default(), 0).contains("prefetch"));
     let past = LoaderState { epoch: 2, position: 4 };
@@ -344,4 +345,107 @@ fn dropping_a_loader_mid_epoch_returns_promptly() {
         );
         assert!(t.elapsed() < Duration::from_secs(5));
     }
+}
+
+#[test]
+fn class_quotas_give_shares_by_the_power_of_the_class_sizes_and_sum_to_the_epoch() {
+    let counts = [60, 30, 10, 0];
+    // S = 0: the data's own mix; S = 1: equal shares (33.3 each, the spare draw to the lowest id);
+    // S = 0.5: √60 : √30 : √10 = 47.27 : 33.43 : 19.30 of 100, the spare draw to the largest remainder.
+    assert_eq!(class_quotas(&counts, 0.0, 100), [60, 30, 10, 0]);
+    assert_eq!(class_quotas(&counts, 1.0, 100), [34, 33, 33, 0]);
+    assert_eq!(class_quotas(&counts, 0.5, 100), [47, 34, 19, 0]);
+    for s in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        for len in [1, 7, 100, 13_564] {
+            let q = class_quotas(&counts, s, len);
+            assert_eq!(q.iter().sum::<usize>(), len, "S {s} len {len}");
+            assert_eq!(q[3], 0, "a class without records is never drawn");
+            assert!(q[0] >= q[1] && q[1] >= q[2], "S {s} len {len}: {q:?}");
+        }
+    }
+}
+
+/// The classes of the fixture's records, read back through `Dataset::class_of`.
+fn classes_of(ds: &Dataset) -> Vec<usize> {
+    (0..ds.len()).map(|i| ds.class_of(i).unwrap()).collect()
+}
+
+#[test]
+fn a_class_balanced_epoch_draws_every_class_its_quota_from_its_own_records() {
+    let dir = TempDir::new("balance");
+    let (ds, q) = fixture(&dir, LEN);
+    let classes = classes_of(&ds);
+    assert_eq!(classes, records(LEN).iter().map(|r| r.class).collect::<Vec<_>>());
+    let classes_with_records = classes.iter().collect::<BTreeSet<_>>().len();
+    assert!(classes_with_records >= 5, "the fixture has uneven classes");
+    let balance = ClassBalance::new(&classes, 10, 1.0).unwrap();
+    let mut orders = BTreeSet::new();
+    for epoch in 0..6 {
+        let order = balance.epoch_order(SEED, epoch);
+        assert_eq!(order.len(), LEN, "one draw per record");
+        assert_eq!(
+            order,
+            balance.epoch_order(SEED, epoch),
+            "a pure function of (seed, epoch)"
+        );
+        for (c, &quota) in balance.quotas().iter().enumerate() {
+            let members: Vec<usize> = (0..LEN).filter(|&i| classes[i] == c).collect();
+            let drawn: Vec<usize> = order.iter().copied().filter(|&i| classes[i] == c).collect();
+            assert_eq!(drawn.len(), quota, "epoch {epoch} class {c}");
+            if members.is_empty() {
+                continue;
+            }
+            // LEN / classes_with_records each (±1): every record of the class ⌊q/n⌋ or ⌈q/n⌉ times.
+            assert!(quota.abs_diff(LEN / classes_with_records) <= 1, "class {c}: {quota}");
+            for &m in &members {
+                let times = drawn.iter().filter(|&&i| i == m).count();
+                assert!(
+                    times == quota / members.len() || times == quota.div_ceil(members.len()),
+                    "epoch {epoch}: record {m} of class {c} drawn {times} times for a quota of {quota} over {} records",
+                    members.len()
+                );
+            }
+        }
+        orders.insert(order);
+    }
+    assert_eq!(orders.len(), 6, "every epoch has its own order");
+    assert_ne!(balance.epoch_order(SEED + 1, 0), balance.epoch_order(SEED, 0));
+    // Strength 0 draws the data's own mix: a permutation of the records.
+    let plain = ClassBalance::new(&classes, 10, 0.0).unwrap().epoch_order(SEED, 0);
+    let mut sorted = plain.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..LEN).collect::<Vec<_>>());
+
+    // The loader follows the balanced order and resumes it exactly.
+    let balanced = |start, prefetch| Loader::new(ds.clone(), q.clone(), B, SEED, start, prefetch, 1.0).unwrap();
+    let reference = take(&mut balanced(LoaderState::default(), 2), 12);
+    for (k, got) in reference.iter().enumerate() {
+        let order = balance.epoch_order(SEED, got.epoch);
+        assert_eq!(got.indices, order[got.step * B..(got.step + 1) * B], "batch {k}");
+    }
+    for k in [3, 5, 6, 11] {
+        let mut resumed = balanced(reference[k - 1].state_after, 1);
+        for (i, want) in reference[k..].iter().enumerate() {
+            assert_same(
+                &resumed.next_batch().unwrap(),
+                want,
+                &format!("resumed after {k}, batch {i}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_class_balance_outside_zero_to_one_is_refused_clearly() {
+    let dir = TempDir::new("balance-bad");
+    let (ds, q) = fixture(&dir, LEN);
+    for bad in [-0.1, 1.5, f32::NAN] {
+        let msg = match Loader::new(ds.clone(), q.clone(), B, SEED, LoaderState::default(), 1, bad) {
+            Ok(_) => panic!("--class-balance {bad} was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(msg.contains("from 0 to 1") && msg.contains("d.nvgtok"), "{msg}");
+    }
+    let msg = format!("{:#}", ClassBalance::new(&[0, 1, 12], 10, 1.0).unwrap_err());
+    assert!(msg.contains("record 2 has class 12"), "{msg}");
 }

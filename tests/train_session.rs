@@ -90,6 +90,7 @@ fn settings(batch: usize, accum: usize, steps: u64) -> TrainSettings {
         clip: 1.0,
         ema_decay: 0.99,
         drop_path: true,
+        class_balance: 0.0,
         seed: 17,
         checkpoint_every: 1000,
         log_every: 1,

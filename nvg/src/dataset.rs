@@ -366,6 +366,21 @@ impl Dataset {
         Ok(r)
     }
 
+    /// The class of record `i` (read without the rest of the record), checked to be in range.
+    pub fn class_of(&self, i: usize) -> Result<usize> {
+        let h = &self.header;
+        ensure!(i < h.count, "{}: record {i} of {}", self.path.display(), h.count);
+        let start = HEADER_SIZE + i * h.record_size();
+        let class = u32::from_le_bytes(self.map[start..start + 4].try_into().unwrap()) as usize;
+        ensure!(
+            class < h.num_classes,
+            "{}: record {i} is corrupt: class {class} outside 0..{}",
+            self.path.display(),
+            h.num_classes
+        );
+        Ok(class)
+    }
+
     fn check(&self, r: &Record) -> Result<()> {
         let h = &self.header;
         ensure!(

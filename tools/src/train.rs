@@ -76,6 +76,13 @@ pub struct TrainOptions {
     /// Turn DropPath off (on by default with the official per-block rates).
     #[arg(long)]
     pub no_drop_path: bool,
+    /// Even out the classes' shares of each epoch: class c is drawn in proportion to n_c^(1−S), where
+    /// n_c is its record count — 0 keeps the data's own mix (official), 1 draws every class equally
+    /// often, 0.5 in proportion to √n_c. An epoch still has one draw per record; records of the
+    /// classes made larger are repeated within it, those of the classes made smaller are a fresh
+    /// random subset every epoch.
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    pub class_balance: f32,
     /// EMA decay.
     #[arg(long, default_value_t = 0.9999)]
     pub ema_decay: f64,
@@ -106,6 +113,11 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     ensure!(
         o.init_classes.is_none() || o.init.is_some(),
         "--init-classes maps the data's classes onto those of an --init model: give --init too"
+    );
+    ensure!(
+        o.class_balance.is_finite() && (0.0..=1.0).contains(&o.class_balance),
+        "--class-balance must be a number from 0 (the data's own class mix) to 1 (every class equally often), not {}",
+        o.class_balance
     );
     let dataset = Arc::new(Dataset::open(&o.data, None)?);
     let grid = dataset.header.grid()?;
@@ -148,6 +160,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         clip: 1.0,
         ema_decay: o.ema_decay,
         drop_path: !o.no_drop_path,
+        class_balance: o.class_balance,
         seed: o.seed,
         checkpoint_every: o.checkpoint_every,
         log_every: o.log_every,
@@ -214,11 +227,15 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         let old = checkpoint_settings(&ckpt)?;
         let new = settings.describe();
         if let (Some(old), Some(new)) = (old.as_object(), new.as_object()) {
-            for (k, v) in new {
-                if old.get(k) != Some(v) {
+            // A setting recorded only when on (class_balance) is missing from one side when off.
+            let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+            let shown = |v: Option<&serde_json::Value>| v.map_or("unset (its default)".to_string(), |v| v.to_string());
+            for k in keys {
+                if old.get(k) != new.get(k) {
                     eprintln!(
-                        "warning: {k} was {} in the checkpoint's run and is {v} now",
-                        old.get(k).map_or("unset".to_string(), |o| o.to_string())
+                        "warning: {k} was {} in the checkpoint's run and is {} now",
+                        shown(old.get(k)),
+                        shown(new.get(k))
                     );
                 }
             }
@@ -255,6 +272,13 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         settings.final_lr,
         if settings.drop_path { "on" } else { "off" }
     );
+    if settings.class_balance != 0.0 {
+        eprintln!(
+            "class balance {}: each class drawn in proportion to (its records)^{}",
+            settings.class_balance,
+            1.0 - settings.class_balance
+        );
+    }
     let log_path = o.out.join("log.jsonl");
     let mut log = std::fs::OpenOptions::new()
         .create(true)

@@ -209,6 +209,8 @@ fn train_refuses_bad_settings_clearly() {
     };
     let (ok, log) = train_missing(&["--steps", "1"]);
     assert!(!ok && log.contains("missing.nvgtok"), "{log}");
+    let (ok, log) = train_missing(&["--steps", "1", "--class-balance", "1.5"]);
+    assert!(!ok && log.contains("--class-balance must be a number from 0"), "{log}");
     let (ok, log) = train_missing(&["--init-classes", "0,0,1"]);
     assert!(
         !ok && log.contains("--init-classes") && log.contains("give --init too"),
@@ -230,6 +232,7 @@ fn train_refuses_bad_settings_clearly() {
         "--resume",
         "--init",
         "--init-classes",
+        "--class-balance",
         "--stop-after",
     ] {
         assert!(help.contains(flag), "train --help does not explain {flag}");
@@ -284,9 +287,17 @@ fn train_continues_a_model_without_restating_its_shape() {
     // A new run from its weights with neither flag: depth 2, tables kept.
     let second = dir.join("second");
     let init = first_ckpt.to_str().unwrap();
-    let (ok, log) = train(&second, &["--init", init, "--steps", "1"]);
-    assert!(ok && log.contains("training depth 2"), "{log}");
+    let (ok, log) = train(&second, &["--init", init, "--steps", "1", "--class-balance", "1"]);
+    assert!(
+        ok && log.contains("training depth 2") && log.contains("class balance 1"),
+        "{log}"
+    );
     assert!(has_tables(&second.join("last.safetensors")));
+    let recorded = nvg::trainer::session::checkpoint_settings(&second.join("last.safetensors")).unwrap();
+    assert_eq!(recorded["class_balance"], 1.0, "{recorded}");
+    // Resumed without it: the change of the data order is announced.
+    let (ok, log) = train(&second, &["--steps", "2", "--resume"]);
+    assert!(ok && log.contains("class_balance was 1.0"), "{log}");
 
     // --resume of a folder without a checkpoint yet starts from --init, with its shape.
     let fresh = dir.join("fresh");

@@ -3,7 +3,9 @@
 //! **Order.** Every epoch visits the records in a permutation of `0..len` drawn by a Fisher–Yates
 //! shuffle whose random numbers come from the Philox RNG keyed by the loader's seed, with the epoch as
 //! the stream ([`epoch_order`]). The order is therefore a pure function of `(len, seed, epoch)`: it does
-//! not depend on the batch size, the prefetch depth, or where a run was interrupted.
+//! not depend on the batch size, the prefetch depth, or where a run was interrupted. With a class
+//! balance (`class_balance` > 0) an epoch is `len` draws with the classes' shares evened out instead
+//! ([`ClassBalance`], module `class_balance`), a pure function of `(classes, strength, seed, epoch)`.
 //!
 //! **Batches.** Batch `k` of an epoch is `order[k·B .. (k+1)·B]`. Like the official loader
 //! (`drop_last=True`), a final partial batch is dropped, so an epoch has `len / B` batches and every
@@ -22,6 +24,7 @@
 //! the consumer as errors from [`Loader::next_batch`]; dropping the loader stops the worker (it finishes
 //! at most the batch it is building) and joins it.
 
+use super::class_balance::ClassBalance;
 use crate::dataset::{Dataset, RebuiltBatch, rebuild};
 use crate::tokenizer::Quantizer;
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -48,7 +51,7 @@ const SHUFFLE_TAG: u64 = 0x5348_5546;
 
 /// A uniform integer in `0..n` from a Philox block: the 64 bits of words 0 and 1 scaled by `n`
 /// (multiply-high). The bias is below `n / 2^64`, i.e. under `2^-32` for any dataset this allows.
-fn below(words: [u32; 4], n: u64) -> u64 {
+pub(crate) fn below(words: [u32; 4], n: u64) -> u64 {
     let x = words[0] as u64 | (words[1] as u64) << 32;
     ((x as u128 * n as u128) >> 64) as u64
 }
@@ -66,13 +69,17 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
         len as u64 <= 1 << 32,
         "epoch_order: {len} records exceed the shuffle's 2^32"
     );
-    let rng = RngStream::new(seed, epoch);
     let mut order: Vec<usize> = (0..len).collect();
-    for i in (1..len).rev() {
-        let j = below(rng.words(SHUFFLE_TAG << 32 | i as u64), i as u64 + 1) as usize;
-        order.swap(i, j);
-    }
+    shuffle(&mut order, &RngStream::new(seed, epoch));
     order
+}
+
+/// Fisher–Yates from the back with the draws described at [`epoch_order`] (`v.len()` ≤ 2³²).
+pub(crate) fn shuffle(v: &mut [usize], rng: &RngStream) {
+    for i in (1..v.len()).rev() {
+        let j = below(rng.words(SHUFFLE_TAG << 32 | i as u64), i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
 }
 
 /// Where the next batch starts: at `position` in epoch `epoch`'s order.
@@ -144,7 +151,9 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts a loader of batches of `batch` records from `start`, with `prefetch` batches buffered.
+    /// Starts a loader of batches of `batch` records from `start`, with `prefetch` batches buffered and
+    /// epochs drawn with the class-balance strength `class_balance` (0: a plain shuffle; see the
+    /// module notes).
     pub fn new(
         dataset: Arc<Dataset>,
         quantizer: Arc<Quantizer>,
@@ -152,6 +161,7 @@ impl Loader {
         seed: u64,
         start: LoaderState,
         prefetch: usize,
+        class_balance: f32,
     ) -> Result<Loader> {
         let name = dataset.path().display().to_string();
         let len = dataset.len();
@@ -184,6 +194,15 @@ impl Loader {
             grid.side(),
             quantizer.codebook_size()
         );
+        let balance = if class_balance == 0.0 {
+            None
+        } else {
+            let classes = (0..len).map(|i| dataset.class_of(i)).collect::<Result<Vec<_>>>()?;
+            Some(
+                ClassBalance::new(&classes, h.num_classes, class_balance)
+                    .with_context(|| format!("{name}: --class-balance {class_balance}"))?,
+            )
+        };
         let state = start.normalized(len, batch)?;
         let (tx, rx) = sync_channel(prefetch);
         let stop = Arc::new(AtomicBool::new(false));
@@ -192,6 +211,7 @@ impl Loader {
             quantizer,
             batch,
             seed,
+            balance,
             state,
             order: None,
             tx,
@@ -280,6 +300,8 @@ struct Worker {
     quantizer: Arc<Quantizer>,
     batch: usize,
     seed: u64,
+    /// Class-balanced epochs, if asked.
+    balance: Option<ClassBalance>,
     /// Where the next batch starts (always with a full batch left in its epoch).
     state: LoaderState,
     /// The current epoch's order.
@@ -303,7 +325,11 @@ impl Worker {
     fn make_batch(&mut self) -> Result<LoadedBatch> {
         let LoaderState { epoch, position } = self.state;
         if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            self.order = Some((epoch, epoch_order(self.dataset.len(), self.seed, epoch)));
+            let order = match &self.balance {
+                Some(b) => b.epoch_order(self.seed, epoch),
+                None => epoch_order(self.dataset.len(), self.seed, epoch),
+            };
+            self.order = Some((epoch, order));
         }
         let order = &self.order.as_ref().expect("order of this epoch").1;
         let indices = order[position..position + self.batch].to_vec();

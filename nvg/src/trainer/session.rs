@@ -46,6 +46,9 @@ pub struct TrainSettings {
     pub clip: f32,
     pub ema_decay: f64,
     pub drop_path: bool,
+    /// Class-balance strength of the data order, 0 (the records' own class mix) to 1 (every class
+    /// equally often); see `trainer::class_balance`.
+    pub class_balance: f32,
     pub seed: u64,
     pub checkpoint_every: u64,
     pub log_every: u64,
@@ -68,13 +71,18 @@ impl TrainSettings {
         )
     }
 
-    /// The settings as recorded in checkpoints.
+    /// The settings as recorded in checkpoints. `class_balance` is recorded only when on, so the runs
+    /// from before it existed describe themselves as they did.
     pub fn describe(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut d = serde_json::json!({
             "batch": self.batch, "accum": self.accum, "steps": self.steps, "lr": self.lr,
             "warmup": self.warmup, "hold_end": self.hold_end, "final_lr": self.final_lr, "clip": self.clip,
             "ema_decay": self.ema_decay, "drop_path": self.drop_path, "seed": self.seed,
-        })
+        });
+        if self.class_balance != 0.0 {
+            d["class_balance"] = self.class_balance.into();
+        }
+        d
     }
 }
 
@@ -325,6 +333,7 @@ pub fn train(
         settings.seed,
         state.loader,
         settings.prefetch,
+        settings.class_balance,
     )?;
     let schedule = settings.schedule();
     let weights = LossWeights::uniform(&state.config.grid);
