@@ -10,7 +10,7 @@ use nvg::model::Generator;
 use nvg::structure_map::ChildOrder;
 use nvg::tokenizer::Quantizer;
 use nvg::trainer::init::{OFFICIAL_SCALE_FACTORS, initial_parameters};
-use nvg::trainer::objective::{TrainNoise, drop_path_rates};
+use nvg::trainer::objective::{DropPath, TrainNoise, drop_path_rates};
 use nvg::trainer::session::{StepLog, TrainSettings, TrainState, train};
 use nvg::weights::WeightMap;
 use nvg_engine::rng::RngStream;
@@ -89,7 +89,7 @@ fn settings(batch: usize, accum: usize, steps: u64) -> TrainSettings {
         final_lr: 1e-4,
         clip: 1.0,
         ema_decay: 0.99,
-        drop_path: true,
+        drop_path: DropPath::Official,
         class_balance: 0.0,
         seed: 17,
         checkpoint_every: 1000,
@@ -153,8 +153,8 @@ fn accumulating_micro_batches_equals_one_larger_batch() {
 #[test]
 fn an_images_training_noise_depends_on_seed_step_and_position_only() {
     let grid = Grid::new(SIDE).unwrap();
-    let all = TrainNoise::draw(&grid, 4, 0..6, 9, 3, true).unwrap();
-    let tail = TrainNoise::draw(&grid, 4, 4..6, 9, 3, true).unwrap();
+    let all = TrainNoise::draw(&grid, 4, 0..6, 9, 3, DropPath::Official).unwrap();
+    let tail = TrainNoise::draw(&grid, 4, 4..6, 9, 3, DropPath::Official).unwrap();
     assert_eq!(all.cfg_uniform[4..], tail.cfg_uniform[..]);
     assert_eq!(all.time_logit[4 * grid.flow_stages()..], tail.time_logit[..]);
     assert_eq!(
@@ -169,9 +169,9 @@ fn an_images_training_noise_depends_on_seed_step_and_position_only() {
             );
         }
     }
-    let other_step = TrainNoise::draw(&grid, 4, 4..6, 9, 4, true).unwrap();
+    let other_step = TrainNoise::draw(&grid, 4, 4..6, 9, 4, DropPath::Official).unwrap();
     assert_ne!(other_step.time_logit, tail.time_logit);
-    let other_seed = TrainNoise::draw(&grid, 4, 4..6, 10, 3, true).unwrap();
+    let other_seed = TrainNoise::draw(&grid, 4, 4..6, 10, 3, DropPath::Official).unwrap();
     assert_ne!(other_seed.time_logit, tail.time_logit);
 }
 
@@ -189,7 +189,7 @@ fn drop_path_follows_the_official_per_block_rates() {
     // Masks: 0 with probability `rate`, 1/(1 − rate) otherwise.
     let grid = Grid::new(SIDE).unwrap();
     let n = 20_000;
-    let noise = TrainNoise::draw(&grid, 24, 0..n, 1, 0, true).unwrap();
+    let noise = TrainNoise::draw(&grid, 24, 0..n, 1, 0, DropPath::Official).unwrap();
     assert_eq!(noise.content_keep.len(), grid.stages());
     assert_eq!(noise.structure_keep.len(), grid.flow_stages());
     let last = noise.content_keep[0][23].to_f32_vec().unwrap();
@@ -201,8 +201,52 @@ fn drop_path_follows_the_official_per_block_rates() {
         noise.content_keep[3][0].to_f32_vec().unwrap().iter().all(|&k| k == 1.0),
         "block 0 has rate 0"
     );
-    let off = TrainNoise::draw(&grid, 24, 0..4, 1, 0, false).unwrap();
+    let off = TrainNoise::draw(&grid, 24, 0..4, 1, 0, DropPath::Off).unwrap();
     assert!(off.content_keep.is_empty() && off.structure_keep.is_empty());
+}
+
+#[test]
+fn drop_path_with_another_top_rate_ramps_to_it_and_drops_that_share() {
+    // A depth-4 model's official top rate is 0.1·4/24; `--drop-path 0.3` ramps 0, 0.1, 0.2, 0.3 instead.
+    assert_eq!(DropPath::Official.rates(4).unwrap(), drop_path_rates(4));
+    assert!((DropPath::Official.top(4) - 0.1 * 4.0 / 24.0).abs() < 1e-12);
+    let rates = DropPath::Top(0.3).rates(4).unwrap();
+    for (got, want) in rates.iter().zip([0.0, 0.1, 0.2, 0.3]) {
+        assert!((got - want).abs() < 1e-7, "{rates:?}");
+    }
+    assert_eq!(DropPath::Off.rates(4), None);
+    let grid = Grid::new(SIDE).unwrap();
+    let n = 20_000;
+    let noise = TrainNoise::draw(&grid, 4, 0..n, 1, 0, DropPath::Top(0.3)).unwrap();
+    for (block, rate) in [(1, 0.1), (3, 0.3)] {
+        let keep = noise.structure_keep[0][block].to_f32_vec().unwrap();
+        let dropped = keep.iter().filter(|&&k| k == 0.0).count() as f64 / n as f64;
+        // 5σ of a binomial proportion with p = 0.3 and n = 20 000 is 0.0162.
+        assert!(
+            (dropped - rate).abs() < 0.0162,
+            "block {block}: dropped {dropped}, rate {rate}"
+        );
+        let scale = 1.0 / (1.0 - rate as f32);
+        assert!(keep.iter().all(|&k| k == 0.0 || (k - scale).abs() < 1e-5));
+    }
+    // The official draws are unchanged by the new ramp: the same masks as before for the same rates.
+    let official = TrainNoise::draw(&grid, 4, 0..8, 1, 0, DropPath::Official).unwrap();
+    let top = TrainNoise::draw(&grid, 4, 0..8, 1, 0, DropPath::Top(DropPath::Official.top(4) as f32)).unwrap();
+    for (a, b) in official
+        .content_keep
+        .iter()
+        .flatten()
+        .zip(top.content_keep.iter().flatten())
+    {
+        assert_eq!(a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+    }
+    let msg = format!(
+        "{:#}",
+        TrainNoise::draw(&grid, 4, 0..2, 1, 0, DropPath::Top(1.0))
+            .err()
+            .unwrap()
+    );
+    assert!(msg.contains("[0, 1)"), "{msg}");
 }
 
 #[test]

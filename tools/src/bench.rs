@@ -602,7 +602,7 @@ pub fn train_bench(opts: &TrainBenchOptions) -> Result<String> {
     use nvg::dataset::{Record, rebuild};
     use nvg::model::{Generator, content_flops, structure_flops};
     use nvg::tokenizer::Quantizer;
-    use nvg::trainer::objective::{CFG_RATE, LossWeights, TrainNoise, training_forward};
+    use nvg::trainer::objective::{CFG_RATE, DropPath, LossWeights, TrainNoise, training_forward};
     use nvg::trainer::{init, params, session::tokens_per_image};
     use nvg::weights::WeightMap;
     use nvg_engine::optim::{AdamW, AdamWConfig, Ema, clip_grad_norm};
@@ -661,7 +661,7 @@ pub fn train_bench(opts: &TrainBenchOptions) -> Result<String> {
             let t0 = Instant::now();
             let leaves = params::leaves(&params_map);
             let generator = Generator::from_weights(WeightMap::new("bench", leaves.clone()))?;
-            let noise = TrainNoise::draw(&grid, cfg.depth, 0..opts.batch, 0, step as u64, true)?;
+            let noise = TrainNoise::draw(&grid, cfg.depth, 0..opts.batch, 0, step as u64, DropPath::Official)?;
             let obj = training_forward(&generator, &batch, &noise, CFG_RATE, &weights)?;
             let t1 = Instant::now();
             let mut grads = params::gradients(&leaves, &obj.loss.backward()?)?;

@@ -6,6 +6,7 @@ use nvg::config::GeneratorConfig;
 use nvg::dataset::Dataset;
 use nvg::model::infer_config;
 use nvg::tokenizer::Tokenizer;
+use nvg::trainer::objective::DropPath;
 use nvg::trainer::session::{StepLog, TrainSettings, TrainState, checkpoint_path, checkpoint_settings, train};
 use nvg::weights::{WeightMap, WeightSet};
 use std::io::Write;
@@ -74,8 +75,13 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
     /// Turn DropPath off (on by default with the official per-block rates).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "drop_path")]
     pub no_drop_path: bool,
+    /// DropPath rate of the last block, the others rising linearly to it from 0 at the first (like the
+    /// official rates, whose top is 0.1·depth/24: 0.017 at depth 4). A small model that over-fits
+    /// may want more, e.g. 0.1–0.3. Must be in [0, 1).
+    #[arg(long, value_name = "RATE")]
+    pub drop_path: Option<f32>,
     /// Even out the classes' shares of each epoch: class c is drawn in proportion to n_c^(1−S), where
     /// n_c is its record count — 0 keeps the data's own mix (official), 1 draws every class equally
     /// often, 0.5 in proportion to √n_c. An epoch still has one draw per record; records of the
@@ -119,6 +125,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         "--class-balance must be a number from 0 (the data's own class mix) to 1 (every class equally often), not {}",
         o.class_balance
     );
+    if let Some(top) = o.drop_path {
+        ensure!(
+            top.is_finite() && (0.0..1.0).contains(&top),
+            "--drop-path must be a rate in [0, 1), not {top}"
+        );
+    }
     let dataset = Arc::new(Dataset::open(&o.data, None)?);
     let grid = dataset.header.grid()?;
     let tok =
@@ -159,7 +171,11 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         final_lr: 0.1 * lr,
         clip: 1.0,
         ema_decay: o.ema_decay,
-        drop_path: !o.no_drop_path,
+        drop_path: match (o.no_drop_path, o.drop_path) {
+            (true, _) => DropPath::Off,
+            (false, None) => DropPath::Official,
+            (false, Some(top)) => DropPath::Top(top),
+        },
         class_balance: o.class_balance,
         seed: o.seed,
         checkpoint_every: o.checkpoint_every,
@@ -270,7 +286,10 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         warmup,
         settings.hold_end,
         settings.final_lr,
-        if settings.drop_path { "on" } else { "off" }
+        match settings.drop_path {
+            DropPath::Off => "off".to_string(),
+            d => format!("on (top rate {:.3})", d.top(config.depth)),
+        }
     );
     if settings.class_balance != 0.0 {
         eprintln!(

@@ -211,6 +211,10 @@ fn train_refuses_bad_settings_clearly() {
     assert!(!ok && log.contains("missing.nvgtok"), "{log}");
     let (ok, log) = train_missing(&["--steps", "1", "--class-balance", "1.5"]);
     assert!(!ok && log.contains("--class-balance must be a number from 0"), "{log}");
+    let (ok, log) = train_missing(&["--steps", "1", "--drop-path", "1"]);
+    assert!(!ok && log.contains("--drop-path must be a rate in [0, 1)"), "{log}");
+    let (ok, log) = train_missing(&["--steps", "1", "--drop-path", "0.2", "--no-drop-path"]);
+    assert!(!ok && log.contains("cannot be used with"), "{log}");
     let (ok, log) = train_missing(&["--init-classes", "0,0,1"]);
     assert!(
         !ok && log.contains("--init-classes") && log.contains("give --init too"),
@@ -233,6 +237,7 @@ fn train_refuses_bad_settings_clearly() {
         "--init",
         "--init-classes",
         "--class-balance",
+        "--drop-path",
         "--stop-after",
     ] {
         assert!(help.contains(flag), "train --help does not explain {flag}");
@@ -287,17 +292,22 @@ fn train_continues_a_model_without_restating_its_shape() {
     // A new run from its weights with neither flag: depth 2, tables kept.
     let second = dir.join("second");
     let init = first_ckpt.to_str().unwrap();
-    let (ok, log) = train(&second, &["--init", init, "--steps", "1", "--class-balance", "1"]);
+    let extra = ["--class-balance", "1", "--drop-path", "0.25"];
+    let (ok, log) = train(&second, &[&["--init", init, "--steps", "1"], &extra[..]].concat());
     assert!(
-        ok && log.contains("training depth 2") && log.contains("class balance 1"),
+        ok && log.contains("training depth 2") && log.contains("class balance 1") && log.contains("top rate 0.250"),
         "{log}"
     );
     assert!(has_tables(&second.join("last.safetensors")));
     let recorded = nvg::trainer::session::checkpoint_settings(&second.join("last.safetensors")).unwrap();
     assert_eq!(recorded["class_balance"], 1.0, "{recorded}");
-    // Resumed without it: the change of the data order is announced.
+    assert_eq!(recorded["drop_path_top"], 0.25, "{recorded}");
+    // Resumed without them: the changes of the data order and the DropPath rates are announced.
     let (ok, log) = train(&second, &["--steps", "2", "--resume"]);
-    assert!(ok && log.contains("class_balance was 1.0"), "{log}");
+    assert!(
+        ok && log.contains("class_balance was 1.0") && log.contains("drop_path_top was 0.25"),
+        "{log}"
+    );
 
     // --resume of a folder without a checkpoint yet starts from --init, with its shape.
     let fresh = dir.join("fresh");

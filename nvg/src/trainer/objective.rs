@@ -59,16 +59,56 @@ fn image_stream(seed: u64, step: u64, image: usize, kind: NoiseKind) -> RngStrea
 
 /// The official per-block DropPath rates: linear from 0 to 0.1·depth/24 over the blocks.
 pub fn drop_path_rates(depth: usize) -> Vec<f32> {
-    let max = 0.1 * depth as f64 / 24.0;
+    drop_path_ramp(depth, official_drop_path_top(depth))
+}
+
+/// The official DropPath rate of the last of `depth` blocks, 0.1·depth/24.
+pub fn official_drop_path_top(depth: usize) -> f64 {
+    0.1 * depth as f64 / 24.0
+}
+
+/// Per-block DropPath rates rising linearly from 0 at the first block to `top` at the last.
+pub fn drop_path_ramp(depth: usize, top: f64) -> Vec<f32> {
     (0..depth)
         .map(|i| {
             if depth > 1 {
-                (max * i as f64 / (depth - 1) as f64) as f32
+                (top * i as f64 / (depth - 1) as f64) as f32
             } else {
                 0.0
             }
         })
         .collect()
+}
+
+/// DropPath of a training run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DropPath {
+    Off,
+    /// The official rates ([`drop_path_rates`]).
+    Official,
+    /// A linear ramp to this top rate (in `[0, 1)`), e.g. more than the official 0.017 of a depth-4
+    /// model that over-fits.
+    Top(f32),
+}
+
+impl DropPath {
+    /// The per-block rates for a model of `depth` blocks; `None` when off.
+    pub fn rates(self, depth: usize) -> Option<Vec<f32>> {
+        match self {
+            DropPath::Off => None,
+            DropPath::Official => Some(drop_path_rates(depth)),
+            DropPath::Top(top) => Some(drop_path_ramp(depth, top as f64)),
+        }
+    }
+
+    /// The last block's rate; 0 when off.
+    pub fn top(self, depth: usize) -> f64 {
+        match self {
+            DropPath::Off => 0.0,
+            DropPath::Official => official_drop_path_top(depth),
+            DropPath::Top(top) => top as f64,
+        }
+    }
 }
 
 /// `[B]` keep masks of every (sequence, block): 0 with probability `rate`, else 1/(1 − rate).
@@ -101,14 +141,14 @@ fn keep_masks(
 
 impl TrainNoise {
     /// The noise of images `images` (positions within the step, over its micro-batches) of training
-    /// step `step`; `drop_path` turns DropPath on with the official per-block rates.
+    /// step `step`, with DropPath masks at the rates of `drop_path`.
     pub fn draw(
         grid: &Grid,
         depth: usize,
         images: std::ops::Range<usize>,
         seed: u64,
         step: u64,
-        drop_path: bool,
+        drop_path: DropPath,
     ) -> Result<TrainNoise> {
         ensure!(
             images.end <= MAX_IMAGES_PER_STEP,
@@ -133,8 +173,11 @@ impl TrainNoise {
             );
         }
         let (mut content_keep, mut structure_keep) = (Vec::new(), Vec::new());
-        if drop_path {
-            let rates = drop_path_rates(depth);
+        if let Some(rates) = drop_path.rates(depth) {
+            ensure!(
+                rates.iter().all(|r| (0.0..1.0).contains(r)),
+                "DropPath rates must be in [0, 1), not {rates:?}"
+            );
             content_keep = keep_masks(seed, step, &images, NoiseKind::DropContent, grid.stages(), &rates)?;
             structure_keep = keep_masks(seed, step, &images, NoiseKind::DropStructure, flows, &rates)?;
         }

@@ -9,7 +9,7 @@
 //! state needs saving.
 
 use super::loader::{Loader, LoaderState};
-use super::objective::{CFG_RATE, LossTerms, LossWeights, TrainNoise, training_forward};
+use super::objective::{CFG_RATE, DropPath, LossTerms, LossWeights, TrainNoise, training_forward};
 use super::{init, params};
 use crate::config::GeneratorConfig;
 use crate::dataset::Dataset;
@@ -45,7 +45,7 @@ pub struct TrainSettings {
     pub final_lr: f32,
     pub clip: f32,
     pub ema_decay: f64,
-    pub drop_path: bool,
+    pub drop_path: DropPath,
     /// Class-balance strength of the data order, 0 (the records' own class mix) to 1 (every class
     /// equally often); see `trainer::class_balance`.
     pub class_balance: f32,
@@ -71,14 +71,18 @@ impl TrainSettings {
         )
     }
 
-    /// The settings as recorded in checkpoints. `class_balance` is recorded only when on, so the runs
-    /// from before it existed describe themselves as they did.
+    /// The settings as recorded in checkpoints. `class_balance` and `drop_path_top` (a DropPath top rate
+    /// other than the official) are recorded only when set, so the runs from before they existed
+    /// describe themselves as they did.
     pub fn describe(&self) -> serde_json::Value {
         let mut d = serde_json::json!({
             "batch": self.batch, "accum": self.accum, "steps": self.steps, "lr": self.lr,
             "warmup": self.warmup, "hold_end": self.hold_end, "final_lr": self.final_lr, "clip": self.clip,
-            "ema_decay": self.ema_decay, "drop_path": self.drop_path, "seed": self.seed,
+            "ema_decay": self.ema_decay, "drop_path": self.drop_path != DropPath::Off, "seed": self.seed,
         });
+        if let DropPath::Top(top) = self.drop_path {
+            d["drop_path_top"] = top.into();
+        }
         if self.class_balance != 0.0 {
             d["class_balance"] = self.class_balance.into();
         }
