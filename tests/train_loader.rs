@@ -409,6 +409,32 @@ fn a_class_balanced_epoch_draws_every_class_its_quota_from_its_own_records() {
         orders.insert(order);
     }
     assert_eq!(orders.len(), 6, "every epoch has its own order");
+    // The fixture has classes made larger (quota above their records: repeated) and smaller (a subset),
+    // and a smaller class draws a different subset in different epochs.
+    let sizes: Vec<usize> = (0..10).map(|c| classes.iter().filter(|&&k| k == c).count()).collect();
+    let quotas = balance.quotas();
+    assert!(
+        (0..10).any(|c| sizes[c] > 0 && quotas[c] > sizes[c]),
+        "{sizes:?} {quotas:?}"
+    );
+    let smaller = (0..10)
+        .find(|&c| quotas[c] < sizes[c])
+        .unwrap_or_else(|| panic!("no class made smaller: {sizes:?} {quotas:?}"));
+    let subsets: BTreeSet<Vec<usize>> = (0..6)
+        .map(|e| {
+            let mut s: Vec<usize> = balance
+                .epoch_order(SEED, e)
+                .into_iter()
+                .filter(|&i| classes[i] == smaller)
+                .collect();
+            s.sort_unstable();
+            s
+        })
+        .collect();
+    assert!(
+        subsets.len() > 1,
+        "class {smaller} draws the same subset every epoch: {subsets:?}"
+    );
     assert_ne!(balance.epoch_order(SEED + 1, 0), balance.epoch_order(SEED, 0));
     // Strength 0 draws the data's own mix: a permutation of the records.
     let plain = ClassBalance::new(&classes, 10, 0.0).unwrap().epoch_order(SEED, 0);

@@ -79,15 +79,15 @@ pub struct TrainOptions {
     pub no_drop_path: bool,
     /// DropPath rate of the last block, the others rising linearly to it from 0 at the first (like the
     /// official rates, whose top is 0.1·depth/24: 0.017 at depth 4). A small model that over-fits
-    /// may want more, e.g. 0.1–0.3. Must be in [0, 1).
-    #[arg(long, value_name = "RATE")]
+    /// may want more, e.g. 0.1–0.3. Must be in [0, 1); 0 is --no-drop-path.
+    #[arg(long, value_name = "RATE", allow_negative_numbers = true)]
     pub drop_path: Option<f32>,
     /// Even out the classes' shares of each epoch: class c is drawn in proportion to n_c^(1−S), where
     /// n_c is its record count — 0 keeps the data's own mix (official), 1 draws every class equally
     /// often, 0.5 in proportion to √n_c. An epoch still has one draw per record; records of the
     /// classes made larger are repeated within it, those of the classes made smaller are a fresh
     /// random subset every epoch.
-    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    #[arg(long, default_value_t = 0.0, value_name = "S", allow_negative_numbers = true)]
     pub class_balance: f32,
     /// EMA decay.
     #[arg(long, default_value_t = 0.9999)]
@@ -174,6 +174,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         drop_path: match (o.no_drop_path, o.drop_path) {
             (true, _) => DropPath::Off,
             (false, None) => DropPath::Official,
+            (false, Some(0.0)) => DropPath::Off,
             (false, Some(top)) => DropPath::Top(top),
         },
         class_balance: o.class_balance,

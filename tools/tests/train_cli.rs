@@ -211,6 +211,8 @@ fn train_refuses_bad_settings_clearly() {
     assert!(!ok && log.contains("missing.nvgtok"), "{log}");
     let (ok, log) = train_missing(&["--steps", "1", "--class-balance", "1.5"]);
     assert!(!ok && log.contains("--class-balance must be a number from 0"), "{log}");
+    let (ok, log) = train_missing(&["--steps", "1", "--class-balance", "-0.1"]);
+    assert!(!ok && log.contains("--class-balance must be a number from 0"), "{log}");
     let (ok, log) = train_missing(&["--steps", "1", "--drop-path", "1"]);
     assert!(!ok && log.contains("--drop-path must be a rate in [0, 1)"), "{log}");
     let (ok, log) = train_missing(&["--steps", "1", "--drop-path", "0.2", "--no-drop-path"]);

@@ -73,6 +73,12 @@ impl ClassBalance {
             "the class-balance strength must be a number from 0 to 1, not {strength}"
         );
         ensure!(!classes.is_empty(), "class balance: the dataset has no records");
+        // The draw indices live in the low 32 bits of the Philox counter index.
+        ensure!(
+            classes.len() as u64 <= 1 << 32,
+            "class balance: {} records; at most 2^32",
+            classes.len()
+        );
         let mut members = vec![Vec::new(); num_classes];
         for (i, &c) in classes.iter().enumerate() {
             ensure!(
@@ -109,13 +115,16 @@ impl ClassBalance {
             for _ in 0..q / n {
                 order.extend_from_slice(members);
             }
-            let mut pool = members.clone();
-            for i in 0..q % n {
-                let j = i + below(rng.words(SUBSET_TAG << 32 | draw), (n - i) as u64) as usize;
-                draw += 1;
-                pool.swap(i, j);
+            let rest = q % n;
+            if rest > 0 {
+                let mut pool = members.clone();
+                for i in 0..rest {
+                    let j = i + below(rng.words(SUBSET_TAG << 32 | draw), (n - i) as u64) as usize;
+                    draw += 1;
+                    pool.swap(i, j);
+                }
+                order.extend_from_slice(&pool[..rest]);
             }
-            order.extend_from_slice(&pool[..q % n]);
         }
         debug_assert_eq!(order.len(), self.len);
         shuffle(&mut order, &rng);

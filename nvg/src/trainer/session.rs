@@ -71,8 +71,8 @@ impl TrainSettings {
         )
     }
 
-    /// The settings as recorded in checkpoints. `class_balance` and `drop_path_top` (a DropPath top rate
-    /// other than the official) are recorded only when set, so the runs from before they existed
+    /// The settings as recorded in checkpoints. `class_balance` and `drop_path_top` (`--drop-path`) are
+    /// recorded only when set, so the runs from before they existed
     /// describe themselves as they did.
     pub fn describe(&self) -> serde_json::Value {
         let mut d = serde_json::json!({
@@ -80,11 +80,13 @@ impl TrainSettings {
             "warmup": self.warmup, "hold_end": self.hold_end, "final_lr": self.final_lr, "clip": self.clip,
             "ema_decay": self.ema_decay, "drop_path": self.drop_path != DropPath::Off, "seed": self.seed,
         });
+        // As the decimals given on the command line (0.7, not the f32's 0.699999988...).
+        let decimal = |x: f32| x.to_string().parse::<f64>().expect("an f32's decimal text parses");
         if let DropPath::Top(top) = self.drop_path {
-            d["drop_path_top"] = top.into();
+            d["drop_path_top"] = decimal(top).into();
         }
         if self.class_balance != 0.0 {
-            d["class_balance"] = self.class_balance.into();
+            d["class_balance"] = decimal(self.class_balance).into();
         }
         d
     }
