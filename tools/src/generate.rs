@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 pub struct GenerateOptions {
     /// Generator weights (.safetensors from `nvg convert`, official key names). Leave out both this and
     /// --tokenizer for the built-in emoji model (models/emoji, or $NVG_MODEL_DIR): 64×64 images of the 9
-    /// emoji categories (if its classes.json has `groups`, they gather the generator's classes into them).
+    /// emoji categories (its classes.json's `groups` gather the generator's classes — a class per category
+    /// and emoji style — into the categories, each drawn in the google style).
     #[arg(long, requires = "tokenizer")]
     pub generator: Option<PathBuf>,
     /// Tokenizer weights (.safetensors from `nvg convert` of ae.ckpt): its decoder turns canvases into
