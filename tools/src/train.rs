@@ -244,7 +244,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         let old = checkpoint_settings(&ckpt)?;
         let new = settings.describe();
         if let (Some(old), Some(new)) = (old.as_object(), new.as_object()) {
-            // A setting recorded only when on (class_balance) is missing from one side when off.
+            // A setting recorded only when set (class_balance, drop_path_top) is missing from one side.
             let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
             let shown = |v: Option<&serde_json::Value>| v.map_or("unset (its default)".to_string(), |v| v.to_string());
             for k in keys {

@@ -72,8 +72,7 @@ impl TrainSettings {
     }
 
     /// The settings as recorded in checkpoints. `class_balance` and `drop_path_top` (`--drop-path`) are
-    /// recorded only when set, so the runs from before they existed
-    /// describe themselves as they did.
+    /// recorded only when set, so the runs from before they existed describe themselves as they did.
     pub fn describe(&self) -> serde_json::Value {
         let mut d = serde_json::json!({
             "batch": self.batch, "accum": self.accum, "steps": self.steps, "lr": self.lr,
