@@ -32,7 +32,8 @@ pub enum EvalCommand {
     /// Fréchet distance between real and scored images in the classifier's feature space.
     ///
     /// --images is the output folder of `nvg generate` (CCCC_IIIII.png, class CCCC) or an ImageFolder
-    /// (one sub-folder per class, named as the classifier's classes or starting with the class id).
+    /// (one sub-folder per class, named as the classifier's classes or starting with the class id);
+    /// several --images folders are scored as one pool (`--images s8/ --images s9/` for two seeds' jobs).
     Score(ScoreOptions),
 }
 
@@ -85,9 +86,11 @@ pub struct ScoreOptions {
     /// (models/emoji/classifier.safetensors, or in $NVG_MODEL_DIR).
     #[arg(long)]
     pub classifier: Option<PathBuf>,
-    /// Images to score: an `nvg generate` output folder or an ImageFolder.
-    #[arg(long)]
-    pub images: PathBuf,
+    /// Images to score: an `nvg generate` output folder or an ImageFolder. Repeat it to pool several
+    /// folders into one score (e.g. two `nvg generate` jobs at different seeds: their images may share
+    /// names, each is scored once).
+    #[arg(long, required = true)]
+    pub images: Vec<PathBuf>,
     /// Real images (an ImageFolder such as target/emoji/val, or a generate-style folder) for the Fréchet
     /// distance.
     #[arg(long)]
@@ -128,6 +131,8 @@ pub enum FolderKind {
     Generated,
     /// One sub-folder per class.
     ImageFolder,
+    /// Pooled folders of both kinds.
+    Mixed,
 }
 
 impl FolderKind {
@@ -135,6 +140,7 @@ impl FolderKind {
         match self {
             FolderKind::Generated => "generated",
             FolderKind::ImageFolder => "image-folder",
+            FolderKind::Mixed => "mixed",
         }
     }
 }
@@ -476,7 +482,8 @@ pub struct ScoreFrechet {
 #[derive(Debug, Clone)]
 pub struct ScoreReport {
     pub classifier: PathBuf,
-    pub images: PathBuf,
+    /// The scored folders, pooled.
+    pub images: Vec<PathBuf>,
     pub kind: FolderKind,
     pub classes: Vec<String>,
     pub accuracy: AccuracyReport,
@@ -488,7 +495,7 @@ impl ScoreReport {
     pub fn to_json(&self) -> Value {
         json!({
             "classifier": self.classifier.display().to_string(),
-            "images": self.images.display().to_string(),
+            "images": self.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "kind": self.kind.name(),
             "count": self.accuracy.images(),
             "accuracy": self.accuracy.accuracy(),
@@ -512,7 +519,11 @@ impl ScoreReport {
             "{} images ({}) in {}\naccuracy of the intended class: {:.4} ({}/{}), balanced over classes {:.4}\n",
             self.accuracy.images(),
             self.kind.name(),
-            self.images.display(),
+            self.images
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" + "),
             self.accuracy.accuracy(),
             self.accuracy.correct.iter().sum::<usize>(),
             self.accuracy.images(),
@@ -570,6 +581,35 @@ pub fn render_accuracy(r: &AccuracyReport, classes: &[String]) -> String {
     s
 }
 
+/// The images of every folder in `dirs` (see `scored_images`), loaded as one set in the order given;
+/// the kind is the folders' common kind, or `Mixed`. A folder given twice is refused: its images would
+/// count twice.
+fn pooled_images(dirs: &[PathBuf], classes: &[String], resolution: usize) -> Result<(FolderKind, ImageSet)> {
+    ensure!(!dirs.is_empty(), "no --images folder given");
+    let mut seen: Vec<PathBuf> = Vec::with_capacity(dirs.len());
+    let mut kind = None;
+    let mut files = Vec::new();
+    for dir in dirs {
+        let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        ensure!(
+            !seen.contains(&canonical),
+            "{}: given twice to --images (its images would count twice)",
+            dir.display()
+        );
+        seen.push(canonical);
+        let (k, f) = scored_images(dir, classes)?;
+        kind = Some(match kind {
+            None => k,
+            Some(prev) if prev == k => k,
+            Some(_) => FolderKind::Mixed,
+        });
+        files.extend(f);
+    }
+    // `ImageSet::load` names the file it cannot read.
+    let set = ImageSet::load(&files, resolution).context("reading the images to score")?;
+    Ok((kind.expect("at least one folder"), set))
+}
+
 pub fn score(o: &ScoreOptions) -> Result<ScoreReport> {
     let t0 = Instant::now();
     ensure!(o.batch > 0, "--batch must be at least 1");
@@ -579,8 +619,7 @@ pub fn score(o: &ScoreOptions) -> Result<ScoreReport> {
     };
     let classifier = Classifier::load(&classifier_path)?;
     let cfg = &classifier.config;
-    let (kind, files) = scored_images(&o.images, &cfg.classes)?;
-    let set = load_set(&files, cfg.resolution, &o.images)?;
+    let (kind, set) = pooled_images(&o.images, &cfg.classes, cfg.resolution)?;
     let e = embed(&classifier, &set, o.batch, "score")?;
     let accuracy = AccuracyReport::new(&e.predictions(), &set.classes, cfg.num_classes())?;
     let frechet = match &o.real {

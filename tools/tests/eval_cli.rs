@@ -1,6 +1,7 @@
 //! `nvg eval` end to end on synthetic squares: `train-classifier` writes the classifier and its JSONL log,
-//! `score --json` reads an `nvg generate`-style folder and reports accuracy and the Fréchet distance, and
-//! a folder without images is refused with a clear message.
+//! `score --json` reads an `nvg generate`-style folder and reports accuracy and the Fréchet distance,
+//! several `--images` folders are scored as one pool, and a folder without images (or one given twice) is
+//! refused with a clear message.
 
 use nvg::image::{RgbImage, write_png};
 use std::path::Path;
@@ -114,6 +115,65 @@ fn train_a_classifier_then_score_a_generate_folder() {
         ok && out.contains("12 images (image-folder)") && out.contains("2-blue"),
         "{out}"
     );
+
+    // Several --images folders are one pool: its per-class counts are the sums of the folders' own,
+    // whatever their layouts, and a second generate job's images may share the first one's names.
+    let again = dir.join("generated-again");
+    std::fs::create_dir_all(&again).unwrap();
+    for entry in std::fs::read_dir(&generated).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, again.join(p.file_name().unwrap())).unwrap();
+    }
+    let score_json = |folders: &[&Path]| -> serde_json::Value {
+        let mut args = vec!["eval", "score", "--classifier", clf_s, "--json"];
+        for f in folders {
+            args.extend(["--images", f.to_str().unwrap()]);
+        }
+        let (ok, out, err) = nvg(&args);
+        assert!(ok, "score of {folders:?} failed:\n{out}\n{err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let correct = |r: &serde_json::Value, c: usize| r["per_class"][c]["correct"].as_u64().unwrap();
+    let (g, v) = (score_json(&[&generated]), score_json(&[&val]));
+    let pooled = score_json(&[&generated, &val]);
+    assert_eq!(pooled["count"], 24);
+    assert_eq!(pooled["kind"], "mixed");
+    assert_eq!(pooled["images"].as_array().unwrap().len(), 2);
+    for c in 0..3 {
+        assert_eq!(correct(&pooled, c), correct(&g, c) + correct(&v, c), "class {c}");
+    }
+    let twice = score_json(&[&generated, &again]);
+    assert_eq!(
+        (twice["count"].as_u64(), twice["kind"].as_str()),
+        (Some(24), Some("generated"))
+    );
+    assert_eq!(twice["accuracy"], g["accuracy"]);
+    let (ok, out, _) = nvg(&[
+        "eval",
+        "score",
+        "--classifier",
+        clf_s,
+        "--images",
+        generated.to_str().unwrap(),
+        "--images",
+        val.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && out.contains("24 images (mixed) in ") && out.contains(" + "),
+        "{out}"
+    );
+    // The same folder twice would count its images twice: refused.
+    let (ok, _, err) = nvg(&[
+        "eval",
+        "score",
+        "--classifier",
+        clf_s,
+        "--images",
+        generated.to_str().unwrap(),
+        "--images",
+        dir.join("generated/../generated").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("given twice to --images"), "{err}");
 
     // No images: a clear refusal.
     let empty = dir.join("empty");
