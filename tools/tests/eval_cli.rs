@@ -80,17 +80,16 @@ fn train_a_classifier_then_score_a_generate_folder() {
     assert!(lines[2]["val_accuracy"].as_f64().is_some() && lines[2]["loss"].as_f64().is_some());
     assert!(lines[3]["fd_train_val"]["distance"].as_f64().unwrap() >= 0.0);
 
-    let (ok, out, err) = nvg(&[
-        "eval",
-        "score",
-        "--classifier",
-        clf_s,
-        "--images",
-        generated.to_str().unwrap(),
-        "--real",
-        val.to_str().unwrap(),
-        "--json",
-    ]);
+    // `nvg eval score --classifier clf ARGS...`, with every path as a string.
+    let score = |args: &[&Path], flags: &[&str]| {
+        let mut a: Vec<String> = ["eval", "score", "--classifier", clf_s].map(String::from).to_vec();
+        for p in args {
+            a.extend(["--images".to_string(), p.to_str().unwrap().to_string()]);
+        }
+        a.extend(flags.iter().map(|f| f.to_string()));
+        nvg(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (ok, out, err) = score(&[&generated], &["--real", val.to_str().unwrap(), "--json"]);
     assert!(ok, "score failed:\n{out}\n{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["kind"], "generated");
@@ -103,14 +102,7 @@ fn train_a_classifier_then_score_a_generate_folder() {
     assert!(report["frechet"]["distance"].as_f64().unwrap() >= 0.0);
 
     // The text report.
-    let (ok, out, _) = nvg(&[
-        "eval",
-        "score",
-        "--classifier",
-        clf_s,
-        "--images",
-        val.to_str().unwrap(),
-    ]);
+    let (ok, out, _) = score(&[&val], &[]);
     assert!(
         ok && out.contains("12 images (image-folder)") && out.contains("2-blue"),
         "{out}"
@@ -125,11 +117,7 @@ fn train_a_classifier_then_score_a_generate_folder() {
         std::fs::copy(&p, again.join(p.file_name().unwrap())).unwrap();
     }
     let score_json = |folders: &[&Path]| -> serde_json::Value {
-        let mut args = vec!["eval", "score", "--classifier", clf_s, "--json"];
-        for f in folders {
-            args.extend(["--images", f.to_str().unwrap()]);
-        }
-        let (ok, out, err) = nvg(&args);
+        let (ok, out, err) = score(folders, &["--json"]);
         assert!(ok, "score of {folders:?} failed:\n{out}\n{err}");
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
@@ -148,44 +136,19 @@ fn train_a_classifier_then_score_a_generate_folder() {
         (Some(24), Some("generated"))
     );
     assert_eq!(twice["accuracy"], g["accuracy"]);
-    let (ok, out, _) = nvg(&[
-        "eval",
-        "score",
-        "--classifier",
-        clf_s,
-        "--images",
-        generated.to_str().unwrap(),
-        "--images",
-        val.to_str().unwrap(),
-    ]);
+    let (ok, out, _) = score(&[&generated, &val], &[]);
     assert!(
         ok && out.contains("24 images (mixed) in ") && out.contains(" + "),
         "{out}"
     );
     // The same folder twice would count its images twice: refused.
-    let (ok, _, err) = nvg(&[
-        "eval",
-        "score",
-        "--classifier",
-        clf_s,
-        "--images",
-        generated.to_str().unwrap(),
-        "--images",
-        dir.join("generated/../generated").to_str().unwrap(),
-    ]);
+    let (ok, _, err) = score(&[&generated, &dir.join("generated/../generated")], &[]);
     assert!(!ok && err.contains("given twice to --images"), "{err}");
 
     // No images: a clear refusal.
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let (ok, _, err) = nvg(&[
-        "eval",
-        "score",
-        "--classifier",
-        clf_s,
-        "--images",
-        empty.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = score(&[&empty], &[]);
     assert!(!ok && err.contains("no images to score"), "{err}");
 
     // Without --classifier: the built-in model's classifier, or a clear error where there is none.
