@@ -401,7 +401,7 @@ fn score_reads_a_generate_folder_and_measures_the_distance_to_real_images() {
     clf.save(&path).unwrap();
     let opts = ScoreOptions {
         classifier: Some(path.clone()),
-        images: gen_dir.clone(),
+        images: vec![gen_dir.clone()],
         real: Some(real_dir.clone()),
         json: true,
         batch: 7,
@@ -425,7 +425,7 @@ fn score_reads_a_generate_folder_and_measures_the_distance_to_real_images() {
     assert_eq!(json["per_class"][1]["images"], 10);
     // Scoring the real folder against itself: distance 0.
     let same = score(&ScoreOptions {
-        images: real_dir.clone(),
+        images: vec![real_dir.clone()],
         ..opts.clone()
     })
     .unwrap();

@@ -72,7 +72,7 @@ fn the_shipped_model_generates_deterministically_and_its_samples_are_recognised(
     let report = score(&ScoreOptions {
         classifier: None, // the built-in model's
 
-        images: dir.join("all"),
+        images: vec![dir.join("all")],
         real: None,
         json: false,
         batch: 64,
