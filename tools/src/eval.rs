@@ -492,10 +492,14 @@ pub struct ScoreReport {
 }
 
 impl ScoreReport {
+    fn folder_names(&self) -> Vec<String> {
+        self.images.iter().map(|p| p.display().to_string()).collect()
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "classifier": self.classifier.display().to_string(),
-            "images": self.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "images": self.folder_names(),
             "kind": self.kind.name(),
             "count": self.accuracy.images(),
             "accuracy": self.accuracy.accuracy(),
@@ -519,11 +523,7 @@ impl ScoreReport {
             "{} images ({}) in {}\naccuracy of the intended class: {:.4} ({}/{}), balanced over classes {:.4}\n",
             self.accuracy.images(),
             self.kind.name(),
-            self.images
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" + "),
+            self.folder_names().join(" + "),
             self.accuracy.accuracy(),
             self.accuracy.correct.iter().sum::<usize>(),
             self.accuracy.images(),
@@ -587,7 +587,7 @@ pub fn render_accuracy(r: &AccuracyReport, classes: &[String]) -> String {
 fn pooled_images(dirs: &[PathBuf], classes: &[String], resolution: usize) -> Result<(FolderKind, ImageSet)> {
     ensure!(!dirs.is_empty(), "no --images folder given");
     let mut seen: Vec<PathBuf> = Vec::with_capacity(dirs.len());
-    let mut kind = None;
+    let mut kinds = Vec::with_capacity(dirs.len());
     let mut files = Vec::new();
     for dir in dirs {
         let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
@@ -598,16 +598,17 @@ fn pooled_images(dirs: &[PathBuf], classes: &[String], resolution: usize) -> Res
         );
         seen.push(canonical);
         let (k, f) = scored_images(dir, classes)?;
-        kind = Some(match kind {
-            None => k,
-            Some(prev) if prev == k => k,
-            Some(_) => FolderKind::Mixed,
-        });
+        kinds.push(k);
         files.extend(f);
     }
+    let kind = if kinds.iter().all(|&k| k == kinds[0]) {
+        kinds[0]
+    } else {
+        FolderKind::Mixed
+    };
     // `ImageSet::load` names the file it cannot read.
     let set = ImageSet::load(&files, resolution).context("reading the images to score")?;
-    Ok((kind.expect("at least one folder"), set))
+    Ok((kind, set))
 }
 
 pub fn score(o: &ScoreOptions) -> Result<ScoreReport> {
