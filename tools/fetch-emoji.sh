@@ -4,7 +4,9 @@
 # Usage: tools/fetch-emoji.sh [OPTIONS] [OUT]
 #
 #   OUT                    output folder (default: target/emoji under the repository root)
-#   --styles LIST          comma-separated image styles: google (default), twitter, or both
+#   --styles LIST          comma-separated image styles: google (default), twitter, fluent
+#                          (Microsoft's Fluent Emoji, flat style: SVGs rendered to 64x64 PNGs by
+#                          resvg; the first run pip-installs resvg-py into the cache)
 #   --style S              the same as --styles S
 #   --val-percent N        share of emoji held out for validation, integer 0..100 (default 10)
 #   --classes KIND         category (default: the 9 categories), subcategory (the 98 subcategories
@@ -28,8 +30,10 @@
 #
 # Data: the npm packages emoji-datasource-google@16.0.0 (Noto Emoji images, Apache-2.0) and, when
 # asked, emoji-datasource-twitter@16.0.0 (Twemoji images, CC-BY-4.0); the packages themselves are MIT
-# (emoji-datasource by Cal Henderson). Each tarball is fetched once (npm pack, else curl, else python3
-# urllib), checked against the sha512 pinned below (a changed upload is refused) and cached.
+# (emoji-datasource by Cal Henderson). The fluent style comes from @lobehub/fluent-emoji-flat@1.1.0
+# (Fluent Emoji by Microsoft, MIT; SVG only), its categories from the google package's emoji.json (which
+# is fetched for it when google is not asked). Each tarball is fetched once (npm pack, else curl, else
+# python3 urllib), checked against the sha512 pinned below (a changed upload is refused) and cached.
 #
 # Layout: OUT/{train,val}/<id>-<category>/<file>.png, class folders 0-smileys-emotion 1-people-body
 # 2-animals-nature 3-food-drink 4-travel-places 5-activities 6-objects 7-symbols 8-flags (sorted names
@@ -45,23 +49,32 @@
 # split. Fixed across runs and machines.
 #
 # The PNGs are copied byte for byte (mostly RGBA; a few grey+alpha or palette); `nvg`'s image reader
-# composites transparent pixels onto white. The tree is built in a hidden sibling folder and renamed
-# into place, so an interrupted run leaves the previous tree (or none), never half of one. Re-running
-# with the same options gives an identical tree. Needs bash 4+, GNU coreutils and python3 3.7+
-# (standard library only; it also reads the tarballs, so tar is not needed); npm or curl optional.
+# composites transparent pixels onto white. Fluent images are rendered from the package's SVGs by
+# resvg (the pip package resvg-py==0.5.0, installed once into CACHE/resvg-py-0.5.0 with
+# `python3 -m pip install --target`), 64x64 RGBA; the same resvg version gives the same bytes. The tree
+# is built in a hidden sibling folder and renamed into place, so an interrupted run leaves the previous
+# tree (or none), never half of one. Re-running with the same options gives an identical tree. Needs
+# bash 4+, GNU coreutils and python3 3.7+ (standard library only; it also reads the tarballs, so tar is
+# not needed; the fluent style: 3.10+ with pip); npm or curl optional.
 # See docs/emoji-data.md; self-check: tools/tests/fetch_emoji.sh.
 set -euo pipefail
 ((BASH_VERSINFO[0] >= 4)) || { echo "fetch-emoji: error: bash 4 or newer is needed" >&2; exit 1; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VERSION=16.0.0
+VERSION=16.0.0 # of the emoji-datasource packages
+# npm package and version of each style's tarball.
+declare -A PACKAGE=([google]=emoji-datasource-google [twitter]=emoji-datasource-twitter [fluent]=@lobehub/fluent-emoji-flat)
+declare -A PKG_VERSION=([google]=$VERSION [twitter]=$VERSION [fluent]=1.1.0)
+KNOWN_STYLES=(google twitter fluent) # canonical order
+RESVG_PY=0.5.0                       # the SVG renderer of the fluent style (PyPI resvg-py)
 REGISTRY="${NVG_EMOJI_REGISTRY:-https://registry.npmjs.org}"
 REGISTRY="${REGISTRY%/}"
-# dist.integrity of the registry's uploads (https://registry.npmjs.org/emoji-datasource-STYLE/16.0.0),
-# checked 2025: a tarball with another digest is refused.
+# dist.integrity of the registry's uploads (https://registry.npmjs.org/PACKAGE/VERSION), checked 2025
+# (fluent: 2026-12-01): a tarball with another digest is refused.
 declare -A SHA512=(
   [google]="sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A=="
   [twitter]="sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ=="
+  [fluent]="sha512-lPYCg8+N56MIj+iOgeBeH6AF0tneXxJCvgi41rOTjAWpA5rU2WUcmU1fiIXouEe8GrSTarWCYLY2ML+rdLRHsg=="
 )
 
 die() {
@@ -107,13 +120,13 @@ done
 val_percent=$((10#$val_percent))
 styles=()
 IFS=',' read -r -a requested <<<"$styles_arg"
-for s in google twitter; do # canonical order, whatever the order asked
+for s in "${KNOWN_STYLES[@]}"; do # canonical order, whatever the order asked
   for r in "${requested[@]}"; do [[ "$r" == "$s" ]] && { styles+=("$s"); break; }; done
 done
 for r in "${requested[@]}"; do
-  [[ "$r" == google || "$r" == twitter ]] || die "unknown style '$r' (known: google, twitter)"
+  [[ -n "${PACKAGE[$r]+x}" ]] || die "unknown style '$r' (known: ${KNOWN_STYLES[*]})"
 done
-((${#styles[@]} > 0)) || die "no style given (known: google, twitter)"
+((${#styles[@]} > 0)) || die "no style given (known: ${KNOWN_STYLES[*]})"
 
 command -v python3 >/dev/null || die "python3 is needed (standard library only)"
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 7))' || die "python3 3.7 or newer is needed"
@@ -145,16 +158,24 @@ print("sha512-" + base64.b64encode(h.digest()).decode())
 PY
 }
 
-# Downloads package NAME@VERSION's tarball into folder DIR (empty); prints nothing, fails on error.
+# The file name `npm pack NAME@VERSION` writes: a scope's '@' dropped and its '/' turned into '-'.
+tarball_name() {
+  local name="${1#@}"
+  echo "${name//\//-}-$2.tgz"
+}
+
+# Downloads package NAME@VER's tarball into folder DIR (empty) as $(tarball_name NAME VER); prints
+# nothing, fails on error.
 download() {
-  local name="$1" dir="$2" url npm_args=()
-  url="$REGISTRY/$name/-/$name-$VERSION.tgz"
+  local name="$1" ver="$2" dir="$3" url file npm_args=()
+  file="$(tarball_name "$name" "$ver")"
+  url="$REGISTRY/$name/-/${name##*/}-$ver.tgz"
   # npm uses its own configured registry unless NVG_EMOJI_REGISTRY is set.
   [[ -z "${NVG_EMOJI_REGISTRY:-}" ]] || npm_args=(--registry "$REGISTRY")
   if command -v npm >/dev/null; then
-    if (cd "$dir" && npm pack "$name@$VERSION" ${npm_args[@]+"${npm_args[@]}"} --ignore-scripts --silent >/dev/null 2>"$dir/npm.log"); then
-      [[ -f "$dir/$name-$VERSION.tgz" ]] && return 0
-      note "npm pack did not leave $name-$VERSION.tgz; trying a direct download"
+    if (cd "$dir" && npm pack "$name@$ver" ${npm_args[@]+"${npm_args[@]}"} --ignore-scripts --silent >/dev/null 2>"$dir/npm.log"); then
+      [[ -f "$dir/$file" ]] && return 0
+      note "npm pack did not leave $file; trying a direct download"
     else
       note "npm pack failed ($(tail -n 1 "$dir/npm.log" 2>/dev/null)); trying a direct download"
     fi
@@ -163,10 +184,10 @@ download() {
   fi
   rm -f -- "$dir"/*.tgz
   if command -v curl >/dev/null; then
-    curl -fsSL --retry 3 --connect-timeout 30 -o "$dir/$name-$VERSION.tgz" "$url" && return 0
+    curl -fsSL --retry 3 --connect-timeout 30 -o "$dir/$file" "$url" && return 0
     note "curl could not fetch $url; trying python3 urllib"
   fi
-  python3 - "$url" "$dir/$name-$VERSION.tgz" <<'PY' || die "could not download $url"
+  python3 - "$url" "$dir/$file" <<'PY' || die "could not download $url"
 import shutil, sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=60) as r, open(sys.argv[2], "wb") as f:
     shutil.copyfileobj(r, f, 1 << 20)
@@ -175,9 +196,11 @@ PY
 
 # Makes sure the verified tarball of STYLE is in the cache; prints its path.
 fetch() {
-  local style="$1" name file got tmp
-  name="emoji-datasource-$style"
-  file="$cache/$name-$VERSION.tgz"
+  local style="$1" name ver base file got tmp
+  name="${PACKAGE[$style]}"
+  ver="${PKG_VERSION[$style]}"
+  base="$(tarball_name "$name" "$ver")"
+  file="$cache/$base"
   if [[ -f "$file" ]]; then
     got="$(integrity_of "$file")"
     if [[ "$got" == "${SHA512[$style]}" ]]; then
@@ -193,15 +216,37 @@ fetch() {
   tmp="$(mktemp -d "$cache/.download.XXXXXX")"
   # shellcheck disable=SC2064 # expand now: tmp is local
   trap "rm -rf -- '$tmp'" EXIT
-  note "downloading $name@$VERSION into $cache"
-  download "$name" "$tmp"
-  got="$(integrity_of "$tmp/$name-$VERSION.tgz")"
+  note "downloading $name@$ver into $cache"
+  download "$name" "$ver" "$tmp"
+  got="$(integrity_of "$tmp/$base")"
   [[ "$got" == "${SHA512[$style]}" ]] ||
-    die "$name-$VERSION.tgz from the registry has $got, expected ${SHA512[$style]}: refusing a changed or corrupt upload"
-  mv -f -- "$tmp/$name-$VERSION.tgz" "$file"
+    die "$base from the registry has $got, expected ${SHA512[$style]}: refusing a changed or corrupt upload"
+  mv -f -- "$tmp/$base" "$file"
   rm -rf -- "$tmp"
   trap - EXIT
   echo "$file"
+}
+
+# Makes sure resvg-py is installed under the cache (for the fluent style); prints the folder to put on
+# PYTHONPATH. Installed into a temporary folder and renamed, so a half install is never used.
+renderer() {
+  local dir="$cache/resvg-py-$RESVG_PY" tmp
+  if PYTHONPATH="$dir" python3 -c 'import resvg_py' 2>/dev/null; then
+    echo "$dir"
+    return
+  fi
+  ((offline == 0)) || die "the fluent style needs resvg-py $RESVG_PY in $dir and --offline was given (run once without it)"
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "the fluent style needs python3 3.10 or newer (resvg-py)"
+  python3 -m pip --version >/dev/null 2>&1 || die "the fluent style needs pip (python3 -m pip) to install resvg-py"
+  mkdir -p -- "$cache"
+  rm -rf -- "$dir"
+  tmp="$(mktemp -d "$cache/.resvg.XXXXXX")"
+  note "installing resvg-py==$RESVG_PY into $dir (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --only-binary :all: \
+    --target "$tmp" "resvg-py==$RESVG_PY" >&2 || { rm -rf -- "$tmp"; die "pip could not install resvg-py==$RESVG_PY"; }
+  mv -T -- "$tmp" "$dir"
+  PYTHONPATH="$dir" python3 -c 'import resvg_py' || die "resvg-py in $dir does not import"
+  echo "$dir"
 }
 
 start=$SECONDS
@@ -210,6 +255,15 @@ for s in "${styles[@]}"; do
   file="$(fetch "$s")"
   tarballs+=("$s" "${SHA512[$s]}" "$file")
 done
+# emoji.json (categories and file names) comes from the first emoji-datasource tarball; the fluent style
+# has none of its own, so alone it brings the google one in for its emoji.json.
+meta_style="${styles[0]}"
+meta="${tarballs[2]}"
+pythonpath="${PYTHONPATH:-}"
+if [[ " ${styles[*]} " == *" fluent "* ]]; then
+  [[ "$meta_style" != fluent ]] || { meta_style=google; meta="$(fetch google)"; }
+  pythonpath="$(renderer)"
+fi
 note "tarballs verified ($((SECONDS - start)) s)"
 
 # ---- building --------------------------------------------------------------------------------------
@@ -241,14 +295,18 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 mkdir -- "$work"
 
-python3 - "${BASH_SOURCE[0]}" "$work" "$val_percent" "$skin" "$dedup" "$VERSION" "$classes" "${tarballs[@]}" <<'PY' || die "building the image folder failed"
-import hashlib, json, os, struct, sys, tarfile
+PYTHONPATH="$pythonpath" python3 - "${BASH_SOURCE[0]}" "$work" "$val_percent" "$skin" "$dedup" "$VERSION" "$classes" \
+  "$meta_style" "${SHA512[$meta_style]}" "$meta" "${PACKAGE[fluent]}@${PKG_VERSION[fluent]}" "$RESVG_PY" "${tarballs[@]}" <<'PY' || die "building the image folder failed"
+import hashlib, json, os, re, struct, sys, tarfile
 
 script, work, val_percent, version = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[6]
 skin, dedup = sys.argv[4] == "1", sys.argv[5] == "1"
 by_subcategory = sys.argv[7] == "subcategory"
 by_style = sys.argv[7] == "category-style"
-rest = sys.argv[8:]  # style, integrity, path; style, integrity, path; ...
+# The emoji-datasource tarball whose emoji.json names the fluent images (style, integrity, path), the
+# fluent package (name@version) and the resvg-py version that renders its SVGs.
+meta_style, meta_integrity, meta_path, fluent_package, resvg_version = sys.argv[8:13]
+rest = sys.argv[13:]  # style, integrity, path; style, integrity, path; ...
 sources = [rest[i:i + 3] for i in range(0, len(rest), 3)]
 tarballs = [(s, path) for s, _, path in sources]
 integrity = {s: i for s, i, _ in sources}
@@ -289,11 +347,36 @@ def class_folder(e, style):
     return FOLDER[e["category"]] + "--" + slug
 
 SKIPPED_CATEGORIES = {"Component"}
-PREFIX = {"google": "", "twitter": "twitter-"}
+PREFIX = {"google": "", "twitter": "twitter-", "fluent": "fluent-"}
 LICENCE = {
     "google": ("Noto Emoji (Google)", "Apache-2.0", "https://github.com/googlefonts/noto-emoji"),
     "twitter": ("Twemoji (Twitter, Inc. and contributors; fork by jdecked)", "CC-BY-4.0", "https://github.com/jdecked/twemoji"),
+    "fluent": ("Fluent Emoji, flat style (Microsoft Corporation)", "MIT", "https://github.com/microsoft/fluentui-emoji"),
 }
+# The Fluent Emoji licence (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE); the npm
+# package @lobehub/fluent-emoji-flat carries no LICENSE file of its own (its package.json says MIT).
+FLUENT_LICENCE = """MIT License
+
+Copyright (c) Microsoft Corporation.
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the "Software"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+"""
 
 
 def fail(msg):
@@ -310,34 +393,86 @@ def png_size(data, name):
     return struct.unpack(">II", data[16:24])
 
 
+def read_tarball(path, wanted, files_under, suffix):
+    """The files of tarball path named in wanted, and those directly under folder files_under that end
+    in suffix (by name within that folder)."""
+    files, meta = {}, {}
+    with tarfile.open(path, "r:gz") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            rel = m.name[len(files_under):]
+            if m.name.startswith(files_under) and m.name.endswith(suffix) and "/" not in rel:
+                files[rel] = tar.extractfile(m).read()
+            elif m.name in wanted:
+                meta[m.name] = tar.extractfile(m).read()
+    for need in wanted:
+        if need not in meta:
+            fail("%s has no %s" % (path, need))
+    if not files:
+        fail("%s has no %s files under %s" % (path, suffix, files_under))
+    return files, meta
+
+
+def check_package(path, meta, name, ver):
+    pkg = json.loads(meta["package/package.json"])
+    if pkg.get("version") != ver or pkg.get("name") != name:
+        fail("%s holds %s@%s, expected %s@%s" % (path, pkg.get("name"), pkg.get("version"), name, ver))
+
+
+DATASOURCE_META = ("package/emoji.json", "package/LICENSE", "package/package.json")
+
+
+def read_datasource(style, path):
+    """(images by file name, emoji.json entries, LICENSE text) of an emoji-datasource tarball."""
+    pngs, meta = read_tarball(path, DATASOURCE_META, "package/img/%s/64/" % style, ".png")
+    check_package(path, meta, "emoji-datasource-" + style, version)
+    return pngs, json.loads(meta["package/emoji.json"]), meta["package/LICENSE"].decode("utf-8")
+
+
+def render_svg(svg, name):
+    """A 64x64 RGBA PNG of SVG text svg, by resvg (no system fonts: the fluent SVGs hold no text, and
+    the machine's fonts must not change the images). The root's size is set to 64x64, so a drawing whose
+    viewBox is not square (two are 32x33) is fitted and centred, not stretched (SVG's default
+    preserveAspectRatio)."""
+    try:
+        import resvg_py
+    except ImportError:
+        fail("resvg_py is not importable (it should have been installed into the cache)")
+    text = svg.decode("utf-8")
+    root = re.search(r"<svg\b[^>]*>", text)
+    if not root or "viewBox" not in root.group(0):
+        fail("%s has no <svg> root with a viewBox" % name)
+    tag = re.sub(r'\s(width|height)="[^"]*"', "", root.group(0))
+    tag = tag[:4] + ' width="64" height="64"' + tag[4:]
+    try:
+        return bytes(resvg_py.svg_to_bytes(svg_string=text[:root.start()] + tag + text[root.end():], skip_system_fonts=True))
+    except Exception as err:  # resvg raises ValueError on a bad SVG
+        fail("rendering %s: %s" % (name, err))
+
+
 # Every candidate image: (split key, output name, class folder, bytes, style, kind)
 items = []
 skipped = {"no_image_flag": 0, "missing_file": 0, "component": 0, "skin_tone_variants": 0}
 licences = {}
 unreferenced = {}
+if "fluent" in dict(tarballs):
+    skipped["not_in_fluent"] = 0
+    _, meta_entries, meta_licence = read_datasource(meta_style, meta_path)
 for style, path in tarballs:
-    imgdir = "package/img/%s/64/" % style
-    pngs, meta = {}, {}
-    with tarfile.open(path, "r:gz") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            if m.name.startswith(imgdir) and m.name.endswith(".png") and "/" not in m.name[len(imgdir):]:
-                pngs[m.name[len(imgdir):]] = tar.extractfile(m).read()
-            elif m.name in ("package/emoji.json", "package/LICENSE", "package/package.json"):
-                meta[m.name] = tar.extractfile(m).read()
-    for need in ("package/emoji.json", "package/LICENSE", "package/package.json"):
-        if need not in meta:
-            fail("%s has no %s" % (path, need))
-    pkg = json.loads(meta["package/package.json"])
-    if pkg.get("version") != version or pkg.get("name") != "emoji-datasource-" + style:
-        fail("%s holds %s@%s, expected emoji-datasource-%s@%s" % (path, pkg.get("name"), pkg.get("version"), style, version))
-    licences[style] = meta["package/LICENSE"].decode("utf-8")
-    if not pngs:
-        fail("%s has no images under %s" % (path, imgdir))
+    if style == "fluent":
+        name, ver = fluent_package.rsplit("@", 1)
+        svgs, meta = read_tarball(path, ("package/package.json",), "package/assets/", ".svg")
+        check_package(path, meta, name, ver)
+        entries = meta_entries
+        licences[style] = FLUENT_LICENCE
+        # The fluent file of emoji image "1f600.png" is "1f600.svg" (the same lower-case code points).
+        images = {n[:-4] + ".png": svg for n, svg in svgs.items()}
+    else:
+        images, entries, licences[style] = read_datasource(style, path)
     flag = "has_img_" + style
     seen = set()
-    for e in json.loads(meta["package/emoji.json"]):
+    for e in entries:
         cat = e.get("category")
         if cat in SKIPPED_CATEGORIES:
             skipped["component"] += 1 + len(e.get("skin_variations") or {})
@@ -363,19 +498,26 @@ for style, path in tarballs:
             if kind == "skin" and not skin:
                 skipped["skin_tone_variants"] += 1
                 continue
-            if not v.get(flag, False):
-                skipped["no_image_flag"] += 1
-                continue
-            if img not in pngs:
-                warn("%s: %s is flagged but not in the tarball; skipped" % (style, img))
-                skipped["missing_file"] += 1
-                continue
-            w, h = png_size(pngs[img], img)
+            if style == "fluent":  # emoji.json has no flag for it: the package draws an emoji or not
+                if img not in images:
+                    skipped["not_in_fluent"] += 1
+                    continue
+                data = render_svg(images[img], img[:-4] + ".svg")
+            else:
+                if not v.get(flag, False):
+                    skipped["no_image_flag"] += 1
+                    continue
+                if img not in images:
+                    warn("%s: %s is flagged but not in the tarball; skipped" % (style, img))
+                    skipped["missing_file"] += 1
+                    continue
+                data = images[img]
+            w, h = png_size(data, img)
             if (w, h) != (64, 64):
                 fail("%s: %s is %dx%d, expected 64x64" % (style, img, w, h))
             added = tuple(int(x) for x in str(v.get("added_in") or e.get("added_in") or "99").split(".") if x.isdigit())
-            items.append([key, PREFIX[style] + img, folder, pngs[img], style, kind, added])
-    unreferenced[style] = sorted(set(pngs) - seen)
+            items.append([key, PREFIX[style] + img, folder, data, style, kind, added])
+    unreferenced[style] = sorted(set(images) - seen)
     if unreferenced[style]:
         warn("%s: %d images not named in emoji.json, left out (e.g. %s)" % (style, len(unreferenced[style]), unreferenced[style][0]))
 
@@ -419,12 +561,21 @@ for key, name, folder, data, style, kind, added in kept:
         f.write(data)
     counts[split][folder] += 1
 
+PACKAGE_OF = {s: fluent_package if s == "fluent" else "emoji-datasource-%s@%s" % (s, version) for s in PREFIX}
+sources_report = []
+for s, _ in tarballs:
+    src = {"package": PACKAGE_OF[s], "integrity": integrity[s], "images": LICENCE[s][0], "image_licence": LICENCE[s][1]}
+    if s == "fluent":
+        src["rendered_with"] = "resvg-py==%s (SVG -> 64x64 RGBA PNG)" % resvg_version
+        src["emoji_json_from"] = PACKAGE_OF[meta_style]
+    sources_report.append(src)
+meta_only = "fluent" in dict(tarballs) and meta_style not in dict(tarballs)
+if meta_only:  # the fluent style alone: the google tarball gave emoji.json, none of its images
+    sources_report.append({"package": PACKAGE_OF[meta_style], "integrity": meta_integrity, "used_for": "emoji.json only"})
+
 report = {
     "generator": "tools/fetch-emoji.sh",
-    "sources": [
-        {"package": "emoji-datasource-%s@%s" % (s, version), "integrity": integrity[s], "images": LICENCE[s][0], "image_licence": LICENCE[s][1]}
-        for s, _ in tarballs
-    ],
+    "sources": sources_report,
     "styles": [s for s, _ in tarballs],
     "val_percent": val_percent,
     "split_rule": "val iff int(sha256(base image file name), 16) % 100 < val_percent",
@@ -450,7 +601,10 @@ with open(script, encoding="utf-8") as f:
 rule = "=" * 78 + "\n"
 parts = ["Licences of the emoji images and data in this folder (made by tools/fetch-emoji.sh).\n\n"]
 for s, _ in tarballs:
-    parts += [rule, "emoji-datasource-%s@%s (emoji.json and packaging; package/LICENSE, copied as is): MIT\n" % (s, version), rule, licences[s], "\n"]
+    if s != "fluent":
+        parts += [rule, "%s (emoji.json and packaging; package/LICENSE, copied as is): MIT\n" % PACKAGE_OF[s], rule, licences[s], "\n"]
+if meta_only:
+    parts += [rule, "%s (its emoji.json only; package/LICENSE, copied as is): MIT\n" % PACKAGE_OF[meta_style], rule, meta_licence, "\n"]
 if "google" in dict(tarballs):
     if not apache.strip():
         fail("the Apache-2.0 text is missing")
@@ -464,12 +618,18 @@ if "twitter" in dict(tarballs):
               "https://creativecommons.org/licenses/by/4.0/legalcode). Changes: the transparent pixels were\n",
               "composited onto white (RGB instead of RGBA); the images were sorted into %s folders and\n" % KIND_WORDS,
               "renamed with the twitter- prefix.\n", rule]
+if "fluent" in dict(tarballs):
+    parts += [rule, "Images named fluent-*.png: Fluent Emoji (flat style), Copyright (c) Microsoft Corporation\n",
+              "(https://github.com/microsoft/fluentui-emoji), from the npm package %s\n" % fluent_package,
+              "(packaging Copyright (c) 2023 LobeHub, MIT). Changes: the SVGs were rendered to 64x64 PNGs by\n",
+              "resvg (resvg-py %s), sorted into %s folders and renamed with the fluent- prefix.\n" % (resvg_version, KIND_WORDS),
+              "The licence of the images:\n", rule, FLUENT_LICENCE, "\n"]
 with open(os.path.join(work, "LICENSE-emoji.txt"), "w") as f:
     f.write("".join(parts))
 
 att = ["# Attribution\n\n",
        "This folder was made by `tools/fetch-emoji.sh` of nvg-rs. It holds emoji images sorted into %d\n" % len(folders),
-       "%s folders (from `emoji.json`), unchanged, for training and evaluating a demo model.\n\n" % KIND_WORDS]
+       "%s folders (from `emoji.json`), unchanged (the fluent ones rendered from SVG), for training and evaluating a demo model.\n\n" % KIND_WORDS]
 if "google" in dict(tarballs):
     att += ["- Images without a prefix: **Noto Emoji** by Google (v2.048, https://github.com/googlefonts/noto-emoji),\n",
             "  Apache License 2.0 (full text in `LICENSE-emoji.txt`).\n"]
@@ -477,9 +637,14 @@ if "twitter" in dict(tarballs):
     att += ["- Images named `twitter-*.png`: **Twemoji** by Twitter, Inc and other contributors, and jdecked and\n",
             "  other contributors (v16.0.1 fork, https://github.com/jdecked/twemoji), licensed under CC BY 4.0\n",
             "  (https://creativecommons.org/licenses/by/4.0/). Not modified apart from renaming.\n"]
+if "fluent" in dict(tarballs):
+    att += ["- Images named `fluent-*.png`: **Fluent Emoji** (flat style) by Microsoft Corporation\n",
+            "  (https://github.com/microsoft/fluentui-emoji), MIT licence (text in `LICENSE-emoji.txt`), from the\n",
+            "  npm package `%s`; rendered from SVG to 64x64 PNG by resvg (resvg-py %s).\n" % (fluent_package, resvg_version)]
+datasource = [PACKAGE_OF[s] for s, _ in tarballs if s != "fluent"] or [PACKAGE_OF[meta_style]]
 att += ["- Emoji data (`emoji.json`: categories, file names) and packaging: **emoji-datasource** by Cal\n",
         "  Henderson (https://github.com/iamcal/emoji-data), MIT licence (text in `LICENSE-emoji.txt`), from the\n",
-        "  npm package%s %s.\n" % ("s" if len(tarballs) > 1 else "", ", ".join("`emoji-datasource-%s@%s`" % (s, version) for s, _ in tarballs))]
+        "  npm package%s %s.\n" % ("s" if len(datasource) > 1 else "", ", ".join("`%s`" % p for p in datasource))]
 with open(os.path.join(work, "ATTRIBUTION.md"), "w") as f:
     f.write("".join(att))
 

@@ -40,9 +40,10 @@ mkdir -p "$cache"
 cp "$src_cache/$tgz" "$cache/"
 
 # Options.
-"$script" --help | grep -q -- '--val-percent' && ok "--help" || bad "--help"
+# (captured first: `grep -q` closing the pipe early would fail the pipeline under pipefail)
+help="$("$script" --help)" && grep -q -- '--val-percent' <<<"$help" && grep -q -- 'fluent' <<<"$help" && ok "--help" || bad "--help"
 expect_fail "unknown option" "unknown option" "$script" --bogus
-expect_fail "unknown style" "unknown style 'apple'" "$script" --style apple "$tmp/o"
+expect_fail "unknown style" "unknown style 'apple' (known: google twitter fluent)" "$script" --style apple "$tmp/o"
 expect_fail "bad class kind" "category, subcategory or category-style" "$script" --classes genus "$tmp/o"
 expect_fail "bad val percent" "integer from 0 to 100" "$script" --val-percent 101 "$tmp/o"
 expect_fail "two OUTs" "more than one OUT" "$script" "$tmp/a" "$tmp/b"
@@ -146,6 +147,49 @@ if styles == "google,twitter":
         tw = {f: c for f, c in f2.items() if f.startswith("twitter-")}
         assert tw and all(c.endswith("--twitter") for c in tw.values()), split
 PY
+
+# The fluent style (when its tarball and the renderer are cached): rendered 64x64 PNGs, the same bytes on
+# a re-run, categories and splits from the google emoji.json (an emoji's fluent image lies in the split of
+# its google image), the google tarball named as the source of emoji.json only, the MIT notice; offline
+# without the renderer it is refused.
+fl=lobehub-fluent-emoji-flat-1.1.0.tgz
+rv=resvg-py-0.5.0
+if [[ -f "$src_cache/$fl" && -d "$src_cache/$rv" ]]; then
+  mkdir -p "$tmp/cache3"
+  cp "$src_cache/$tgz" "$src_cache/$fl" "$tmp/cache3/"
+  expect_fail "fluent offline without the renderer" "needs resvg-py" "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f0"
+  cp -r "$src_cache/$rv" "$tmp/cache3/"
+  "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f1" >/dev/null 2>&1
+  "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f2" >/dev/null 2>&1
+  [[ "$(tree_hash "$tmp/f1")" == "$(tree_hash "$tmp/f2")" ]] && ok "fluent: re-run gives the same tree" || bad "fluent: re-run changed the tree"
+  "$script" --offline --cache "$tmp/cache3" --styles fluent,google --classes category-style "$tmp/f3" >/dev/null 2>&1
+  rm -rf -- "$tmp/cache3"
+  if python3 - "$out" "$tmp/f1" "$tmp/f3" <<'PY'; then ok "--style fluent"; else bad "--style fluent"; fi
+import json, os, struct, sys
+g, f, fg = sys.argv[1:]
+jg, jf, jfg = (json.load(open(d + "/counts.json")) for d in (g, f, fg))
+assert jf["classes"] == jg["classes"] and jf["styles"] == ["fluent"], jf["classes"]
+assert [s["package"] for s in jf["sources"]] == ["@lobehub/fluent-emoji-flat@1.1.0", "emoji-datasource-google@16.0.0"]
+assert jf["sources"][1]["used_for"] == "emoji.json only" and jf["sources"][0]["image_licence"] == "MIT"
+assert 3000 < sum(jf["total"].values()) < sum(jg["total"].values()), jf["total"]
+files = lambda d: {f: (split, c) for split in ("train", "val") for c in os.listdir(d + "/" + split) for f in os.listdir(d + "/" + split + "/" + c)}
+fg_files, g_files, f_files = files(fg), files(g), files(f)
+assert f_files and all(n.startswith("fluent-") for n in f_files)
+shared = 0
+for n, (split, c) in f_files.items():
+    b = open(os.path.join(f, split, c, n), "rb").read(24)
+    assert b[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", b[16:24]) == (64, 64), n
+    if n[len("fluent-"):] in g_files:
+        shared += 1
+        assert g_files[n[len("fluent-"):]] == (split, c), n  # same split, same category as its google image
+assert shared > 0.9 * len(f_files), shared
+assert jfg["classes"] == sorted(c + "--" + s for c in jg["classes"] for s in ("fluent", "google")), jfg["classes"]
+assert {n: sc for n, sc in fg_files.items() if n.startswith("fluent-")} == {n: (s, c + "--fluent") for n, (s, c) in f_files.items()}
+assert "Microsoft Corporation" in open(f + "/LICENSE-emoji.txt").read() and "Fluent Emoji" in open(f + "/ATTRIBUTION.md").read()
+PY
+else
+  echo "skip fluent checks: $src_cache/$fl or $src_cache/$rv not cached (run tools/fetch-emoji.sh --style fluent once)"
+fi
 
 # Output safety: a folder not made by the script, or a file, is never replaced.
 mkdir -p "$tmp/mine" && echo keep >"$tmp/mine/x"
