@@ -14,10 +14,11 @@ use std::path::Path;
 
 /// Images per class of the scored job.
 const PER_CLASS: usize = 8;
-/// Accuracy of the intended class measured on this job with the shipped classifier (46 of 72 on
-/// 2026-12-01 for generator phase m, the style classes drawn class-balanced, each category drawn through
-/// its google class; phase l scored 44 of 72, phase i 39, phase f 30; models/emoji/README.md).
-const MEASURED_ACCURACY: f64 = 46.0 / 72.0;
+/// Accuracy of the intended class measured on this job with the shipped classifier (44 of 72 on
+/// 2026-12-01 for generator phase n, 27 classes: each category in three styles, drawn through its google
+/// class; phase m scored 46 of 72 here but lower on the 432 samples that decided, phase l 44, phase i 39,
+/// phase f 30; models/emoji/README.md).
+const MEASURED_ACCURACY: f64 = 44.0 / 72.0;
 /// How far below the measured value the test still passes (3.6 images of 72; chance, 8 of 72, fails).
 const MARGIN: f64 = 0.05;
 
