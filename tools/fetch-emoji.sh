@@ -423,11 +423,17 @@ def check_package(path, meta, name, ver):
 DATASOURCE_META = ("package/emoji.json", "package/LICENSE", "package/package.json")
 
 
+_datasource = {}
+
+
 def read_datasource(style, path):
-    """(images by file name, emoji.json entries, LICENSE text) of an emoji-datasource tarball."""
-    pngs, meta = read_tarball(path, DATASOURCE_META, "package/img/%s/64/" % style, ".png")
-    check_package(path, meta, "emoji-datasource-" + style, version)
-    return pngs, json.loads(meta["package/emoji.json"]), meta["package/LICENSE"].decode("utf-8")
+    """(images by file name, emoji.json entries, LICENSE text) of an emoji-datasource tarball; read once
+    (the fluent style's emoji.json may come from a tarball that is also a style of its own)."""
+    if path not in _datasource:
+        pngs, meta = read_tarball(path, DATASOURCE_META, "package/img/%s/64/" % style, ".png")
+        check_package(path, meta, "emoji-datasource-" + style, version)
+        _datasource[path] = (pngs, json.loads(meta["package/emoji.json"]), meta["package/LICENSE"].decode("utf-8"))
+    return _datasource[path]
 
 
 def render_svg(svg, name):
