@@ -5,8 +5,9 @@
 #
 #   OUT                    output folder (default: target/emoji under the repository root)
 #   --styles LIST          comma-separated image styles: google (default), twitter, fluent
-#                          (Microsoft's Fluent Emoji, flat style: SVGs rendered to 64x64 PNGs by
-#                          resvg; the first run pip-installs resvg-py into the cache)
+#                          (Microsoft's Fluent Emoji, flat style), fluent-color (Fluent Emoji, color
+#                          style: gradients); the fluent styles are SVGs rendered to 64x64 PNGs by
+#                          resvg (the first run pip-installs resvg-py into the cache)
 #   --style S              the same as --styles S
 #   --val-percent N        share of emoji held out for validation, integer 0..100 (default 10)
 #   --classes KIND         category (default: the 9 categories), subcategory (the 98 subcategories
@@ -30,9 +31,10 @@
 #
 # Data: the npm packages emoji-datasource-google@16.0.0 (Noto Emoji images, Apache-2.0) and, when
 # asked, emoji-datasource-twitter@16.0.0 (Twemoji images, CC-BY-4.0); the packages themselves are MIT
-# (emoji-datasource by Cal Henderson). The fluent style comes from @lobehub/fluent-emoji-flat@1.1.0
-# (Fluent Emoji by Microsoft, MIT; SVG only), its categories from the google package's emoji.json (which
-# is fetched for it when google is not asked). Each tarball is fetched once (npm pack, else curl, else
+# (emoji-datasource by Cal Henderson). The fluent style comes from @lobehub/fluent-emoji-flat@1.1.0,
+# fluent-color from @lobehub/fluent-emoji-modern@1.0.0 (LobeHub's name for the color style; Fluent Emoji
+# by Microsoft, MIT; SVG only), their categories from the google package's emoji.json (which is fetched
+# for them when google is not asked). Each tarball is fetched once (npm pack, else curl, else
 # python3 urllib), checked against the sha512 pinned below (a changed upload is refused) and cached.
 #
 # Layout: OUT/{train,val}/<id>-<category>/<file>.png, class folders 0-smileys-emotion 1-people-body
@@ -41,7 +43,8 @@
 # folder per subcategory named after its category's, so the sorted ids stay grouped by category; with
 # --classes category-style, <category folder>--<style> for every category and style asked). "Component" emoji (the bare
 # skin-tone swatches) are left out. Twitter files are named twitter-<file>.png; google ones keep the
-# package's name. OUT also gets counts.json, LICENSE-emoji.txt and ATTRIBUTION.md.
+# package's name, fluent and fluent-color ones fluent-<file>.png and fluent-color-<file>.png. OUT also
+# gets counts.json, LICENSE-emoji.txt and ATTRIBUTION.md.
 #
 # Split: an emoji goes to val when sha256(<base image name>) mod 100 < N, where the base image name
 # is the package's file name of the emoji itself (e.g. 1f385.png) — skin-tone variants and the other
@@ -49,13 +52,13 @@
 # split. Fixed across runs and machines.
 #
 # The PNGs are copied byte for byte (mostly RGBA; a few grey+alpha or palette); `nvg`'s image reader
-# composites transparent pixels onto white. Fluent images are rendered from the package's SVGs by
+# composites transparent pixels onto white. Fluent images are rendered from the packages' SVGs by
 # resvg (the pip package resvg-py==0.5.0, installed once into CACHE/resvg-py-0.5.0 with
 # `python3 -m pip install --target`), 64x64 RGBA; the same resvg version gives the same bytes. The tree
 # is built in a hidden sibling folder and renamed into place, so an interrupted run leaves the previous
 # tree (or none), never half of one. Re-running with the same options gives an identical tree. Needs
 # bash 4+, GNU coreutils and python3 3.7+ (standard library only; it also reads the tarballs, so tar is
-# not needed; the fluent style: 3.10+ with pip); npm or curl optional.
+# not needed; the fluent styles: 3.10+ with pip); npm or curl optional.
 # See docs/emoji-data.md; self-check: tools/tests/fetch_emoji.sh.
 set -euo pipefail
 ((BASH_VERSINFO[0] >= 4)) || { echo "fetch-emoji: error: bash 4 or newer is needed" >&2; exit 1; }
@@ -63,18 +66,21 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VERSION=16.0.0 # of the emoji-datasource packages
 # npm package and version of each style's tarball.
-declare -A PACKAGE=([google]=emoji-datasource-google [twitter]=emoji-datasource-twitter [fluent]=@lobehub/fluent-emoji-flat)
-declare -A PKG_VERSION=([google]=$VERSION [twitter]=$VERSION [fluent]=1.1.0)
-KNOWN_STYLES=(google twitter fluent) # canonical order
-RESVG_PY=0.5.0                       # the SVG renderer of the fluent style (PyPI resvg-py)
+declare -A PACKAGE=([google]=emoji-datasource-google [twitter]=emoji-datasource-twitter
+  [fluent]=@lobehub/fluent-emoji-flat [fluent-color]=@lobehub/fluent-emoji-modern)
+declare -A PKG_VERSION=([google]=$VERSION [twitter]=$VERSION [fluent]=1.1.0 [fluent-color]=1.0.0)
+KNOWN_STYLES=(google twitter fluent fluent-color) # canonical order
+SVG_STYLES=(fluent fluent-color)                  # drawn as SVG, named by emoji.json of google
+RESVG_PY=0.5.0                                    # the SVG renderer of the fluent styles (PyPI resvg-py)
 REGISTRY="${NVG_EMOJI_REGISTRY:-https://registry.npmjs.org}"
 REGISTRY="${REGISTRY%/}"
 # dist.integrity of the registry's uploads (https://registry.npmjs.org/PACKAGE/VERSION), checked 2025
-# (fluent: 2026-12-01): a tarball with another digest is refused.
+# (fluent, fluent-color: 2026-12-01): a tarball with another digest is refused.
 declare -A SHA512=(
   [google]="sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A=="
   [twitter]="sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ=="
   [fluent]="sha512-lPYCg8+N56MIj+iOgeBeH6AF0tneXxJCvgi41rOTjAWpA5rU2WUcmU1fiIXouEe8GrSTarWCYLY2ML+rdLRHsg=="
+  [fluent-color]="sha512-YdZEgLC/vh29uDEl440q3W2vN50FdUFarQoKUHH9Clzx61/wW6mImLJywVBMKQPa3+GL59j3NvOlTLhH4rxleA=="
 )
 
 die() {
@@ -227,7 +233,7 @@ fetch() {
   echo "$file"
 }
 
-# Makes sure resvg-py is installed under the cache (for the fluent style); prints the folder to put on
+# Makes sure resvg-py is installed under the cache (for the fluent styles); prints the folder to put on
 # PYTHONPATH. Installed into a temporary folder and renamed, so a half install is never used.
 renderer() {
   local dir="$cache/resvg-py-$RESVG_PY" tmp
@@ -235,9 +241,9 @@ renderer() {
     echo "$dir"
     return
   fi
-  ((offline == 0)) || die "the fluent style needs resvg-py $RESVG_PY in $dir and --offline was given (run once without it)"
-  python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "the fluent style needs python3 3.10 or newer (resvg-py)"
-  python3 -m pip --version >/dev/null 2>&1 || die "the fluent style needs pip (python3 -m pip) to install resvg-py"
+  ((offline == 0)) || die "the fluent styles need resvg-py $RESVG_PY in $dir and --offline was given (run once without it)"
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "the fluent styles need python3 3.10 or newer (resvg-py)"
+  python3 -m pip --version >/dev/null 2>&1 || die "the fluent styles need pip (python3 -m pip) to install resvg-py"
   mkdir -p -- "$cache"
   rm -rf -- "$dir"
   tmp="$(mktemp -d "$cache/.resvg.XXXXXX")"
@@ -255,15 +261,22 @@ for s in "${styles[@]}"; do
   file="$(fetch "$s")"
   tarballs+=("$s" "${SHA512[$s]}" "$file")
 done
-# emoji.json (categories and file names) comes from the first emoji-datasource tarball; the fluent style
-# has none of its own, so alone it brings the google one in for its emoji.json.
+# emoji.json (categories and file names) comes from the first emoji-datasource tarball; the fluent styles
+# have none of their own, so alone they bring the google one in for its emoji.json.
 meta_style="${styles[0]}"
 meta="${tarballs[2]}"
 pythonpath="${PYTHONPATH:-}"
-if [[ " ${styles[*]} " == *" fluent "* ]]; then
-  [[ "$meta_style" != fluent ]] || { meta_style=google; meta="$(fetch google)"; }
-  pythonpath="$(renderer)"
-fi
+svg_entries=()
+need_renderer=0
+for s in "${SVG_STYLES[@]}"; do
+  svg_entries+=("\"$s\": \"${PACKAGE[$s]}@${PKG_VERSION[$s]}\"")
+  [[ " ${styles[*]} " == *" $s "* ]] || continue
+  need_renderer=1
+  [[ " ${SVG_STYLES[*]} " != *" $meta_style "* ]] || { meta_style=google; meta="$(fetch google)"; }
+done
+((need_renderer == 0)) || pythonpath="$(renderer)"
+# {"fluent": "@lobehub/fluent-emoji-flat@1.1.0", ...}: the package of every SVG style, asked or not
+svg_packages="{$(IFS=,; echo "${svg_entries[*]}")}"
 note "tarballs verified ($((SECONDS - start)) s)"
 
 # ---- building --------------------------------------------------------------------------------------
@@ -296,7 +309,7 @@ trap 'exit 143' TERM
 mkdir -- "$work"
 
 PYTHONPATH="$pythonpath" python3 - "${BASH_SOURCE[0]}" "$work" "$val_percent" "$skin" "$dedup" "$VERSION" "$classes" \
-  "$meta_style" "${SHA512[$meta_style]}" "$meta" "${PACKAGE[fluent]}@${PKG_VERSION[fluent]}" "$RESVG_PY" "${tarballs[@]}" <<'PY' || die "building the image folder failed"
+  "$meta_style" "${SHA512[$meta_style]}" "$meta" "$svg_packages" "$RESVG_PY" "${tarballs[@]}" <<'PY' || die "building the image folder failed"
 import hashlib, json, os, re, struct, sys, tarfile
 
 script, work, val_percent, version = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[6]
@@ -304,8 +317,9 @@ skin, dedup = sys.argv[4] == "1", sys.argv[5] == "1"
 by_subcategory = sys.argv[7] == "subcategory"
 by_style = sys.argv[7] == "category-style"
 # The emoji-datasource tarball whose emoji.json names the fluent images (style, integrity, path), the
-# fluent package (name@version) and the resvg-py version that renders its SVGs.
-meta_style, meta_integrity, meta_path, fluent_package, resvg_version = sys.argv[8:13]
+# package (name@version) of every SVG style and the resvg-py version that renders their SVGs.
+meta_style, meta_integrity, meta_path, svg_packages, resvg_version = sys.argv[8:13]
+SVG_PACKAGE = json.loads(svg_packages)
 rest = sys.argv[13:]  # style, integrity, path; style, integrity, path; ...
 sources = [rest[i:i + 3] for i in range(0, len(rest), 3)]
 tarballs = [(s, path) for s, _, path in sources]
@@ -347,14 +361,17 @@ def class_folder(e, style):
     return FOLDER[e["category"]] + "--" + slug
 
 SKIPPED_CATEGORIES = {"Component"}
-PREFIX = {"google": "", "twitter": "twitter-", "fluent": "fluent-"}
+PREFIX = {"google": "", "twitter": "twitter-", "fluent": "fluent-", "fluent-color": "fluent-color-"}
+SVG_STYLE_WORD = {"fluent": "flat", "fluent-color": "color"}  # Microsoft's names of the Fluent styles
+assert set(SVG_STYLE_WORD) == set(SVG_PACKAGE)
 LICENCE = {
     "google": ("Noto Emoji (Google)", "Apache-2.0", "https://github.com/googlefonts/noto-emoji"),
     "twitter": ("Twemoji (Twitter, Inc. and contributors; fork by jdecked)", "CC-BY-4.0", "https://github.com/jdecked/twemoji"),
     "fluent": ("Fluent Emoji, flat style (Microsoft Corporation)", "MIT", "https://github.com/microsoft/fluentui-emoji"),
+    "fluent-color": ("Fluent Emoji, color style (Microsoft Corporation)", "MIT", "https://github.com/microsoft/fluentui-emoji"),
 }
 # The Fluent Emoji licence (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE); the npm
-# package @lobehub/fluent-emoji-flat carries no LICENSE file of its own (its package.json says MIT).
+# packages @lobehub/fluent-emoji-flat and -modern carry no LICENSE file of their own (package.json: MIT).
 FLUENT_LICENCE = """MIT License
 
 Copyright (c) Microsoft Corporation.
@@ -436,8 +453,18 @@ def read_datasource(style, path):
     return _datasource[path]
 
 
+def svg_image_name(file):
+    """The emoji.json image name of an SVG style's file: "1f600.svg" -> "1f600.png", the first code
+    point padded to 4 hex digits: the color package also holds 14 files without leading zeros
+    ("23-fe0f-20e3.svg" beside "0023-fe0f-20e3.svg", emoji.json's "0023-fe0f-20e3.png"; four of them
+    drawn differently), and the file named exactly as emoji.json's image wins. (Its ten files without the dot, e.g. "1f446svg", are stray
+    light-skin-tone drawings beside the emoji's own "1f446.svg"; they are not read.)"""
+    first, _, rest = file[:-4].partition("-")
+    return first.rjust(4, "0") + ("-" + rest if rest else "") + ".png"
+
+
 def render_svg(svg, name):
-    """A 64x64 RGBA PNG of SVG text svg, by resvg (no system fonts: the fluent SVGs hold no text, and
+    """A 64x64 RGBA PNG of SVG text svg, by resvg (no system fonts: the Fluent SVGs hold no text, and
     the machine's fonts must not change the images). The root's size is set to 64x64, so a drawing whose
     viewBox is not square (two are 32x33) is fitted and centred, not stretched (SVG's default
     preserveAspectRatio)."""
@@ -462,18 +489,21 @@ items = []
 skipped = {"no_image_flag": 0, "missing_file": 0, "component": 0, "skin_tone_variants": 0}
 licences = {}
 unreferenced = {}
-if "fluent" in dict(tarballs):
-    skipped["not_in_fluent"] = 0
+svg_asked = [s for s, _ in tarballs if s in SVG_PACKAGE]
+if svg_asked:
     _, meta_entries, meta_licence = read_datasource(meta_style, meta_path)
 for style, path in tarballs:
-    if style == "fluent":
-        name, ver = fluent_package.rsplit("@", 1)
+    if style in SVG_PACKAGE:
+        skipped["not_in_" + style] = 0
+        name, ver = SVG_PACKAGE[style].rsplit("@", 1)
         svgs, meta = read_tarball(path, ("package/package.json",), "package/assets/", ".svg")
         check_package(path, meta, name, ver)
         entries = meta_entries
         licences[style] = FLUENT_LICENCE
-        # The fluent file of emoji image "1f600.png" is "1f600.svg" (the same lower-case code points).
+        # The file of emoji image "1f600.png" is "1f600.svg" (the same lower-case code points).
         images = {n[:-4] + ".png": svg for n, svg in svgs.items()}
+        aliases = {svg_image_name(n): svg for n, svg in svgs.items() if svg_image_name(n) not in images}
+        images.update(aliases)
     else:
         images, entries, licences[style] = read_datasource(style, path)
     flag = "has_img_" + style
@@ -504,9 +534,9 @@ for style, path in tarballs:
             if kind == "skin" and not skin:
                 skipped["skin_tone_variants"] += 1
                 continue
-            if style == "fluent":  # emoji.json has no flag for it: the package draws an emoji or not
+            if style in SVG_PACKAGE:  # emoji.json has no flag for it: the package draws an emoji or not
                 if img not in images:
-                    skipped["not_in_fluent"] += 1
+                    skipped["not_in_" + style] += 1
                     continue
                 data = render_svg(images[img], img[:-4] + ".svg")
             else:
@@ -567,16 +597,16 @@ for key, name, folder, data, style, kind, added in kept:
         f.write(data)
     counts[split][folder] += 1
 
-PACKAGE_OF = {s: fluent_package if s == "fluent" else "emoji-datasource-%s@%s" % (s, version) for s in PREFIX}
+PACKAGE_OF = {s: SVG_PACKAGE.get(s) or "emoji-datasource-%s@%s" % (s, version) for s in PREFIX}
 sources_report = []
 for s, _ in tarballs:
     src = {"package": PACKAGE_OF[s], "integrity": integrity[s], "images": LICENCE[s][0], "image_licence": LICENCE[s][1]}
-    if s == "fluent":
+    if s in SVG_PACKAGE:
         src["rendered_with"] = "resvg-py==%s (SVG -> 64x64 RGBA PNG)" % resvg_version
         src["emoji_json_from"] = PACKAGE_OF[meta_style]
     sources_report.append(src)
-meta_only = "fluent" in dict(tarballs) and meta_style not in dict(tarballs)
-if meta_only:  # the fluent style alone: the google tarball gave emoji.json, none of its images
+meta_only = bool(svg_asked) and meta_style not in dict(tarballs)
+if meta_only:  # fluent styles alone: the google tarball gave emoji.json, none of its images
     sources_report.append({"package": PACKAGE_OF[meta_style], "integrity": meta_integrity, "used_for": "emoji.json only"})
 
 report = {
@@ -607,7 +637,7 @@ with open(script, encoding="utf-8") as f:
 rule = "=" * 78 + "\n"
 parts = ["Licences of the emoji images and data in this folder (made by tools/fetch-emoji.sh).\n\n"]
 for s, _ in tarballs:
-    if s != "fluent":
+    if s not in SVG_PACKAGE:
         parts += [rule, "%s (emoji.json and packaging; package/LICENSE, copied as is): MIT\n" % PACKAGE_OF[s], rule, licences[s], "\n"]
 if meta_only:
     parts += [rule, "%s (its emoji.json only; package/LICENSE, copied as is): MIT\n" % PACKAGE_OF[meta_style], rule, meta_licence, "\n"]
@@ -624,11 +654,11 @@ if "twitter" in dict(tarballs):
               "https://creativecommons.org/licenses/by/4.0/legalcode). Changes: the transparent pixels were\n",
               "composited onto white (RGB instead of RGBA); the images were sorted into %s folders and\n" % KIND_WORDS,
               "renamed with the twitter- prefix.\n", rule]
-if "fluent" in dict(tarballs):
-    parts += [rule, "Images named fluent-*.png: Fluent Emoji (flat style), Copyright (c) Microsoft Corporation\n",
-              "(https://github.com/microsoft/fluentui-emoji), from the npm package %s\n" % fluent_package,
+for s in svg_asked:
+    parts += [rule, "Images named %s*.png: Fluent Emoji (%s style), Copyright (c) Microsoft Corporation\n" % (PREFIX[s], SVG_STYLE_WORD[s]),
+              "(https://github.com/microsoft/fluentui-emoji), from the npm package %s\n" % SVG_PACKAGE[s],
               "(packaging Copyright (c) 2023 LobeHub, MIT). Changes: the SVGs were rendered to 64x64 PNGs by\n",
-              "resvg (resvg-py %s), sorted into %s folders and renamed with the fluent- prefix.\n" % (resvg_version, KIND_WORDS),
+              "resvg (resvg-py %s), sorted into %s folders and renamed with the %s prefix.\n" % (resvg_version, KIND_WORDS, PREFIX[s]),
               "The licence of the images:\n", rule, FLUENT_LICENCE, "\n"]
 with open(os.path.join(work, "LICENSE-emoji.txt"), "w") as f:
     f.write("".join(parts))
@@ -643,11 +673,11 @@ if "twitter" in dict(tarballs):
     att += ["- Images named `twitter-*.png`: **Twemoji** by Twitter, Inc and other contributors, and jdecked and\n",
             "  other contributors (v16.0.1 fork, https://github.com/jdecked/twemoji), licensed under CC BY 4.0\n",
             "  (https://creativecommons.org/licenses/by/4.0/). Not modified apart from renaming.\n"]
-if "fluent" in dict(tarballs):
-    att += ["- Images named `fluent-*.png`: **Fluent Emoji** (flat style) by Microsoft Corporation\n",
+for s in svg_asked:
+    att += ["- Images named `%s*.png`: **Fluent Emoji** (%s style) by Microsoft Corporation\n" % (PREFIX[s], SVG_STYLE_WORD[s]),
             "  (https://github.com/microsoft/fluentui-emoji), MIT licence (text in `LICENSE-emoji.txt`), from the\n",
-            "  npm package `%s`; rendered from SVG to 64x64 PNG by resvg (resvg-py %s).\n" % (fluent_package, resvg_version)]
-datasource = [PACKAGE_OF[s] for s, _ in tarballs if s != "fluent"] or [PACKAGE_OF[meta_style]]
+            "  npm package `%s`; rendered from SVG to 64x64 PNG by resvg (resvg-py %s).\n" % (SVG_PACKAGE[s], resvg_version)]
+datasource = [PACKAGE_OF[s] for s, _ in tarballs if s not in SVG_PACKAGE] or [PACKAGE_OF[meta_style]]
 att += ["- Emoji data (`emoji.json`: categories, file names) and packaging: **emoji-datasource** by Cal\n",
         "  Henderson (https://github.com/iamcal/emoji-data), MIT licence (text in `LICENSE-emoji.txt`), from the\n",
         "  npm package%s %s.\n" % ("s" if len(datasource) > 1 else "", ", ".join("`%s`" % p for p in datasource))]

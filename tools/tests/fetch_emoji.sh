@@ -43,7 +43,7 @@ cp "$src_cache/$tgz" "$cache/"
 # (captured first: `grep -q` closing the pipe early would fail the pipeline under pipefail)
 help="$("$script" --help)" && grep -q -- '--val-percent' <<<"$help" && grep -q -- 'fluent' <<<"$help" && ok "--help" || bad "--help"
 expect_fail "unknown option" "unknown option" "$script" --bogus
-expect_fail "unknown style" "unknown style 'apple' (known: google twitter fluent)" "$script" --style apple "$tmp/o"
+expect_fail "unknown style" "unknown style 'apple' (known: google twitter fluent fluent-color)" "$script" --style apple "$tmp/o"
 expect_fail "bad class kind" "category, subcategory or category-style" "$script" --classes genus "$tmp/o"
 expect_fail "bad val percent" "integer from 0 to 100" "$script" --val-percent 101 "$tmp/o"
 expect_fail "two OUTs" "more than one OUT" "$script" "$tmp/a" "$tmp/b"
@@ -157,7 +157,7 @@ rv=resvg-py-0.5.0
 if [[ -f "$src_cache/$fl" && -d "$src_cache/$rv" ]]; then
   mkdir -p "$tmp/cache3"
   cp "$src_cache/$tgz" "$src_cache/$fl" "$tmp/cache3/"
-  expect_fail "fluent offline without the renderer" "needs resvg-py" "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f0"
+  expect_fail "fluent offline without the renderer" "need resvg-py" "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f0"
   cp -r "$src_cache/$rv" "$tmp/cache3/"
   "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f1" >/dev/null 2>&1
   "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f2" >/dev/null 2>&1
@@ -189,6 +189,46 @@ assert "Microsoft Corporation" in open(f + "/LICENSE-emoji.txt").read() and "Flu
 PY
 else
   echo "skip fluent checks: $src_cache/$fl or $src_cache/$rv not cached (run tools/fetch-emoji.sh --style fluent once)"
+fi
+
+# The fluent-color style (its tarball and the renderer cached): like fluent, its files found under
+# emoji.json's names although the package spells 14 of them without leading zeros (the keycaps), and
+# beside fluent its byte-identical drawings (the flags) dropped as duplicates of the fluent ones.
+fc=lobehub-fluent-emoji-modern-1.0.0.tgz
+if [[ -f "$src_cache/$fc" && -f "$src_cache/$fl" && -d "$src_cache/$rv" ]]; then
+  mkdir -p "$tmp/cache4"
+  cp -r "$src_cache/$tgz" "$src_cache/$fl" "$src_cache/$fc" "$src_cache/$rv" "$tmp/cache4/"
+  "$script" --offline --cache "$tmp/cache4" --style fluent-color "$tmp/c1" >/dev/null 2>&1
+  "$script" --offline --cache "$tmp/cache4" --styles fluent-color,fluent --classes category-style "$tmp/c2" >/dev/null 2>&1
+  "$script" --offline --cache "$tmp/cache4" --styles fluent --classes category-style "$tmp/c3" >/dev/null 2>&1
+  rm -rf -- "$tmp/cache4"
+  if python3 - "$out" "$tmp/c1" "$tmp/c2" "$tmp/c3" <<'PY'; then ok "--style fluent-color"; else bad "--style fluent-color"; fi
+import json, os, struct, sys
+g, c, cf, f = sys.argv[1:]
+jg, jc, jcf = (json.load(open(d + "/counts.json")) for d in (g, c, cf))
+assert jc["classes"] == jg["classes"] and jc["styles"] == ["fluent-color"], jc["classes"]
+assert [s["package"] for s in jc["sources"]] == ["@lobehub/fluent-emoji-modern@1.0.0", "emoji-datasource-google@16.0.0"]
+assert 3000 < sum(jc["total"].values()) < sum(jg["total"].values()), jc["total"]
+files = lambda d: {f: (split, c) for split in ("train", "val") for c in os.listdir(d + "/" + split) for f in os.listdir(d + "/" + split + "/" + c)}
+g_files, c_files, cf_files, f_files = files(g), files(c), files(cf), files(f)
+assert c_files and all(n.startswith("fluent-color-") for n in c_files)
+assert "fluent-color-0023-fe0f-20e3.png" in c_files  # the package's 0023-fe0f-20e3.svg (beside 23-fe0f-20e3.svg)
+for n, (split, cat) in c_files.items():
+    b = open(os.path.join(c, split, cat, n), "rb").read(24)
+    assert b[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", b[16:24]) == (64, 64), n
+    if n[len("fluent-color-"):] in g_files:
+        assert g_files[n[len("fluent-color-"):]] == (split, cat), n  # same split, same category as its google image
+assert jcf["styles"] == ["fluent", "fluent-color"], jcf["styles"]
+assert jcf["classes"] == sorted(k + "--" + s for k in jg["classes"] for s in ("fluent", "fluent-color")), jcf["classes"]
+# beside fluent: the fluent images as alone, and fluent-color's flags (drawn as in fluent) dropped
+assert {n: sc for n, sc in cf_files.items() if not n.startswith("fluent-color-")} == f_files
+flags = lambda fs: sum(1 for n, (_, k) in fs.items() if k.startswith("8-flags") and n.startswith("fluent-color-"))
+assert flags(c_files) > 200 and flags(cf_files) < 20, (flags(c_files), flags(cf_files))
+assert "Fluent Emoji (color style)" in open(c + "/LICENSE-emoji.txt").read()
+assert "**Fluent Emoji** (color style)" in open(c + "/ATTRIBUTION.md").read()
+PY
+else
+  echo "skip fluent-color checks: $src_cache/$fc, $src_cache/$fl or $src_cache/$rv not cached (run tools/fetch-emoji.sh --styles fluent,fluent-color once)"
 fi
 
 # Output safety: a folder not made by the script, or a file, is never replaced.
