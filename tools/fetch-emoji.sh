@@ -455,10 +455,9 @@ def read_datasource(style, path):
 
 def svg_image_name(file):
     """The emoji.json image name of an SVG style's file: "1f600.svg" -> "1f600.png", the first code
-    point padded to 4 hex digits: the color package also holds 14 files without leading zeros
-    ("23-fe0f-20e3.svg" beside "0023-fe0f-20e3.svg", emoji.json's "0023-fe0f-20e3.png"; four of them
-    drawn differently), and the file named exactly as emoji.json's image wins. (Its ten files without the dot, e.g. "1f446svg", are stray
-    light-skin-tone drawings beside the emoji's own "1f446.svg"; they are not read.)"""
+    point padded to 4 hex digits (the color package also spells 14 files without leading zeros,
+    "23-fe0f-20e3.svg" beside "0023-fe0f-20e3.svg"). Its ten files without the dot, e.g. "1f446svg", are
+    stray light-skin-tone drawings beside the emoji's own "1f446.svg" and are not read."""
     first, _, rest = file[:-4].partition("-")
     return first.rjust(4, "0") + ("-" + rest if rest else "") + ".png"
 
@@ -501,9 +500,11 @@ for style, path in tarballs:
         entries = meta_entries
         licences[style] = FLUENT_LICENCE
         # The file of emoji image "1f600.png" is "1f600.svg" (the same lower-case code points).
+        # The file named exactly as emoji.json's image wins over a zero-less spelling (four of those
+        # 14 pairs are drawn differently).
         images = {n[:-4] + ".png": svg for n, svg in svgs.items()}
-        aliases = {svg_image_name(n): svg for n, svg in svgs.items() if svg_image_name(n) not in images}
-        images.update(aliases)
+        for n, svg in svgs.items():
+            images.setdefault(svg_image_name(n), svg)
     else:
         images, entries, licences[style] = read_datasource(style, path)
     flag = "has_img_" + style
