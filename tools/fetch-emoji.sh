@@ -6,8 +6,10 @@
 #   OUT                    output folder (default: target/emoji under the repository root)
 #   --styles LIST          comma-separated image styles: google (default), twitter, fluent
 #                          (Microsoft's Fluent Emoji, flat style), fluent-color (Fluent Emoji, color
-#                          style: gradients); the fluent styles are SVGs rendered to 64x64 PNGs by
-#                          resvg (the first run pip-installs resvg-py into the cache)
+#                          style: gradients), fluent-3d (Fluent Emoji, 3D renders); fluent and
+#                          fluent-color are SVGs rendered to 64x64 PNGs by resvg, fluent-3d 256x256
+#                          WebPs scaled down to 64x64 PNGs by Pillow (the first run pip-installs
+#                          resvg-py or Pillow into the cache)
 #   --style S              the same as --styles S
 #   --val-percent N        share of emoji held out for validation, integer 0..100 (default 10)
 #   --classes KIND         category (default: the 9 categories), subcategory (the 98 subcategories
@@ -32,10 +34,11 @@
 # Data: the npm packages emoji-datasource-google@16.0.0 (Noto Emoji images, Apache-2.0) and, when
 # asked, emoji-datasource-twitter@16.0.0 (Twemoji images, CC-BY-4.0); the packages themselves are MIT
 # (emoji-datasource by Cal Henderson). The fluent style comes from @lobehub/fluent-emoji-flat@1.1.0,
-# fluent-color from @lobehub/fluent-emoji-modern@1.0.0 (LobeHub's name for the color style; Fluent Emoji
-# by Microsoft, MIT; SVG only), their categories from the google package's emoji.json (which is fetched
-# for them when google is not asked). Each tarball is fetched once (npm pack, else curl, else
-# python3 urllib), checked against the sha512 pinned below (a changed upload is refused) and cached.
+# fluent-color from @lobehub/fluent-emoji-modern@1.0.0 (LobeHub's name for the color style; both SVG
+# only), fluent-3d from @lobehub/fluent-emoji-3d@1.1.0 (WebP only; Fluent Emoji by Microsoft, MIT), their
+# categories from the google package's emoji.json (which is fetched for them when google is not asked).
+# Each tarball is fetched once (npm pack, else curl, else python3 urllib), checked against the sha512
+# pinned below (a changed upload is refused) and cached.
 #
 # Layout: OUT/{train,val}/<id>-<category>/<file>.png, class folders 0-smileys-emotion 1-people-body
 # 2-animals-nature 3-food-drink 4-travel-places 5-activities 6-objects 7-symbols 8-flags (sorted names
@@ -43,7 +46,7 @@
 # folder per subcategory named after its category's, so the sorted ids stay grouped by category; with
 # --classes category-style, <category folder>--<style> for every category and style asked). "Component" emoji (the bare
 # skin-tone swatches) are left out. Twitter files are named twitter-<file>.png; google ones keep the
-# package's name, fluent and fluent-color ones fluent-<file>.png and fluent-color-<file>.png. OUT also
+# package's name, the fluent styles' <style>-<file>.png (fluent-, fluent-color-, fluent-3d-). OUT also
 # gets counts.json, LICENSE-emoji.txt and ATTRIBUTION.md.
 #
 # Split: an emoji goes to val when sha256(<base image name>) mod 100 < N, where the base image name
@@ -52,9 +55,11 @@
 # split. Fixed across runs and machines.
 #
 # The PNGs are copied byte for byte (mostly RGBA; a few grey+alpha or palette); `nvg`'s image reader
-# composites transparent pixels onto white. Fluent images are rendered from the packages' SVGs by
-# resvg (the pip package resvg-py==0.5.0, installed once into CACHE/resvg-py-0.5.0 with
-# `python3 -m pip install --target`), 64x64 RGBA; the same resvg version gives the same bytes. The tree
+# composites transparent pixels onto white. Fluent flat and color images are rendered from the
+# packages' SVGs by resvg (the pip package resvg-py==0.5.0, installed once into CACHE/resvg-py-0.5.0 with
+# `python3 -m pip install --target`), 64x64 RGBA; the same resvg version gives the same bytes. Fluent 3D
+# images are decoded from the package's 256x256 WebPs and scaled down to 64x64 RGBA (Lanczos) by
+# Pillow==11.3.0, installed the same way into CACHE/pillow-11.3.0. The tree
 # is built in a hidden sibling folder and renamed into place, so an interrupted run leaves the previous
 # tree (or none), never half of one. Re-running with the same options gives an identical tree. Needs
 # bash 4+, GNU coreutils and python3 3.7+ (standard library only; it also reads the tarballs, so tar is
@@ -67,20 +72,25 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VERSION=16.0.0 # of the emoji-datasource packages
 # npm package and version of each style's tarball.
 declare -A PACKAGE=([google]=emoji-datasource-google [twitter]=emoji-datasource-twitter
-  [fluent]=@lobehub/fluent-emoji-flat [fluent-color]=@lobehub/fluent-emoji-modern)
-declare -A PKG_VERSION=([google]=$VERSION [twitter]=$VERSION [fluent]=1.1.0 [fluent-color]=1.0.0)
-KNOWN_STYLES=(google twitter fluent fluent-color) # canonical order
-SVG_STYLES=(fluent fluent-color)                  # drawn as SVG, named by emoji.json of google
-RESVG_PY=0.5.0                                    # the SVG renderer of the fluent styles (PyPI resvg-py)
+  [fluent]=@lobehub/fluent-emoji-flat [fluent-color]=@lobehub/fluent-emoji-modern [fluent-3d]=@lobehub/fluent-emoji-3d)
+declare -A PKG_VERSION=([google]=$VERSION [twitter]=$VERSION [fluent]=1.1.0 [fluent-color]=1.0.0 [fluent-3d]=1.1.0)
+KNOWN_STYLES=(google twitter fluent fluent-color fluent-3d) # canonical order
+# The Fluent styles: named by emoji.json of google, drawn as SVG (rendered by resvg) or as WebP
+# (scaled down by Pillow).
+declare -A FLUENT_FORMAT=([fluent]=svg [fluent-color]=svg [fluent-3d]=webp)
+FLUENT_STYLES=(fluent fluent-color fluent-3d)
+RESVG_PY=0.5.0 # the SVG renderer of the fluent and fluent-color styles (PyPI resvg-py)
+PILLOW=11.3.0  # the WebP decoder and scaler of the fluent-3d style (PyPI pillow)
 REGISTRY="${NVG_EMOJI_REGISTRY:-https://registry.npmjs.org}"
 REGISTRY="${REGISTRY%/}"
 # dist.integrity of the registry's uploads (https://registry.npmjs.org/PACKAGE/VERSION), checked 2025
-# (fluent, fluent-color: 2026-12-01): a tarball with another digest is refused.
+# (fluent, fluent-color, fluent-3d: 2026-12-01): a tarball with another digest is refused.
 declare -A SHA512=(
   [google]="sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A=="
   [twitter]="sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ=="
   [fluent]="sha512-lPYCg8+N56MIj+iOgeBeH6AF0tneXxJCvgi41rOTjAWpA5rU2WUcmU1fiIXouEe8GrSTarWCYLY2ML+rdLRHsg=="
   [fluent-color]="sha512-YdZEgLC/vh29uDEl440q3W2vN50FdUFarQoKUHH9Clzx61/wW6mImLJywVBMKQPa3+GL59j3NvOlTLhH4rxleA=="
+  [fluent-3d]="sha512-Wlq2lVStTnr8BDpIJ0pEnTKO4LuDxxqTEhTvRtD1DLRF0me7ogeRQjKoehDHXuVJ2Qaecgl5wRBv60lUAG3h7g=="
 )
 
 die() {
@@ -233,25 +243,26 @@ fetch() {
   echo "$file"
 }
 
-# Makes sure resvg-py is installed under the cache (for the fluent styles); prints the folder to put on
-# PYTHONPATH. Installed into a temporary folder and renamed, so a half install is never used.
-renderer() {
-  local dir="$cache/resvg-py-$RESVG_PY" tmp
-  if PYTHONPATH="$dir" python3 -c 'import resvg_py' 2>/dev/null; then
+# Makes sure the pip package PKG==VER (importable as MODULE) is installed under the cache, for the
+# styles named in WHO; prints the folder to put on PYTHONPATH. Installed into a temporary folder and
+# renamed, so a half install is never used.
+pip_tool() {
+  local pkg="$1" ver="$2" module="$3" who="$4" dir="$cache/$1-$2" tmp
+  if PYTHONPATH="$dir" python3 -c "import $module" 2>/dev/null; then
     echo "$dir"
     return
   fi
-  ((offline == 0)) || die "the fluent styles need resvg-py $RESVG_PY in $dir and --offline was given (run once without it)"
-  python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "the fluent styles need python3 3.10 or newer (resvg-py)"
-  python3 -m pip --version >/dev/null 2>&1 || die "the fluent styles need pip (python3 -m pip) to install resvg-py"
+  ((offline == 0)) || die "$pkg $ver is needed (for $who) in $dir and --offline was given (run once without it)"
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "python3 3.10 or newer is needed for $pkg ($who)"
+  python3 -m pip --version >/dev/null 2>&1 || die "pip (python3 -m pip) is needed to install $pkg ($who)"
   mkdir -p -- "$cache"
   rm -rf -- "$dir"
-  tmp="$(mktemp -d "$cache/.resvg.XXXXXX")"
-  note "installing resvg-py==$RESVG_PY into $dir (pip)"
+  tmp="$(mktemp -d "$cache/.$pkg.XXXXXX")"
+  note "installing $pkg==$ver into $dir (pip)"
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --only-binary :all: \
-    --target "$tmp" "resvg-py==$RESVG_PY" >&2 || { rm -rf -- "$tmp"; die "pip could not install resvg-py==$RESVG_PY"; }
+    --target "$tmp" "$pkg==$ver" >&2 || { rm -rf -- "$tmp"; die "pip could not install $pkg==$ver"; }
   mv -T -- "$tmp" "$dir"
-  PYTHONPATH="$dir" python3 -c 'import resvg_py' || die "resvg-py in $dir does not import"
+  PYTHONPATH="$dir" python3 -c "import $module" || die "$pkg in $dir does not import"
   echo "$dir"
 }
 
@@ -266,17 +277,19 @@ done
 meta_style="${styles[0]}"
 meta="${tarballs[2]}"
 pythonpath="${PYTHONPATH:-}"
-svg_entries=()
-need_renderer=0
-for s in "${SVG_STYLES[@]}"; do
-  svg_entries+=("\"$s\": \"${PACKAGE[$s]}@${PKG_VERSION[$s]}\"")
+fluent_entries=()
+need_resvg=0
+need_pillow=0
+for s in "${FLUENT_STYLES[@]}"; do
+  fluent_entries+=("\"$s\": \"${PACKAGE[$s]}@${PKG_VERSION[$s]}\"")
   [[ " ${styles[*]} " == *" $s "* ]] || continue
-  need_renderer=1
-  [[ " ${SVG_STYLES[*]} " != *" $meta_style "* ]] || { meta_style=google; meta="$(fetch google)"; }
+  if [[ "${FLUENT_FORMAT[$s]}" == svg ]]; then need_resvg=1; else need_pillow=1; fi
+  [[ " ${FLUENT_STYLES[*]} " != *" $meta_style "* ]] || { meta_style=google; meta="$(fetch google)"; }
 done
-((need_renderer == 0)) || pythonpath="$(renderer)"
-# {"fluent": "@lobehub/fluent-emoji-flat@1.1.0", ...}: the package of every SVG style, asked or not
-svg_packages="{$(IFS=,; echo "${svg_entries[*]}")}"
+((need_resvg == 0)) || pythonpath="$(pip_tool resvg-py "$RESVG_PY" resvg_py "styles fluent, fluent-color")${pythonpath:+:$pythonpath}"
+((need_pillow == 0)) || pythonpath="$(pip_tool pillow "$PILLOW" PIL "style fluent-3d")${pythonpath:+:$pythonpath}"
+# {"fluent": "@lobehub/fluent-emoji-flat@1.1.0", ...}: the package of every Fluent style, asked or not
+fluent_packages="{$(IFS=,; echo "${fluent_entries[*]}")}"
 note "tarballs verified ($((SECONDS - start)) s)"
 
 # ---- building --------------------------------------------------------------------------------------
@@ -309,7 +322,7 @@ trap 'exit 143' TERM
 mkdir -- "$work"
 
 PYTHONPATH="$pythonpath" python3 - "${BASH_SOURCE[0]}" "$work" "$val_percent" "$skin" "$dedup" "$VERSION" "$classes" \
-  "$meta_style" "${SHA512[$meta_style]}" "$meta" "$svg_packages" "$RESVG_PY" "${tarballs[@]}" <<'PY' || die "building the image folder failed"
+  "$meta_style" "${SHA512[$meta_style]}" "$meta" "$fluent_packages" "$RESVG_PY" "$PILLOW" "${tarballs[@]}" <<'PY' || die "building the image folder failed"
 import hashlib, json, os, re, struct, sys, tarfile
 
 script, work, val_percent, version = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[6]
@@ -317,10 +330,11 @@ skin, dedup = sys.argv[4] == "1", sys.argv[5] == "1"
 by_subcategory = sys.argv[7] == "subcategory"
 by_style = sys.argv[7] == "category-style"
 # The emoji-datasource tarball whose emoji.json names the fluent images (style, integrity, path), the
-# package (name@version) of every SVG style and the resvg-py version that renders their SVGs.
-meta_style, meta_integrity, meta_path, svg_packages, resvg_version = sys.argv[8:13]
-SVG_PACKAGE = json.loads(svg_packages)
-rest = sys.argv[13:]  # style, integrity, path; style, integrity, path; ...
+# package (name@version) of every Fluent style, the resvg-py version that renders the SVG ones and the
+# Pillow version that scales the WebP ones.
+meta_style, meta_integrity, meta_path, fluent_packages, resvg_version, pillow_version = sys.argv[8:14]
+FLUENT_PACKAGE = json.loads(fluent_packages)
+rest = sys.argv[14:]  # style, integrity, path; style, integrity, path; ...
 sources = [rest[i:i + 3] for i in range(0, len(rest), 3)]
 tarballs = [(s, path) for s, _, path in sources]
 integrity = {s: i for s, i, _ in sources}
@@ -361,17 +375,25 @@ def class_folder(e, style):
     return FOLDER[e["category"]] + "--" + slug
 
 SKIPPED_CATEGORIES = {"Component"}
-PREFIX = {"google": "", "twitter": "twitter-", "fluent": "fluent-", "fluent-color": "fluent-color-"}
-SVG_STYLE_WORD = {"fluent": "flat", "fluent-color": "color"}  # Microsoft's names of the Fluent styles
-assert set(SVG_STYLE_WORD) == set(SVG_PACKAGE)
+PREFIX = {"google": "", "twitter": "twitter-", "fluent": "fluent-", "fluent-color": "fluent-color-", "fluent-3d": "fluent-3d-"}
+FLUENT_STYLE_WORD = {"fluent": "flat", "fluent-color": "color", "fluent-3d": "3D"}  # Microsoft's names of the styles
+FLUENT_SUFFIX = {"fluent": ".svg", "fluent-color": ".svg", "fluent-3d": ".webp"}  # the packages' file types
+assert set(FLUENT_STYLE_WORD) == set(FLUENT_PACKAGE) == set(FLUENT_SUFFIX)
+HOW_DRAWN = {  # counts.json's "rendered_with" and ATTRIBUTION.md's words, by file type
+    ".svg": ("resvg-py==%s (SVG -> 64x64 RGBA PNG)" % resvg_version,
+             "rendered from SVG to 64x64 PNG by resvg (resvg-py %s)" % resvg_version),
+    ".webp": ("pillow==%s (256x256 WebP -> 64x64 RGBA PNG, Lanczos)" % pillow_version,
+              "scaled down from 256x256 WebP to 64x64 PNG by Pillow %s (Lanczos)" % pillow_version),
+}
 LICENCE = {
     "google": ("Noto Emoji (Google)", "Apache-2.0", "https://github.com/googlefonts/noto-emoji"),
     "twitter": ("Twemoji (Twitter, Inc. and contributors; fork by jdecked)", "CC-BY-4.0", "https://github.com/jdecked/twemoji"),
     "fluent": ("Fluent Emoji, flat style (Microsoft Corporation)", "MIT", "https://github.com/microsoft/fluentui-emoji"),
     "fluent-color": ("Fluent Emoji, color style (Microsoft Corporation)", "MIT", "https://github.com/microsoft/fluentui-emoji"),
+    "fluent-3d": ("Fluent Emoji, 3D style (Microsoft Corporation)", "MIT", "https://github.com/microsoft/fluentui-emoji"),
 }
 # The Fluent Emoji licence (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE); the npm
-# packages @lobehub/fluent-emoji-flat and -modern carry no LICENSE file of their own (package.json: MIT).
+# packages @lobehub/fluent-emoji-flat, -modern and -3d carry no LICENSE file of their own (package.json: MIT).
 FLUENT_LICENCE = """MIT License
 
 Copyright (c) Microsoft Corporation.
@@ -453,12 +475,13 @@ def read_datasource(style, path):
     return _datasource[path]
 
 
-def svg_image_name(file):
-    """The emoji.json image name of an SVG style's file: "1f600.svg" -> "1f600.png", the first code
-    point padded to 4 hex digits (the color package also spells 14 files without leading zeros,
-    "23-fe0f-20e3.svg" beside "0023-fe0f-20e3.svg"). Its ten files without the dot, e.g. "1f446svg", are
-    stray light-skin-tone drawings beside the emoji's own "1f446.svg" and are not read."""
-    first, _, rest = file[:-4].partition("-")
+def fluent_image_name(file, suffix):
+    """The emoji.json image name of a Fluent style's file: "1f600.svg" -> "1f600.png", the first code
+    point padded to 4 hex digits (the color and 3D packages also spell 14 files without leading zeros,
+    "23-fe0f-20e3.svg" beside "0023-fe0f-20e3.svg"). Files without the dot are not read: the color
+    package's ten, e.g. "1f446svg", are stray light-skin-tone drawings beside the emoji's own
+    "1f446.svg"; the 3D package has one named "png"."""
+    first, _, rest = file[:-len(suffix)].partition("-")
     return first.rjust(4, "0") + ("-" + rest if rest else "") + ".png"
 
 
@@ -483,28 +506,60 @@ def render_svg(svg, name):
         fail("rendering %s: %s" % (name, err))
 
 
+def scale_webp(webp, name):
+    """A 64x64 RGBA PNG of a 3D-style WebP (256x256; four are 256x264), by Pillow: scaled by Lanczos so
+    the longer side is 64 (Pillow premultiplies alpha while resampling RGBA, so transparent pixels do
+    not bleed their colour into the edges) and centred on a transparent 64x64 canvas, like resvg's
+    fitting of the SVG styles. Saved without metadata, so the bytes depend only on the Pillow version."""
+    import io
+    try:
+        from PIL import Image
+    except ImportError:
+        fail("PIL is not importable (Pillow should have been installed into the cache)")
+    try:
+        im = Image.open(io.BytesIO(webp))
+        if im.format != "WEBP":
+            fail("%s is not a WebP (%s)" % (name, im.format))
+        im = im.convert("RGBA")
+    except OSError as err:
+        fail("decoding %s: %s" % (name, err))
+    w, h = im.size
+    size = (max(1, round(64 * w / max(w, h))), max(1, round(64 * h / max(w, h))))
+    canvas = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    canvas.paste(im.resize(size, Image.Resampling.LANCZOS), ((64 - size[0]) // 2, (64 - size[1]) // 2))
+    out = io.BytesIO()
+    canvas.save(out, format="PNG")
+    return out.getvalue()
+
+
+def draw_fluent(style, data, name):
+    """The 64x64 RGBA PNG of a Fluent style's file."""
+    return render_svg(data, name) if FLUENT_SUFFIX[style] == ".svg" else scale_webp(data, name)
+
+
 # Every candidate image: (split key, output name, class folder, bytes, style, kind)
 items = []
 skipped = {"no_image_flag": 0, "missing_file": 0, "component": 0, "skin_tone_variants": 0}
 licences = {}
 unreferenced = {}
-svg_asked = [s for s, _ in tarballs if s in SVG_PACKAGE]
-if svg_asked:
+fluent_asked = [s for s, _ in tarballs if s in FLUENT_PACKAGE]
+if fluent_asked:
     _, meta_entries, meta_licence = read_datasource(meta_style, meta_path)
 for style, path in tarballs:
-    if style in SVG_PACKAGE:
+    if style in FLUENT_PACKAGE:
         skipped["not_in_" + style] = 0
-        name, ver = SVG_PACKAGE[style].rsplit("@", 1)
-        svgs, meta = read_tarball(path, ("package/package.json",), "package/assets/", ".svg")
+        name, ver = FLUENT_PACKAGE[style].rsplit("@", 1)
+        suffix = FLUENT_SUFFIX[style]
+        drawings, meta = read_tarball(path, ("package/package.json",), "package/assets/", suffix)
         check_package(path, meta, name, ver)
         entries = meta_entries
         licences[style] = FLUENT_LICENCE
         # The file of emoji image "1f600.png" is "1f600.svg" (the same lower-case code points).
-        # The file named exactly as emoji.json's image wins over a zero-less spelling (four of those
-        # 14 pairs are drawn differently).
-        images = {n[:-4] + ".png": svg for n, svg in svgs.items()}
-        for n, svg in svgs.items():
-            images.setdefault(svg_image_name(n), svg)
+        # The file named exactly as emoji.json's image wins over a zero-less spelling (four of the
+        # color package's 14 pairs are drawn differently).
+        images = {n[:-len(suffix)] + ".png": d for n, d in drawings.items()}
+        for n, d in drawings.items():
+            images.setdefault(fluent_image_name(n, suffix), d)
     else:
         images, entries, licences[style] = read_datasource(style, path)
     flag = "has_img_" + style
@@ -535,11 +590,11 @@ for style, path in tarballs:
             if kind == "skin" and not skin:
                 skipped["skin_tone_variants"] += 1
                 continue
-            if style in SVG_PACKAGE:  # emoji.json has no flag for it: the package draws an emoji or not
+            if style in FLUENT_PACKAGE:  # emoji.json has no flag for it: the package draws an emoji or not
                 if img not in images:
                     skipped["not_in_" + style] += 1
                     continue
-                data = render_svg(images[img], img[:-4] + ".svg")
+                data = draw_fluent(style, images[img], img[:-4] + FLUENT_SUFFIX[style])
             else:
                 if not v.get(flag, False):
                     skipped["no_image_flag"] += 1
@@ -598,15 +653,15 @@ for key, name, folder, data, style, kind, added in kept:
         f.write(data)
     counts[split][folder] += 1
 
-PACKAGE_OF = {s: SVG_PACKAGE.get(s) or "emoji-datasource-%s@%s" % (s, version) for s in PREFIX}
+PACKAGE_OF = {s: FLUENT_PACKAGE.get(s) or "emoji-datasource-%s@%s" % (s, version) for s in PREFIX}
 sources_report = []
 for s, _ in tarballs:
     src = {"package": PACKAGE_OF[s], "integrity": integrity[s], "images": LICENCE[s][0], "image_licence": LICENCE[s][1]}
-    if s in SVG_PACKAGE:
-        src["rendered_with"] = "resvg-py==%s (SVG -> 64x64 RGBA PNG)" % resvg_version
+    if s in FLUENT_PACKAGE:
+        src["rendered_with"] = HOW_DRAWN[FLUENT_SUFFIX[s]][0]
         src["emoji_json_from"] = PACKAGE_OF[meta_style]
     sources_report.append(src)
-meta_only = bool(svg_asked) and meta_style not in dict(tarballs)
+meta_only = bool(fluent_asked) and meta_style not in dict(tarballs)
 if meta_only:  # fluent styles alone: the google tarball gave emoji.json, none of its images
     sources_report.append({"package": PACKAGE_OF[meta_style], "integrity": meta_integrity, "used_for": "emoji.json only"})
 
@@ -638,7 +693,7 @@ with open(script, encoding="utf-8") as f:
 rule = "=" * 78 + "\n"
 parts = ["Licences of the emoji images and data in this folder (made by tools/fetch-emoji.sh).\n\n"]
 for s, _ in tarballs:
-    if s not in SVG_PACKAGE:
+    if s not in FLUENT_PACKAGE:
         parts += [rule, "%s (emoji.json and packaging; package/LICENSE, copied as is): MIT\n" % PACKAGE_OF[s], rule, licences[s], "\n"]
 if meta_only:
     parts += [rule, "%s (its emoji.json only; package/LICENSE, copied as is): MIT\n" % PACKAGE_OF[meta_style], rule, meta_licence, "\n"]
@@ -655,18 +710,20 @@ if "twitter" in dict(tarballs):
               "https://creativecommons.org/licenses/by/4.0/legalcode). Changes: the transparent pixels were\n",
               "composited onto white (RGB instead of RGBA); the images were sorted into %s folders and\n" % KIND_WORDS,
               "renamed with the twitter- prefix.\n", rule]
-for s in svg_asked:
-    parts += [rule, "Images named %s*.png: Fluent Emoji (%s style), Copyright (c) Microsoft Corporation\n" % (PREFIX[s], SVG_STYLE_WORD[s]),
-              "(https://github.com/microsoft/fluentui-emoji), from the npm package %s\n" % SVG_PACKAGE[s],
-              "(packaging Copyright (c) 2023 LobeHub, MIT). Changes: the SVGs were rendered to 64x64 PNGs by\n",
-              "resvg (resvg-py %s), sorted into %s folders and renamed with the %s prefix.\n" % (resvg_version, KIND_WORDS, PREFIX[s]),
+for s in fluent_asked:
+    change = ("the SVGs were rendered to 64x64 PNGs by\nresvg (resvg-py %s)" % resvg_version if FLUENT_SUFFIX[s] == ".svg"
+              else "the 256x256 WebPs were scaled down to 64x64\nPNGs by Pillow %s (Lanczos)" % pillow_version)
+    parts += [rule, "Images named %s*.png: Fluent Emoji (%s style), Copyright (c) Microsoft Corporation\n" % (PREFIX[s], FLUENT_STYLE_WORD[s]),
+              "(https://github.com/microsoft/fluentui-emoji), from the npm package %s\n" % FLUENT_PACKAGE[s],
+              "(packaging Copyright (c) 2023 LobeHub, MIT). Changes: %s, sorted into %s folders and renamed with the %s prefix.\n" % (change, KIND_WORDS, PREFIX[s]),
               "The licence of the images:\n", rule, FLUENT_LICENCE, "\n"]
 with open(os.path.join(work, "LICENSE-emoji.txt"), "w") as f:
     f.write("".join(parts))
 
 att = ["# Attribution\n\n",
        "This folder was made by `tools/fetch-emoji.sh` of nvg-rs. It holds emoji images sorted into %d\n" % len(folders),
-       "%s folders (from `emoji.json`), unchanged (the fluent ones rendered from SVG), for training and evaluating a demo model.\n\n" % KIND_WORDS]
+       "%s folders (from `emoji.json`), unchanged (the fluent ones rendered from SVG%s), for training and evaluating a demo model.\n\n"
+       % (KIND_WORDS, ", the fluent-3d ones scaled down from WebP" if "fluent-3d" in fluent_asked else "")]
 if "google" in dict(tarballs):
     att += ["- Images without a prefix: **Noto Emoji** by Google (v2.048, https://github.com/googlefonts/noto-emoji),\n",
             "  Apache License 2.0 (full text in `LICENSE-emoji.txt`).\n"]
@@ -674,11 +731,11 @@ if "twitter" in dict(tarballs):
     att += ["- Images named `twitter-*.png`: **Twemoji** by Twitter, Inc and other contributors, and jdecked and\n",
             "  other contributors (v16.0.1 fork, https://github.com/jdecked/twemoji), licensed under CC BY 4.0\n",
             "  (https://creativecommons.org/licenses/by/4.0/). Not modified apart from renaming.\n"]
-for s in svg_asked:
-    att += ["- Images named `%s*.png`: **Fluent Emoji** (%s style) by Microsoft Corporation\n" % (PREFIX[s], SVG_STYLE_WORD[s]),
+for s in fluent_asked:
+    att += ["- Images named `%s*.png`: **Fluent Emoji** (%s style) by Microsoft Corporation\n" % (PREFIX[s], FLUENT_STYLE_WORD[s]),
             "  (https://github.com/microsoft/fluentui-emoji), MIT licence (text in `LICENSE-emoji.txt`), from the\n",
-            "  npm package `%s`; rendered from SVG to 64x64 PNG by resvg (resvg-py %s).\n" % (SVG_PACKAGE[s], resvg_version)]
-datasource = [PACKAGE_OF[s] for s, _ in tarballs if s not in SVG_PACKAGE] or [PACKAGE_OF[meta_style]]
+            "  npm package `%s`; %s.\n" % (FLUENT_PACKAGE[s], HOW_DRAWN[FLUENT_SUFFIX[s]][1])]
+datasource = [PACKAGE_OF[s] for s, _ in tarballs if s not in FLUENT_PACKAGE] or [PACKAGE_OF[meta_style]]
 att += ["- Emoji data (`emoji.json`: categories, file names) and packaging: **emoji-datasource** by Cal\n",
         "  Henderson (https://github.com/iamcal/emoji-data), MIT licence (text in `LICENSE-emoji.txt`), from the\n",
         "  npm package%s %s.\n" % ("s" if len(datasource) > 1 else "", ", ".join("`%s`" % p for p in datasource))]

@@ -10,7 +10,7 @@
 # in RUNS_DIR; default emoji.nvgtok). Class names <category>--<subcategory> (tools/fetch-emoji.sh
 # --classes subcategory) also give classes.json the groups (categories) that `nvg generate` names images
 # by; a subcategory without training records (DATASET must then exist) is left out of its group. Class
-# names <category>--google / --twitter / --fluent / --fluent-color (--classes category-style) give each category a group
+# names <category>--google / --twitter / --fluent / --fluent-color / --fluent-3d (--classes category-style) give each category a group
 # of its google class alone. DATA_DIR (default: the repository's target/emoji) is the
 # tools/fetch-emoji.sh folder of the largest data set any of the models saw; its LICENSE-emoji.txt becomes
 # LICENSE-data.txt.
@@ -54,7 +54,7 @@ if any("--" in n for n in names):
     assert len(records) == len(names), "nvg inspect listed %d classes, not %d" % (len(records), len(names))
     # Classes <category>--<style> (fetch-emoji.sh --classes category-style): a category is drawn in the
     # google style, the style of the held-out images the model is scored against.
-    by_style = all(n.split("--", 1)[1] in ("google", "twitter", "fluent", "fluent-color") for n in names)
+    by_style = all(n.split("--", 1)[1] in ("google", "twitter", "fluent", "fluent-color", "fluent-3d") for n in names)
     groups = {}
     for i, n in enumerate(names):
         category, rest = n.split("--", 1)

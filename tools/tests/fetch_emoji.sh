@@ -43,7 +43,7 @@ cp "$src_cache/$tgz" "$cache/"
 # (captured first: `grep -q` closing the pipe early would fail the pipeline under pipefail)
 help="$("$script" --help)" && grep -q -- '--val-percent' <<<"$help" && grep -q -- 'fluent' <<<"$help" && ok "--help" || bad "--help"
 expect_fail "unknown option" "unknown option" "$script" --bogus
-expect_fail "unknown style" "unknown style 'apple' (known: google twitter fluent fluent-color)" "$script" --style apple "$tmp/o"
+expect_fail "unknown style" "unknown style 'apple' (known: google twitter fluent fluent-color fluent-3d)" "$script" --style apple "$tmp/o"
 expect_fail "bad class kind" "category, subcategory or category-style" "$script" --classes genus "$tmp/o"
 expect_fail "bad val percent" "integer from 0 to 100" "$script" --val-percent 101 "$tmp/o"
 expect_fail "two OUTs" "more than one OUT" "$script" "$tmp/a" "$tmp/b"
@@ -157,7 +157,7 @@ rv=resvg-py-0.5.0
 if [[ -f "$src_cache/$fl" && -d "$src_cache/$rv" ]]; then
   mkdir -p "$tmp/cache3"
   cp "$src_cache/$tgz" "$src_cache/$fl" "$tmp/cache3/"
-  expect_fail "fluent offline without the renderer" "need resvg-py" "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f0"
+  expect_fail "fluent offline without the renderer" "resvg-py 0.5.0 is needed" "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f0"
   cp -r "$src_cache/$rv" "$tmp/cache3/"
   "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f1" >/dev/null 2>&1
   "$script" --offline --cache "$tmp/cache3" --style fluent "$tmp/f2" >/dev/null 2>&1
@@ -229,6 +229,61 @@ assert "**Fluent Emoji** (color style)" in open(c + "/ATTRIBUTION.md").read()
 PY
 else
   echo "skip fluent-color checks: $src_cache/$fc, $src_cache/$fl or $src_cache/$rv not cached (run tools/fetch-emoji.sh --styles fluent,fluent-color once)"
+fi
+
+# The fluent-3d style (its tarball and Pillow cached): 64x64 PNGs scaled from the package's WebPs, the
+# same bytes on a re-run, the zero-less spellings found, the four 256x264 drawings fitted and centred
+# (transparent rows above and below), each image in the split and category of its google twin, Pillow
+# named as the scaler; offline without Pillow it is refused.
+f3=lobehub-fluent-emoji-3d-1.1.0.tgz
+pil=pillow-11.3.0
+if [[ -f "$src_cache/$f3" && -d "$src_cache/$pil" ]]; then
+  mkdir -p "$tmp/cache5"
+  cp "$src_cache/$tgz" "$src_cache/$f3" "$tmp/cache5/"
+  expect_fail "fluent-3d offline without Pillow" "pillow 11.3.0 is needed" "$script" --offline --cache "$tmp/cache5" --style fluent-3d "$tmp/d0"
+  cp -r "$src_cache/$pil" "$tmp/cache5/"
+  "$script" --offline --cache "$tmp/cache5" --style fluent-3d "$tmp/d1" >/dev/null 2>&1
+  "$script" --offline --cache "$tmp/cache5" --style fluent-3d "$tmp/d2" >/dev/null 2>&1
+  [[ "$(tree_hash "$tmp/d1")" == "$(tree_hash "$tmp/d2")" ]] && ok "fluent-3d: re-run gives the same tree" || bad "fluent-3d: re-run changed the tree"
+  "$script" --offline --cache "$tmp/cache5" --styles fluent-3d,google --classes category-style "$tmp/d3" >/dev/null 2>&1
+  rm -rf -- "$tmp/cache5"
+  if PYTHONPATH="$src_cache/$pil" python3 - "$out" "$tmp/d1" "$tmp/d3" "$src_cache/$f3" <<'PY'; then ok "--style fluent-3d"; else bad "--style fluent-3d"; fi
+import io, json, os, sys, tarfile
+from PIL import Image
+g, d, dg, tgz = sys.argv[1:]
+jg, jd, jdg = (json.load(open(x + "/counts.json")) for x in (g, d, dg))
+assert jd["classes"] == jg["classes"] and jd["styles"] == ["fluent-3d"], jd["classes"]
+assert [s["package"] for s in jd["sources"]] == ["@lobehub/fluent-emoji-3d@1.1.0", "emoji-datasource-google@16.0.0"]
+assert jd["sources"][0]["rendered_with"].startswith("pillow==11.3.0") and jd["sources"][0]["image_licence"] == "MIT"
+assert 3000 < sum(jd["total"].values()) < sum(jg["total"].values()), jd["total"]
+files = lambda x: {f: (split, c) for split in ("train", "val") for c in os.listdir(x + "/" + split) for f in os.listdir(x + "/" + split + "/" + c)}
+g_files, d_files, dg_files = files(g), files(d), files(dg)
+assert d_files and all(n.startswith("fluent-3d-") for n in d_files)
+assert "fluent-3d-0023-fe0f-20e3.png" in d_files and "fluent-3d-00a9-fe0f.png" in d_files  # zero-less in the package
+shared = 0
+for n, (split, c) in d_files.items():
+    im = Image.open(os.path.join(d, split, c, n))
+    assert im.format == "PNG" and im.size == (64, 64) and im.mode == "RGBA", n
+    if n[len("fluent-3d-"):] in g_files:
+        shared += 1
+        assert g_files[n[len("fluent-3d-"):]] == (split, c), n  # same split, same category as its google image
+assert shared > 0.9 * len(d_files), shared
+# 1fa90 (ringed planet) is 256x264 in the package: fitted (62x64, centred), not stretched to 64x64
+with tarfile.open(tgz) as t:
+    src = Image.open(io.BytesIO(t.extractfile("package/assets/1fa90.webp").read())).convert("RGBA")
+assert src.size == (256, 264), src.size
+split, c = d_files["fluent-3d-1fa90.png"]
+got = Image.open(os.path.join(d, split, c, "fluent-3d-1fa90.png"))
+want = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+want.paste(src.resize((62, 64), Image.Resampling.LANCZOS), (1, 0))
+assert got.tobytes() == want.tobytes()
+assert got.tobytes() != src.resize((64, 64), Image.Resampling.LANCZOS).tobytes()
+assert jdg["classes"] == sorted(k + "--" + s for k in jg["classes"] for s in ("fluent-3d", "google")), jdg["classes"]
+assert {n: sc for n, sc in dg_files.items() if n.startswith("fluent-3d-")} == {n: (s, k + "--fluent-3d") for n, (s, k) in d_files.items()}
+assert "Fluent Emoji (3D style)" in open(d + "/LICENSE-emoji.txt").read() and "Pillow 11.3.0" in open(d + "/ATTRIBUTION.md").read()
+PY
+else
+  echo "skip fluent-3d checks: $src_cache/$f3 or $src_cache/$pil not cached (run tools/fetch-emoji.sh --style fluent-3d once)"
 fi
 
 # Output safety: a folder not made by the script, or a file, is never replaced.
