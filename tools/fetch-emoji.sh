@@ -243,12 +243,26 @@ fetch() {
   echo "$file"
 }
 
+# Whether folder DIR holds pip package PKG==VER whose module MODULE (compiled parts included) imports
+# from DIR under this python3 — not another copy of it elsewhere on the machine, whose version would
+# change the images.
+pip_tool_ok() {
+  local dir="$1" pkg="$2" ver="$3" module="$4"
+  PYTHONPATH="$dir" python3 - "$dir" "$pkg" "$ver" "$module" 2>/dev/null <<'PY'
+import importlib, importlib.metadata, os, sys
+folder, pkg, ver, module = sys.argv[1:]
+mod = importlib.import_module(module)
+inside = os.path.realpath(mod.__file__).startswith(os.path.realpath(folder) + os.sep)
+sys.exit(0 if inside and importlib.metadata.version(pkg) == ver else 1)
+PY
+}
+
 # Makes sure the pip package PKG==VER (importable as MODULE) is installed under the cache, for the
 # styles named in WHO; prints the folder to put on PYTHONPATH. Installed into a temporary folder and
 # renamed, so a half install is never used.
 pip_tool() {
   local pkg="$1" ver="$2" module="$3" who="$4" dir="$cache/$1-$2" tmp
-  if PYTHONPATH="$dir" python3 -c "import $module" 2>/dev/null; then
+  if pip_tool_ok "$dir" "$pkg" "$ver" "$module"; then
     echo "$dir"
     return
   fi
@@ -262,7 +276,7 @@ pip_tool() {
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --only-binary :all: \
     --target "$tmp" "$pkg==$ver" >&2 || { rm -rf -- "$tmp"; die "pip could not install $pkg==$ver"; }
   mv -T -- "$tmp" "$dir"
-  PYTHONPATH="$dir" python3 -c "import $module" || die "$pkg in $dir does not import"
+  pip_tool_ok "$dir" "$pkg" "$ver" "$module" || die "$pkg $ver in $dir does not import from there (python3 $(python3 -V 2>&1))"
   echo "$dir"
 }
 
@@ -286,8 +300,8 @@ for s in "${FLUENT_STYLES[@]}"; do
   if [[ "${FLUENT_FORMAT[$s]}" == svg ]]; then need_resvg=1; else need_pillow=1; fi
   [[ " ${FLUENT_STYLES[*]} " != *" $meta_style "* ]] || { meta_style=google; meta="$(fetch google)"; }
 done
-((need_resvg == 0)) || pythonpath="$(pip_tool resvg-py "$RESVG_PY" resvg_py "styles fluent, fluent-color")${pythonpath:+:$pythonpath}"
-((need_pillow == 0)) || pythonpath="$(pip_tool pillow "$PILLOW" PIL "style fluent-3d")${pythonpath:+:$pythonpath}"
+((need_resvg == 0)) || pythonpath="$(pip_tool resvg-py "$RESVG_PY" resvg_py "the SVG styles, fluent and fluent-color")${pythonpath:+:$pythonpath}"
+((need_pillow == 0)) || pythonpath="$(pip_tool pillow "$PILLOW" PIL.Image "style fluent-3d")${pythonpath:+:$pythonpath}"
 # {"fluent": "@lobehub/fluent-emoji-flat@1.1.0", ...}: the package of every Fluent style, asked or not
 fluent_packages="{$(IFS=,; echo "${fluent_entries[*]}")}"
 note "tarballs verified ($((SECONDS - start)) s)"
@@ -382,8 +396,8 @@ assert set(FLUENT_STYLE_WORD) == set(FLUENT_PACKAGE) == set(FLUENT_SUFFIX)
 HOW_DRAWN = {  # counts.json's "rendered_with" and ATTRIBUTION.md's words, by file type
     ".svg": ("resvg-py==%s (SVG -> 64x64 RGBA PNG)" % resvg_version,
              "rendered from SVG to 64x64 PNG by resvg (resvg-py %s)" % resvg_version),
-    ".webp": ("pillow==%s (256x256 WebP -> 64x64 RGBA PNG, Lanczos)" % pillow_version,
-              "scaled down from 256x256 WebP to 64x64 PNG by Pillow %s (Lanczos)" % pillow_version),
+    ".webp": ("pillow==%s (WebP, 256 px -> 64x64 RGBA PNG, Lanczos)" % pillow_version,
+              "scaled down from 256-pixel WebP to 64x64 PNG by Pillow %s (Lanczos)" % pillow_version),
 }
 LICENCE = {
     "google": ("Noto Emoji (Google)", "Apache-2.0", "https://github.com/googlefonts/noto-emoji"),
@@ -478,9 +492,9 @@ def read_datasource(style, path):
 def fluent_image_name(file, suffix):
     """The emoji.json image name of a Fluent style's file: "1f600.svg" -> "1f600.png", the first code
     point padded to 4 hex digits (the color and 3D packages also spell 14 files without leading zeros,
-    "23-fe0f-20e3.svg" beside "0023-fe0f-20e3.svg"). Files without the dot are not read: the color
-    package's ten, e.g. "1f446svg", are stray light-skin-tone drawings beside the emoji's own
-    "1f446.svg"; the 3D package has one named "png"."""
+    "23-fe0f-20e3.svg" beside "0023-fe0f-20e3.svg"; the exact name wins). Files without the suffix's dot
+    are not read: the color package's ten, e.g. "1f446svg", are stray light-skin-tone drawings beside the emoji's own
+    "1f446.svg"."""
     first, _, rest = file[:-len(suffix)].partition("-")
     return first.rjust(4, "0") + ("-" + rest if rest else "") + ".png"
 
@@ -510,12 +524,16 @@ def scale_webp(webp, name):
     """A 64x64 RGBA PNG of a 3D-style WebP (256x256; four are 256x264), by Pillow: scaled by Lanczos so
     the longer side is 64 (Pillow premultiplies alpha while resampling RGBA, so transparent pixels do
     not bleed their colour into the edges) and centred on a transparent 64x64 canvas, like resvg's
-    fitting of the SVG styles. Saved without metadata, so the bytes depend only on the Pillow version."""
+    fitting of the SVG styles. Saved without metadata, so the bytes depend only on the Pillow wheel (its
+    own libwebp and zlib)."""
     import io
     try:
+        import PIL
         from PIL import Image
-    except ImportError:
-        fail("PIL is not importable (Pillow should have been installed into the cache)")
+    except ImportError as err:
+        fail("Pillow does not import (it should have been installed into the cache): %s" % err)
+    if PIL.__version__ != pillow_version:
+        fail("Pillow %s imported from %s, expected %s" % (PIL.__version__, PIL.__file__, pillow_version))
     try:
         im = Image.open(io.BytesIO(webp))
         if im.format != "WEBP":
@@ -554,12 +572,23 @@ for style, path in tarballs:
         check_package(path, meta, name, ver)
         entries = meta_entries
         licences[style] = FLUENT_LICENCE
-        # The file of emoji image "1f600.png" is "1f600.svg" (the same lower-case code points).
-        # The file named exactly as emoji.json's image wins over a zero-less spelling (four of the
-        # color package's 14 pairs are drawn differently).
+        # The file of emoji image "1f600.png" is "1f600.svg" or "1f600.webp" (the same lower-case code
+        # points).
+        # A zero-less spelling is read under its padded name unless a file has that name.
         images = {n[:-len(suffix)] + ".png": d for n, d in drawings.items()}
-        for n, d in drawings.items():
-            images.setdefault(fluent_image_name(n, suffix), d)
+        shadowed = []
+        for n in sorted(drawings):
+            exact, padded = n[:-len(suffix)] + ".png", fluent_image_name(n, suffix)
+            if padded == exact:
+                continue
+            if padded in images:  # the exactly named file wins (four of the color package's pairs differ)
+                del images[exact]
+                shadowed.append(n)
+            else:
+                images[padded] = images.pop(exact)
+        if shadowed:
+            warn("%s: %d files spelled without leading zeros beside the exactly named one, not read (e.g. %s)"
+                 % (style, len(shadowed), shadowed[0]))
     else:
         images, entries, licences[style] = read_datasource(style, path)
     flag = "has_img_" + style
@@ -707,12 +736,12 @@ if "twitter" in dict(tarballs):
               "Copyright 2024 jdecked and other contributors (https://github.com/jdecked/twemoji).\n",
               "Licensed under the Creative Commons Attribution 4.0 International licence (CC BY 4.0):\n",
               "https://creativecommons.org/licenses/by/4.0/ (legal code:\n",
-              "https://creativecommons.org/licenses/by/4.0/legalcode). Changes: the transparent pixels were\n",
-              "composited onto white (RGB instead of RGBA); the images were sorted into %s folders and\n" % KIND_WORDS,
-              "renamed with the twitter- prefix.\n", rule]
+              "https://creativecommons.org/licenses/by/4.0/legalcode). Changes: the PNGs are copied byte for\n",
+              "byte (nvg's image reader composites their transparent pixels onto white when it reads them); the\n",
+              "images were sorted into %s folders and renamed with the twitter- prefix.\n" % KIND_WORDS, rule]
 for s in fluent_asked:
     change = ("the SVGs were rendered to 64x64 PNGs by\nresvg (resvg-py %s)" % resvg_version if FLUENT_SUFFIX[s] == ".svg"
-              else "the 256x256 WebPs were scaled down to 64x64\nPNGs by Pillow %s (Lanczos)" % pillow_version)
+              else "the WebPs (256 pixels wide) were scaled down to\n64x64 PNGs by Pillow %s (Lanczos)" % pillow_version)
     parts += [rule, "Images named %s*.png: Fluent Emoji (%s style), Copyright (c) Microsoft Corporation\n" % (PREFIX[s], FLUENT_STYLE_WORD[s]),
               "(https://github.com/microsoft/fluentui-emoji), from the npm package %s\n" % FLUENT_PACKAGE[s],
               "(packaging Copyright (c) 2023 LobeHub, MIT). Changes: %s, sorted into %s folders and renamed with the %s prefix.\n" % (change, KIND_WORDS, PREFIX[s]),
@@ -720,10 +749,12 @@ for s in fluent_asked:
 with open(os.path.join(work, "LICENSE-emoji.txt"), "w") as f:
     f.write("".join(parts))
 
+drawn = [("the %s ones rendered from SVG" if FLUENT_SUFFIX[s] == ".svg" else "the %s ones scaled down from WebP") % s
+         for s in fluent_asked]
 att = ["# Attribution\n\n",
        "This folder was made by `tools/fetch-emoji.sh` of nvg-rs. It holds emoji images sorted into %d\n" % len(folders),
-       "%s folders (from `emoji.json`), unchanged (the fluent ones rendered from SVG%s), for training and evaluating a demo model.\n\n"
-       % (KIND_WORDS, ", the fluent-3d ones scaled down from WebP" if "fluent-3d" in fluent_asked else "")]
+       "%s folders (from `emoji.json`), unchanged%s, for training and evaluating a demo model.\n\n"
+       % (KIND_WORDS, " (%s)" % ", ".join(drawn) if drawn else "")]
 if "google" in dict(tarballs):
     att += ["- Images without a prefix: **Noto Emoji** by Google (v2.048, https://github.com/googlefonts/noto-emoji),\n",
             "  Apache License 2.0 (full text in `LICENSE-emoji.txt`).\n"]

@@ -232,9 +232,10 @@ else
 fi
 
 # The fluent-3d style (its tarball and Pillow cached): 64x64 PNGs scaled from the package's WebPs, the
-# same bytes on a re-run, the zero-less spellings found, the four 256x264 drawings fitted and centred
-# (transparent rows above and below), each image in the split and category of its google twin, Pillow
-# named as the scaler; offline without Pillow it is refused.
+# same bytes on a re-run, the exactly named file read where a zero-less spelling of it exists too, the
+# four 256x264 drawings fitted and centred (not stretched), each image in the split and category of its
+# google twin, the google images beside it unchanged, Pillow named as the scaler; offline without Pillow
+# it is refused.
 f3=lobehub-fluent-emoji-3d-1.1.0.tgz
 pil=pillow-11.3.0
 if [[ -f "$src_cache/$f3" && -d "$src_cache/$pil" ]]; then
@@ -242,10 +243,12 @@ if [[ -f "$src_cache/$f3" && -d "$src_cache/$pil" ]]; then
   cp "$src_cache/$tgz" "$src_cache/$f3" "$tmp/cache5/"
   expect_fail "fluent-3d offline without Pillow" "pillow 11.3.0 is needed" "$script" --offline --cache "$tmp/cache5" --style fluent-3d "$tmp/d0"
   cp -r "$src_cache/$pil" "$tmp/cache5/"
-  "$script" --offline --cache "$tmp/cache5" --style fluent-3d "$tmp/d1" >/dev/null 2>&1
-  "$script" --offline --cache "$tmp/cache5" --style fluent-3d "$tmp/d2" >/dev/null 2>&1
-  [[ "$(tree_hash "$tmp/d1")" == "$(tree_hash "$tmp/d2")" ]] && ok "fluent-3d: re-run gives the same tree" || bad "fluent-3d: re-run changed the tree"
-  "$script" --offline --cache "$tmp/cache5" --styles fluent-3d,google --classes category-style "$tmp/d3" >/dev/null 2>&1
+  for d in d1 d2; do
+    "$script" --offline --cache "$tmp/cache5" --style fluent-3d "$tmp/$d" >/dev/null 2>"$tmp/err" || bad "fluent-3d build: $(tail -n 1 "$tmp/err")"
+  done
+  [[ -d "$tmp/d1" && "$(tree_hash "$tmp/d1")" == "$(tree_hash "$tmp/d2")" ]] && ok "fluent-3d: re-run gives the same tree" || bad "fluent-3d: re-run changed the tree"
+  "$script" --offline --cache "$tmp/cache5" --styles fluent-3d,google --classes category-style "$tmp/d3" >/dev/null 2>"$tmp/err" ||
+    bad "fluent-3d,google build: $(tail -n 1 "$tmp/err")"
   rm -rf -- "$tmp/cache5"
   if PYTHONPATH="$src_cache/$pil" python3 - "$out" "$tmp/d1" "$tmp/d3" "$src_cache/$f3" <<'PY'; then ok "--style fluent-3d"; else bad "--style fluent-3d"; fi
 import io, json, os, sys, tarfile
@@ -259,7 +262,13 @@ assert 3000 < sum(jd["total"].values()) < sum(jg["total"].values()), jd["total"]
 files = lambda x: {f: (split, c) for split in ("train", "val") for c in os.listdir(x + "/" + split) for f in os.listdir(x + "/" + split + "/" + c)}
 g_files, d_files, dg_files = files(g), files(d), files(dg)
 assert d_files and all(n.startswith("fluent-3d-") for n in d_files)
-assert "fluent-3d-0023-fe0f-20e3.png" in d_files and "fluent-3d-00a9-fe0f.png" in d_files  # zero-less in the package
+tar = tarfile.open(tgz)
+webp = lambda name: Image.open(io.BytesIO(tar.extractfile("package/assets/" + name).read())).convert("RGBA")
+# the package has both 0023-fe0f-20e3.webp and 23-fe0f-20e3.webp, drawn differently: the first is read
+split, c = d_files["fluent-3d-0023-fe0f-20e3.png"]
+got = Image.open(os.path.join(d, split, c, "fluent-3d-0023-fe0f-20e3.png")).tobytes()
+assert got == webp("0023-fe0f-20e3.webp").resize((64, 64), Image.Resampling.LANCZOS).tobytes()
+assert got != webp("23-fe0f-20e3.webp").resize((64, 64), Image.Resampling.LANCZOS).tobytes()
 shared = 0
 for n, (split, c) in d_files.items():
     im = Image.open(os.path.join(d, split, c, n))
@@ -269,8 +278,7 @@ for n, (split, c) in d_files.items():
         assert g_files[n[len("fluent-3d-"):]] == (split, c), n  # same split, same category as its google image
 assert shared > 0.9 * len(d_files), shared
 # 1fa90 (ringed planet) is 256x264 in the package: fitted (62x64, centred), not stretched to 64x64
-with tarfile.open(tgz) as t:
-    src = Image.open(io.BytesIO(t.extractfile("package/assets/1fa90.webp").read())).convert("RGBA")
+src = webp("1fa90.webp")
 assert src.size == (256, 264), src.size
 split, c = d_files["fluent-3d-1fa90.png"]
 got = Image.open(os.path.join(d, split, c, "fluent-3d-1fa90.png"))
@@ -280,6 +288,9 @@ assert got.tobytes() == want.tobytes()
 assert got.tobytes() != src.resize((64, 64), Image.Resampling.LANCZOS).tobytes()
 assert jdg["classes"] == sorted(k + "--" + s for k in jg["classes"] for s in ("fluent-3d", "google")), jdg["classes"]
 assert {n: sc for n, sc in dg_files.items() if n.startswith("fluent-3d-")} == {n: (s, k + "--fluent-3d") for n, (s, k) in d_files.items()}
+for n, (s, k) in g_files.items():  # the google images beside fluent-3d: the same files, byte for byte
+    assert dg_files[n] == (s, k + "--google"), n
+    assert open(os.path.join(dg, s, k + "--google", n), "rb").read() == open(os.path.join(g, s, k, n), "rb").read(), n
 assert "Fluent Emoji (3D style)" in open(d + "/LICENSE-emoji.txt").read() and "Pillow 11.3.0" in open(d + "/ATTRIBUTION.md").read()
 PY
 else
