@@ -393,11 +393,13 @@ PREFIX = {"google": "", "twitter": "twitter-", "fluent": "fluent-", "fluent-colo
 FLUENT_STYLE_WORD = {"fluent": "flat", "fluent-color": "color", "fluent-3d": "3D"}  # Microsoft's names of the styles
 FLUENT_SUFFIX = {"fluent": ".svg", "fluent-color": ".svg", "fluent-3d": ".webp"}  # the packages' file types
 assert set(FLUENT_STYLE_WORD) == set(FLUENT_PACKAGE) == set(FLUENT_SUFFIX)
-HOW_DRAWN = {  # counts.json's "rendered_with" and ATTRIBUTION.md's words, by file type
+HOW_DRAWN = {  # counts.json's "rendered_with", ATTRIBUTION.md's and LICENSE-emoji.txt's words, by file type
     ".svg": ("resvg-py==%s (SVG -> 64x64 RGBA PNG)" % resvg_version,
-             "rendered from SVG to 64x64 PNG by resvg (resvg-py %s)" % resvg_version),
+             "rendered from SVG to 64x64 PNG by resvg (resvg-py %s)" % resvg_version,
+             "the SVGs were rendered to 64x64 PNGs by\nresvg (resvg-py %s)" % resvg_version),
     ".webp": ("pillow==%s (WebP, 256 px -> 64x64 RGBA PNG, Lanczos)" % pillow_version,
-              "scaled down from 256-pixel WebP to 64x64 PNG by Pillow %s (Lanczos)" % pillow_version),
+              "scaled down from 256-pixel WebP to 64x64 PNG by Pillow %s (Lanczos)" % pillow_version,
+              "the WebPs (256 pixels wide) were scaled down to\n64x64 PNGs by Pillow %s (Lanczos)" % pillow_version),
 }
 LICENCE = {
     "google": ("Noto Emoji (Google)", "Apache-2.0", "https://github.com/googlefonts/noto-emoji"),
@@ -740,8 +742,7 @@ if "twitter" in dict(tarballs):
               "byte (nvg's image reader composites their transparent pixels onto white when it reads them); the\n",
               "images were sorted into %s folders and renamed with the twitter- prefix.\n" % KIND_WORDS, rule]
 for s in fluent_asked:
-    change = ("the SVGs were rendered to 64x64 PNGs by\nresvg (resvg-py %s)" % resvg_version if FLUENT_SUFFIX[s] == ".svg"
-              else "the WebPs (256 pixels wide) were scaled down to\n64x64 PNGs by Pillow %s (Lanczos)" % pillow_version)
+    change = HOW_DRAWN[FLUENT_SUFFIX[s]][2]
     parts += [rule, "Images named %s*.png: Fluent Emoji (%s style), Copyright (c) Microsoft Corporation\n" % (PREFIX[s], FLUENT_STYLE_WORD[s]),
               "(https://github.com/microsoft/fluentui-emoji), from the npm package %s\n" % FLUENT_PACKAGE[s],
               "(packaging Copyright (c) 2023 LobeHub, MIT). Changes: %s, sorted into %s folders and renamed with the %s prefix.\n" % (change, KIND_WORDS, PREFIX[s]),
