@@ -8,6 +8,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod malloc;
+pub mod pool;
 pub mod progress;
 pub mod reconstruct;
 pub mod tokenize;

@@ -266,7 +266,7 @@ enum BenchCommand {
 fn main() {
     nvg_tools::malloc::keep_freed_memory();
     // Errors print as a readable chain ("error: what: why"), never as a backtrace.
-    if let Err(e) = run() {
+    if let Err(e) = nvg_tools::pool::run_in_pool(run) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
