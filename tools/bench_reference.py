@@ -65,6 +65,11 @@ def make_cases():
             tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
             cases[name] = ("torch", lambda tx=tx, tw=tw, tb=tb: torch.nn.functional.linear(tx, tw, tb))
         cases[name + " (numpy)"] = ("numpy", lambda x=x, w=w, b=b: x @ w.T + b)
+    g = arr(2080, 1792)
+    if torch is not None:
+        tg = torch.from_numpy(g)
+        cases["row sum 2080x1792"] = ("torch", lambda tg=tg: tg.sum(0))
+    cases["row sum 2080x1792 (numpy)"] = ("numpy", lambda g=g: g.sum(0))
     if torch is not None:
         for b, h, n in [(2, 16, 257), (2, 8, 513)]:
             q, k, v = (torch.from_numpy(arr(b, h, n, 64)) for _ in range(3))

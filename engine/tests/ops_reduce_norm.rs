@@ -363,6 +363,39 @@ fn reductions_large_inputs_use_parallel_path() {
 }
 
 #[test]
+fn one_row_reductions_split_by_columns_fold_each_column_in_row_order_on_any_thread_count() {
+    // [1, 1000, 300] over dim 1 (a bias gradient's shape): 300 columns split into tasks of 64; every
+    // output must be exactly the in-order f32 fold of its column, with 1 thread and with 3.
+    let (rows, cols) = (1000, 300);
+    let data = values(rows * cols, 77);
+    let x = tensor(&data, &[1, rows, cols]);
+    let mut sum = data[..cols].to_vec();
+    let mut max = sum.clone();
+    let mut min = sum.clone();
+    for r in 1..rows {
+        for c in 0..cols {
+            let v = data[r * cols + c];
+            sum[c] += v;
+            max[c] = max[c].max(v);
+            min[c] = min[c].min(v);
+        }
+    }
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let (s, mx, mn) = pool.install(|| {
+            (
+                vals(&x.sum(1, false).unwrap()),
+                vals(&x.max(1, false).unwrap()),
+                vals(&x.min(1, false).unwrap()),
+            )
+        });
+        assert_eq!(s, sum, "sum over rows, {threads} threads");
+        assert_eq!(mx, max, "max over rows, {threads} threads");
+        assert_eq!(mn, min, "min over rows, {threads} threads");
+    }
+}
+
+#[test]
 fn reductions_keep_bf16_and_f16_dtype_within_storage_precision() {
     for dt in [DType::BF16, DType::F16] {
         for dims in [&[3usize, 17][..], &[2, 5, 7, 3], &[3, 257, 100]] {

@@ -86,6 +86,16 @@ fn cases() -> Vec<Case> {
             run: Box::new(move || x.conv2d(&w, Some(&b), 1, Padding::uniform(1))),
         });
     }
+    // A linear layer's bias gradient in emoji-model training: the [rows, features] output gradient of a
+    // fused projection (32 images × 65 tokens of a content stage; linear1's 7·256 features: q, k, v and
+    // the MLP input) summed over its rows.
+    let (m, n) = (2080usize, 1792usize);
+    let g = randn(&[m, n], 80);
+    out.push(Case {
+        name: format!("row sum {m}x{n}"),
+        flops: (m * n) as f64,
+        run: Box::new(move || g.sum(0, false)),
+    });
     out
 }
 
