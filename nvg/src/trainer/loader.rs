@@ -217,9 +217,19 @@ impl Loader {
             tx,
             stop: stop.clone(),
         };
+        // The batches are rebuilt with the engine's parallel ops, which run on the rayon pool of the
+        // thread that calls them. On the global pool they would wait for a free worker, and a consumer
+        // that is that pool's only worker (the `nvg` program runs its command on a worker; with
+        // RAYON_NUM_THREADS=1 there is one) sits blocked in `next_batch`: a deadlock. A one-thread
+        // pool of the loader's own keeps it independent of the consumer's pool.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "nvg-loader-ops".into())
+            .build()
+            .context("starting the loader's thread pool")?;
         let handle = std::thread::Builder::new()
             .name("nvg-loader".into())
-            .spawn(move || worker.run())
+            .spawn(move || pool.install(|| worker.run()))
             .context("starting the loader thread")?;
         Ok(Loader {
             batch,
