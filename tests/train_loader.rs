@@ -4,8 +4,7 @@
 //! stop when the loader is dropped.
 
 use nvg::config::Grid;
-use nvg::dataset::{Dataset, DatasetHeader, DatasetWriter, HEADER_SIZE, Record, rebuild};
-use nvg::structure_map::ChildOrder;
+use nvg::dataset::{Dataset, HEADER_SIZE, Record, rebuild};
 use nvg::tokenizer::Quantizer;
 use nvg::trainer::class_balance::{ClassBalance, class_quotas};
 use nvg::trainer::loader::{LoadedBatch, Loader, LoaderState, epoch_order};
@@ -67,21 +66,7 @@ fn records(len: usize) -> Vec<Record> {
 }
 
 fn write_dataset(path: &Path, len: usize) {
-    let grid = Grid::new(SIDE).unwrap();
-    let header = DatasetHeader {
-        grid_side: SIDE,
-        stages: grid.stages(),
-        codebook_size: VOCAB,
-        num_classes: 10,
-        count: 0,
-        tokenizer_hash: 0,
-        child_order: ChildOrder::Merge,
-    };
-    let mut w = DatasetWriter::create(path, header).unwrap();
-    for r in records(len) {
-        w.push(&r).unwrap();
-    }
-    w.finish().unwrap();
+    nvg_testkit::write_dataset(path, SIDE, VOCAB, 10, &records(len));
 }
 
 /// A dataset of `len` records in `dir` and the synthetic quantiser that fits it.

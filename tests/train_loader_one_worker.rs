@@ -7,8 +7,7 @@
 //! other test of the process touches rayon.
 
 use nvg::config::Grid;
-use nvg::dataset::{Dataset, DatasetHeader, DatasetWriter, Record};
-use nvg::structure_map::ChildOrder;
+use nvg::dataset::{Dataset, Record};
 use nvg::tokenizer::Quantizer;
 use nvg::trainer::loader::{Loader, LoaderState};
 use std::sync::Arc;
@@ -40,23 +39,9 @@ fn a_consumer_that_is_the_global_pools_only_worker_gets_its_batches() {
     let dir = std::env::temp_dir().join(format!("nvg-loader-one-worker-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("d.nvgtok");
-    let grid = Grid::new(SIDE).unwrap();
-    let header = DatasetHeader {
-        grid_side: SIDE,
-        stages: grid.stages(),
-        codebook_size: VOCAB,
-        num_classes: 10,
-        count: 0,
-        tokenizer_hash: 0,
-        child_order: ChildOrder::Merge,
-    };
-    let mut w = DatasetWriter::create(&path, header).unwrap();
-    for r in records(130) {
-        w.push(&r).unwrap();
-    }
-    w.finish().unwrap();
+    nvg_testkit::write_dataset(&path, SIDE, VOCAB, 10, &records(130));
     let ds = Arc::new(Dataset::open(&path, None).unwrap());
-    let q = Arc::new(Quantizer::synthetic(grid, VOCAB, 8, 5));
+    let q = Arc::new(Quantizer::synthetic(Grid::new(SIDE).unwrap(), VOCAB, 8, 5));
     // 128 records × 5 stages × 16 tokens × 8 channels of canvases: above the engine's parallel
     // threshold, so rebuilding a batch runs parallel copies.
     let batch = 128;

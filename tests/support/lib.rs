@@ -148,3 +148,30 @@ pub fn fresh_dir(suite: &str, name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
     d
 }
+
+/// Writes `records` as a dataset at `path`: a `side`×`side` grid, merge-order children, no tokenizer
+/// hash (datasets made up by tests).
+pub fn write_dataset(
+    path: &Path,
+    side: usize,
+    codebook_size: usize,
+    num_classes: usize,
+    records: &[nvg::dataset::Record],
+) {
+    use nvg::dataset::{DatasetHeader, DatasetWriter};
+    let grid = nvg::config::Grid::new(side).expect("a power-of-two grid side");
+    let header = DatasetHeader {
+        grid_side: side,
+        stages: grid.stages(),
+        codebook_size,
+        num_classes,
+        count: 0,
+        tokenizer_hash: 0,
+        child_order: nvg::structure_map::ChildOrder::Merge,
+    };
+    let mut w = DatasetWriter::create(path, header).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    for r in records {
+        w.push(r).unwrap();
+    }
+    w.finish().unwrap();
+}
