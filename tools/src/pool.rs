@@ -7,8 +7,12 @@
 //! workers steal from it. `perf record` of `nvg train` (depth 4, batch 32, 2 vCPUs) before this
 //! change: 11 % of the samples in the kernel, mostly futex wake/wait and scheduling (docs/benchmarks.md).
 //!
-//! Workers get the main thread's usual stack size: dropping a long autograd graph recurses once per
-//! node, which a default 2 MiB worker stack may not hold for deep models.
+//! The command must not block on another thread that itself waits for the pool: with one worker
+//! (`RAYON_NUM_THREADS=1`) nothing would run that thread's parallel ops. The training loader's thread
+//! therefore has a pool of its own (`nvg/src/trainer/loader.rs`, test `tests/train_loader_one_worker.rs`).
+//!
+//! Workers get the main thread's usual stack size, as a precaution: dropping a long autograd graph
+//! recurses once per node, and rayon's workers otherwise get Rust's 2 MiB default.
 
 /// Stack size of the pool's workers (the main thread's usual 8 MiB).
 const WORKER_STACK: usize = 8 << 20;
