@@ -36,8 +36,7 @@ fn a_consumer_that_is_the_global_pools_only_worker_gets_its_batches() {
         .num_threads(1)
         .build_global()
         .expect("this test binary's global pool is built here first");
-    let dir = std::env::temp_dir().join(format!("nvg-loader-one-worker-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = nvg_testkit::fresh_dir("train-loader", "one-worker");
     let path = dir.join("d.nvgtok");
     nvg_testkit::write_dataset(&path, SIDE, VOCAB, 10, &records(130));
     let ds = Arc::new(Dataset::open(&path, None).unwrap());
