@@ -131,6 +131,10 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             "--drop-path must be a rate in [0, 1), not {top}"
         );
     }
+    ensure!(
+        o.steps != Some(0) && o.epochs != Some(0),
+        "--steps and --epochs must be at least 1"
+    );
     let dataset = Arc::new(Dataset::open(&o.data, None)?);
     let grid = dataset.header.grid()?;
     let tok =
@@ -154,7 +158,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     );
     let steps = match (o.steps, o.epochs) {
         (Some(s), None) => s,
-        (None, Some(e)) => e * per_epoch,
+        (None, Some(e)) => e.checked_mul(per_epoch).context("--epochs: too many steps")?,
         _ => bail!("give exactly one of --steps and --epochs"),
     };
     ensure!(steps > 0, "--steps must be at least 1");
@@ -167,7 +171,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         steps,
         lr,
         warmup,
-        hold_end: warmup + (0.8 * steps as f64) as u64,
+        hold_end: warmup.saturating_add((0.8 * steps as f64) as u64),
         final_lr: 0.1 * lr,
         clip: 1.0,
         ema_decay: o.ema_decay,

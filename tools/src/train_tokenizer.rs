@@ -108,6 +108,11 @@ pub fn parse_arch(s: &str) -> Result<TokenizerConfig> {
             other => bail!("--arch: unknown key `{other}` (base, mult, res, latent, codebook)"),
         }
     }
+    ensure!(
+        (1..=16).contains(&cfg.channel_mult.len()),
+        "--arch: mult has {} levels; each after the first halves the image, so give 1 to 16",
+        cfg.channel_mult.len()
+    );
     // Group norms use 32 groups (NVG-SPEC §2.2): every width must be a multiple of 32.
     for m in &cfg.channel_mult {
         ensure!(
@@ -138,8 +143,8 @@ fn spread(n: usize, k: usize) -> Vec<usize> {
 pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
     ensure!(o.batch > 0 && o.steps > 0, "--batch and --steps must be at least 1");
     ensure!(
-        o.checkpoint_every > 0 && o.eval_every > 0,
-        "--checkpoint-every and --eval-every must be at least 1"
+        o.checkpoint_every > 0 && o.eval_every > 0 && o.eval_images > 0,
+        "--checkpoint-every, --eval-every and --eval-images must be at least 1"
     );
     let ckpt = o.out.join("last.safetensors");
     let resuming = o.resume && ckpt.exists();
@@ -166,6 +171,13 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
             );
         }
         let s = TokenizerTrainState::load(&ckpt)?;
+        ensure!(
+            s.step < o.steps,
+            "{}: the checkpoint is at step {} and the run has {} steps: nothing to do (raise --steps)",
+            ckpt.display(),
+            s.step,
+            o.steps
+        );
         let grid = s.config.grid_for_resolution(o.resolution).context("--resolution")?;
         ensure!(
             s.grid == grid,
@@ -279,7 +291,7 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
         state.export(&o.out.join("tokenizer.safetensors"))
     };
     let start = state.step;
-    let end = o.stop_after.map_or(o.steps, |n| (start + n).min(o.steps));
+    let end = o.stop_after.map_or(o.steps, |n| start.saturating_add(n).min(o.steps));
     let mut progress = Progress::new("train-tokenizer", "steps", (end - start) as usize);
     let t0 = std::time::Instant::now();
     while state.step < end {
@@ -311,4 +323,24 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
         ckpt.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_strings_are_parsed_or_refused_with_the_reason() {
+        let cfg = parse_arch("base=64,mult=1-2-4,res=1,latent=16,codebook=512").unwrap();
+        assert_eq!((cfg.base_channels, cfg.channel_mult.clone()), (64, vec![1, 2, 4]));
+        assert_eq!((cfg.res_blocks, cfg.latent_channels, cfg.codebook_size), (1, 16, 512));
+        let refused = |s: &str, needle: &str| {
+            let err = format!("{:#}", parse_arch(s).unwrap_err());
+            assert!(err.contains(needle), "{s}: {err}");
+        };
+        refused(&format!("mult={}", vec!["1"; 17].join("-")), "mult has 17 levels");
+        refused("mult=1-0", "positive integer");
+        refused("base=48", "multiple of 32");
+        refused("depth=3", "unknown key `depth`");
+    }
 }

@@ -84,6 +84,38 @@ fn train_tokenizer_tokenize_train_and_generate_on_an_8x8_grid() {
         "4",
     ]);
     assert!(!ok && log.contains("--resume"), "{log}");
+    // Resuming a run that has done all its steps says so (and leaves the run as it is).
+    let (ok, log) = nvg(&[
+        "train-tokenizer",
+        "--images",
+        &s(&images),
+        "--out",
+        &s(&tok_dir),
+        "--resolution",
+        "16",
+        "--steps",
+        "6",
+        "--batch",
+        "4",
+        "--resume",
+    ]);
+    assert!(
+        !ok && log.contains("at step 6") && log.contains("raise --steps"),
+        "{log}"
+    );
+    assert_eq!(std::fs::read_to_string(tok_dir.join("log.jsonl")).unwrap(), entries);
+    let (ok, log) = nvg(&[
+        "train-tokenizer",
+        "--images",
+        &s(&images),
+        "--val",
+        &s(&images),
+        "--out",
+        &s(&dir.join("tok-no-eval")),
+        "--eval-images",
+        "0",
+    ]);
+    assert!(!ok && log.contains("--eval-images must be at least 1"), "{log}");
 
     let data = dir.join("data.nvgtok");
     let (ok, log) = nvg(&[

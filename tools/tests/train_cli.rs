@@ -209,6 +209,10 @@ fn train_refuses_bad_settings_clearly() {
     };
     let (ok, log) = train_missing(&["--steps", "1"]);
     assert!(!ok && log.contains("missing.nvgtok"), "{log}");
+    let (ok, log) = train_missing(&["--epochs", "0"]);
+    assert!(!ok && log.contains("--epochs must be at least 1"), "{log}");
+    let (ok, log) = train_missing(&["--steps", "0"]);
+    assert!(!ok && log.contains("--steps and --epochs must be at least 1"), "{log}");
     let (ok, log) = train_missing(&["--steps", "1", "--class-balance", "1.5"]);
     assert!(!ok && log.contains("--class-balance must be a number from 0"), "{log}");
     let (ok, log) = train_missing(&["--steps", "1", "--class-balance", "-0.1"]);

@@ -344,7 +344,7 @@ pub fn train(
     let weights = LossWeights::uniform(&state.config.grid);
     let tokens = tokens_per_image(&state.config);
     let last = match settings.stop_after {
-        Some(n) => (state.step + n).min(settings.steps),
+        Some(n) => state.step.saturating_add(n).min(settings.steps),
         None => settings.steps,
     };
     while state.step < last {
