@@ -143,3 +143,48 @@ fn truncated_and_corrupt_checkpoints_are_errors_not_panics() {
     check("scrambled.ckpt", &scrambled, "pickle");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn tensor_entries_whose_sizes_overflow_are_errors_not_panics() {
+    let fx = Fixtures::open();
+    let ckpt = TorchCheckpoint::open(&fx.path("generator_lightning.ckpt")).unwrap();
+    let (_, good) = ckpt
+        .state_dict()
+        .unwrap()
+        .into_iter()
+        .find(|(_, r)| r.size.len() == 2)
+        .expect("a matrix");
+    assert!(ckpt.load(&good).is_ok());
+    // What a corrupt pickle could declare: each product or sum overflows a usize.
+    let huge = usize::MAX / 2 + 1;
+    let corrupt = [
+        ("storage size", {
+            let mut r = good.clone();
+            r.storage_numel = huge;
+            r
+        }),
+        ("shape", {
+            let mut r = good.clone();
+            r.size = vec![huge, 4];
+            r
+        }),
+        ("stride", {
+            let mut r = good.clone();
+            r.stride = vec![huge, 1];
+            r
+        }),
+        ("offset", {
+            let mut r = good.clone();
+            r.offset = usize::MAX;
+            r
+        }),
+    ];
+    for (what, r) in corrupt {
+        let err = format!("{:#}", ckpt.load(&r).err().unwrap_or_else(|| panic!("{what}: loaded")));
+        let names_it = err.contains(&format!("`{}`", r.key));
+        assert!(
+            names_it && (err.contains("overflow") || err.contains("reaches element")),
+            "{what}: {err}"
+        );
+    }
+}

@@ -124,6 +124,9 @@ fn damaged_foreign_and_mismatched_files_are_refused_with_the_reason() {
     };
     let truncated = variant("truncated.nvgtok", &|b| b.truncate(b.len() - 100));
     assert!(open_err(&truncated, None).contains("truncated"));
+    // A record count whose byte size overflows (a corrupt header, not a truncated body).
+    let huge = variant("huge.nvgtok", &|b| b[40..48].copy_from_slice(&u64::MAX.to_le_bytes()));
+    assert!(open_err(&huge, None).contains("impossibly large"));
     let tiny = variant("tiny.nvgtok", &|b| b.truncate(20));
     assert!(open_err(&tiny, None).contains("too short"));
     let magic = variant("magic.nvgtok", &|b| b[0] = b'X');

@@ -469,3 +469,22 @@ fn score_refuses_folders_without_images_or_with_unknown_classes() {
     assert_eq!(files[0].1, 2);
     assert!(scored_images(&dir.join("missing"), &names()).is_err());
 }
+
+#[test]
+fn classifier_shapes_that_cannot_run_are_refused_with_the_reason() {
+    let config = |widths: Vec<usize>, resolution: usize| ClassifierConfig {
+        classes: vec!["a".into(), "b".into()],
+        resolution,
+        widths,
+        groups: 8,
+    };
+    assert!(config(vec![32, 64], 64).validate().is_ok());
+    let refused = |c: ClassifierConfig, needle: &str| {
+        let err = format!("{:#}", c.validate().unwrap_err());
+        assert!(err.contains(needle), "{:?}: {err}", c.widths);
+    };
+    refused(config(vec![32; 17], 64), "17 convolution stages");
+    refused(config(vec![], 64), "at least one convolution stage");
+    refused(config(vec![32, 60], 64), "not a positive multiple of the 8 norm groups");
+    refused(config(vec![32, 64, 64], 30), "resolution 30");
+}

@@ -322,7 +322,11 @@ impl Dataset {
                 u32_at(at)
             );
         }
-        let want_len = HEADER_SIZE + header.count * header.record_size();
+        let want_len = header
+            .count
+            .checked_mul(header.record_size())
+            .and_then(|n| n.checked_add(HEADER_SIZE))
+            .with_context(|| format!("{name}: the header's record count {} is impossibly large", header.count))?;
         ensure!(
             map.len() == want_len,
             "{name}: truncated or padded: {} records of {} bytes need {want_len} bytes, the file has {}",

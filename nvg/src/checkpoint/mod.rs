@@ -62,26 +62,33 @@ impl TorchCheckpoint {
             .get(&entry)
             .with_context(|| format!("storage `{}` is missing from the archive", r.key))?;
         let es = r.dtype.size();
+        // Sizes, strides and offsets come from the file: overflow means a corrupt entry, not a panic.
+        let too_large = || format!("tensor `{}`: its storage size, shape or strides overflow", r.key);
+        let storage_bytes = r.storage_numel.checked_mul(es).with_context(too_large)?;
         ensure!(
-            bytes.len() >= r.storage_numel * es,
-            "storage `{}` has {} bytes, {} elements need {}",
+            bytes.len() >= storage_bytes,
+            "storage `{}` has {} bytes, {} elements need {storage_bytes}",
             r.key,
             bytes.len(),
             r.storage_numel,
-            r.storage_numel * es
         );
         // Offsets (in elements) of the view, row-major.
-        let numel: usize = r.size.iter().product();
+        let numel = r
+            .size
+            .iter()
+            .try_fold(1usize, |n, &s| n.checked_mul(s))
+            .with_context(too_large)?;
         if numel > 0 {
-            let last = r.offset
-                + r.size
-                    .iter()
-                    .zip(&r.stride)
-                    .map(|(&s, &st)| (s - 1) * st)
-                    .sum::<usize>();
+            let last = r
+                .size
+                .iter()
+                .zip(&r.stride)
+                .try_fold(r.offset, |sum, (&s, &st)| (s - 1).checked_mul(st)?.checked_add(sum))
+                .with_context(too_large)?;
             ensure!(
                 last < r.storage_numel,
-                "tensor view reaches element {last} of a storage of {}",
+                "tensor `{}`: its view reaches element {last} of a storage of {}",
+                r.key,
                 r.storage_numel
             );
         }

@@ -85,6 +85,11 @@ impl ClassifierConfig {
                 self.groups
             );
         }
+        ensure!(
+            self.widths.len() <= 16,
+            "{} convolution stages: each halves the image, so more than 16 cannot be meant",
+            self.widths.len()
+        );
         let f = 1usize << (self.widths.len() - 1);
         ensure!(
             self.resolution > 0 && self.resolution.is_multiple_of(f),

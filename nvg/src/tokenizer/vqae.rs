@@ -3,7 +3,7 @@
 //! tiny fixture tokenizer and small f4/f8 tokenizers all load from their weights.
 
 use crate::weights::WeightMap;
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use nvg_engine::{Padding, Tensor, nvtx};
 
 /// GroupNorm groups and epsilon of every normalisation layer.
@@ -65,11 +65,16 @@ impl TokenizerConfig {
         let Some(&[base, 3, _, _]) = w.dims("encoder.conv_in.conv.weight") else {
             bail!("no encoder.conv_in.conv.weight [C, 3, k, k]: this is not an NVG tokenizer (VQAE) file");
         };
+        ensure!(base > 0, "encoder.conv_in.conv.weight has no output channels");
         let levels = w.count_indexed("encoder.down.");
         let res_blocks = w.count_indexed("encoder.down.0.block.");
         if levels == 0 || res_blocks == 0 {
             bail!("no encoder.down.* blocks: this is not an NVG tokenizer (VQAE) file");
         }
+        ensure!(
+            levels <= 16,
+            "{levels} encoder levels: each halves the image, more than 16 is not a tokenizer"
+        );
         let mut channel_mult = Vec::with_capacity(levels);
         for l in 0..levels {
             let name = format!("encoder.down.{l}.block.0.conv2.conv.weight");
@@ -304,5 +309,25 @@ impl Decoder {
             }
         }
         self.conv_out.forward(&self.norm_out.forward_swish(&h)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvg_engine::{DType, Device};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn weights_with_an_empty_first_convolution_are_refused_not_divided_by() {
+        let conv = |dims: &[usize]| Tensor::zeros(dims, DType::F32, Device::Cpu).unwrap();
+        let mut tensors = BTreeMap::new();
+        tensors.insert("encoder.conv_in.conv.weight".to_string(), conv(&[0, 3, 3, 3]));
+        tensors.insert(
+            "encoder.down.0.block.0.conv2.conv.weight".to_string(),
+            conv(&[32, 32, 3, 3]),
+        );
+        let err = TokenizerConfig::infer(&WeightMap::new("t", tensors)).unwrap_err();
+        assert!(err.to_string().contains("no output channels"), "{err}");
     }
 }
