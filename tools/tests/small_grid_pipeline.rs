@@ -67,38 +67,27 @@ fn train_tokenizer_tokenize_train_and_generate_on_an_8x8_grid() {
     let tokenizer = tok_dir.join("tokenizer.safetensors");
     let entries = std::fs::read_to_string(tok_dir.join("log.jsonl")).unwrap();
     assert_eq!(entries.lines().count(), 6, "one log line per step");
-    // A second run into the same folder without --resume is refused (the checkpoint is not overwritten).
-    let (ok, log) = nvg(&[
-        "train-tokenizer",
-        "--images",
-        &s(&images),
-        "--out",
-        &s(&tok_dir),
-        "--resolution",
-        "16",
-        "--arch",
-        "base=32,mult=1-2,res=1,latent=8,codebook=64",
-        "--steps",
-        "6",
-        "--batch",
-        "4",
-    ]);
+    let (images_arg, tok_arg) = (s(&images), s(&tok_dir));
+    // `nvg train-tokenizer` into the same folder again, with `extra` flags.
+    let again = |extra: &[&str]| {
+        let mut args = vec![
+            "train-tokenizer",
+            "--images",
+            &images_arg,
+            "--out",
+            &tok_arg,
+            "--resolution",
+            "16",
+        ];
+        args.extend_from_slice(&["--steps", "6", "--batch", "4"]);
+        args.extend_from_slice(extra);
+        nvg(&args)
+    };
+    // A second run without --resume is refused (the checkpoint is not overwritten).
+    let (ok, log) = again(&["--arch", "base=32,mult=1-2,res=1,latent=8,codebook=64"]);
     assert!(!ok && log.contains("--resume"), "{log}");
     // Resuming a run that has done all its steps says so (and leaves the run as it is).
-    let (ok, log) = nvg(&[
-        "train-tokenizer",
-        "--images",
-        &s(&images),
-        "--out",
-        &s(&tok_dir),
-        "--resolution",
-        "16",
-        "--steps",
-        "6",
-        "--batch",
-        "4",
-        "--resume",
-    ]);
+    let (ok, log) = again(&["--resume"]);
     assert!(
         !ok && log.contains("at step 6") && log.contains("raise --steps"),
         "{log}"
