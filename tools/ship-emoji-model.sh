@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes the built-in emoji model (models/emoji) from the training runs of docs/emoji-demo.md:
 # the generator's weights (raw or EMA) and the tokenizer stored as bf16, the evaluation classifier, the
-# class names and the licences of the training data. Usage:
+# class names, the structure bank (structures.nvgtok) and the licences of the training data. Usage:
 #   tools/ship-emoji-model.sh RUNS_DIR [raw|ema] [GENERATOR_RUN] [TOKENIZER_RUN] [DATA_DIR] [DATASET]
 # RUNS_DIR holds GENERATOR_RUN/last.safetensors (nvg train; GENERATOR_RUN defaults to gen),
 # TOKENIZER_RUN/tokenizer.safetensors (nvg train-tokenizer; TOKENIZER_RUN defaults to tok, e.g. tok-dec for
@@ -40,6 +40,13 @@ mkdir -p "$out"
 "$nvg" convert --input "$runs/$gen/last.safetensors" --output "$out/generator.safetensors" "${ema[@]}" --dtype bf16
 "$nvg" convert --input "$runs/$tok/tokenizer.safetensors" --output "$out/tokenizer.safetensors" --dtype bf16
 cp "$runs/classifier.safetensors" "$out/classifier.safetensors"
+# The structure bank of the README main job: the google training images' structure maps under the shipped
+# tokenizer (BANK_IMAGES: a tools/fetch-emoji.sh train folder of the 9 categories, google style).
+bank_images=${BANK_IMAGES:-"$root/target/emoji/train"}
+[ -d "$bank_images" ] || { echo "$bank_images is missing (tools/fetch-emoji.sh; or set BANK_IMAGES)" >&2; exit 1; }
+rm -f "$out/structures.nvgtok" "$out/structures.nvgtok.classes.json"
+"$nvg" tokenize --images "$bank_images" --tokenizer "$out/tokenizer.safetensors" --out "$out/structures.nvgtok" \
+    --resolution 64 --whole --child-order outside-first --mirror --batch 32
 records=""
 if grep -q -- '--' "$runs/$classes"; then
     [ -f "$runs/$dataset" ] || { echo "$runs/$dataset is missing (its records per class decide the groups)" >&2; exit 1; }

@@ -61,7 +61,8 @@ enum Command {
     /// defaults are the official README sampling settings (CFG 1-3.5, structure CFG 1-2.5, top-p 1-0.5,
     /// 25 flow steps). OUT/job.json records the settings; a re-run with other settings is refused.
     /// Without --generator/--tokenizer it uses the built-in emoji model (models/emoji: 9 categories of
-    /// 64×64 emoji; `nvg generate --per-class 8 --out samples/ --grid grid.png`).
+    /// 64×64 emoji; `nvg generate --per-class 8 --structure-from models/emoji/structures.nvgtok --out
+    /// samples/ --grid grid.png` paints them on real emoji's structure maps, the README main job).
     Generate(nvg_tools::generate::GenerateOptions),
     /// Train an NVG generator on a pre-tokenized dataset (from `nvg tokenize`).
     ///
