@@ -46,18 +46,7 @@ fn the_shipped_model_generates_deterministically_and_its_samples_are_recognised(
     let opts = generate(&dir.join("all"), &["--per-class", &per_class]);
     assert!(opts.generator.is_none(), "the test must exercise the default weights");
 
-    // Deterministic: the same images again, at another batch size.
-    let again = dir.join("again");
-    generate(&again, &["--classes", "4", "--per-class", "3", "--batch", "2"]);
-    for i in 0..3 {
-        let name = format!("0004_{i:05}.png");
-        assert_eq!(
-            std::fs::read(again.join(&name)).unwrap(),
-            std::fs::read(dir.join("all").join(&name)).unwrap(),
-            "{name} differs between batch 8 and batch 2"
-        );
-    }
-
+    assert_same_at_batch_2(&dir, 4, &[]);
     assert_real_and_recognised(&dir.join("all"), MEASURED_ACCURACY);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -69,30 +58,27 @@ fn the_readme_main_job_paints_the_shipped_structure_bank_deterministically_and_i
     let bank = bank.to_str().unwrap();
     let per_class = PER_CLASS.to_string();
     generate(&dir.join("all"), &["--per-class", &per_class, "--structure-from", bank]);
+    assert_same_at_batch_2(&dir, 2, &["--structure-from", bank]);
+    assert_real_and_recognised(&dir.join("all"), MEASURED_BANK_ACCURACY);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Deterministic: the first 3 images of `class` in `dir/all` (made at batch 8) come out the same when made
+/// again at batch 2 with the same `extra` flags.
+fn assert_same_at_batch_2(dir: &Path, class: usize, extra: &[&str]) {
     let again = dir.join("again");
-    generate(
-        &again,
-        &[
-            "--classes",
-            "2",
-            "--per-class",
-            "3",
-            "--batch",
-            "2",
-            "--structure-from",
-            bank,
-        ],
-    );
+    let class_arg = class.to_string();
+    let mut args = vec!["--classes", &class_arg, "--per-class", "3", "--batch", "2"];
+    args.extend_from_slice(extra);
+    generate(&again, &args);
     for i in 0..3 {
-        let name = format!("0002_{i:05}.png");
+        let name = format!("{class:04}_{i:05}.png");
         assert_eq!(
             std::fs::read(again.join(&name)).unwrap(),
             std::fs::read(dir.join("all").join(&name)).unwrap(),
             "{name} differs between batch 8 and batch 2"
         );
     }
-    assert_real_and_recognised(&dir.join("all"), MEASURED_BANK_ACCURACY);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Every image in `dir` is a real 64×64 picture (contrast, no repeats), there are `PER_CLASS` of each
