@@ -5,6 +5,9 @@ use anyhow::{Result, bail};
 
 /// Head width of every attention head (RoPE covers exactly these dims).
 pub const HEAD_DIM: usize = 64;
+/// The deepest generator `depth=N` builds (d48: width 3072, about 8.5 G parameters). Deeper ones would not
+/// fit any machine we run on, and their sizes would overflow long before: refused by name instead.
+pub const MAX_DEPTH: usize = 48;
 /// RoPE base frequency.
 pub const ROPE_THETA: f32 = 10_000.0;
 /// Width of the token-type RoPE axis (axis 0).
@@ -132,6 +135,13 @@ impl GeneratorConfig {
         if depth < 2 || !depth.is_multiple_of(2) {
             bail!("depth must be even and >= 2 (the structure branch has depth/2 heads of width 64), got {depth}");
         }
+        if depth > MAX_DEPTH {
+            bail!(
+                "depth {depth} is more than {MAX_DEPTH} (twice the largest official model, d24: 1.07 G parameters; \
+                 depth {depth} would need width {})",
+                depth.saturating_mul(HEAD_DIM)
+            );
+        }
         Ok(GeneratorConfig {
             depth,
             width: HEAD_DIM * depth,
@@ -245,6 +255,11 @@ mod tests {
             (1024, 16, 512, 8)
         );
         assert!(GeneratorConfig::preset("depth=3").is_err());
+        assert!(GeneratorConfig::preset("depth=48").is_ok());
+        for huge in ["depth=50", "depth=1000000", "depth=18446744073709551614"] {
+            let e = GeneratorConfig::preset(huge).unwrap_err().to_string();
+            assert!(e.contains("is more than 48"), "{huge}: {e}");
+        }
         assert!(GeneratorConfig::preset("d17").is_err());
     }
 }

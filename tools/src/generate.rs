@@ -255,11 +255,23 @@ fn file_fingerprint(path: &Path) -> Result<u64> {
     Ok(h.finish())
 }
 
+/// The most images one `nvg generate` job lists (a 50,000-image FID job is 0.5 % of it): its image list
+/// is held in memory, so a mistyped `--per-class` is refused instead of aborting on the allocation.
+pub const MAX_JOB_IMAGES: usize = 10_000_000;
+/// The most Euler steps `--structure-steps` takes: far past where more steps change the maps, and small
+/// enough that the step schedule is an ordinary allocation.
+pub const MAX_STRUCTURE_STEPS: usize = 10_000;
+
 pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     let t0 = std::time::Instant::now();
     ensure!(
         o.per_class > 0 && o.batch > 0 && o.structure_steps > 0,
         "--per-class, --batch and --structure-steps must be at least 1"
+    );
+    ensure!(
+        o.structure_steps <= MAX_STRUCTURE_STEPS,
+        "--structure-steps {} is more than {MAX_STRUCTURE_STEPS} (the official sampler takes 25)",
+        o.structure_steps
     );
     let set = if o.ema { WeightSet::Ema } else { WeightSet::Raw };
     nvg_engine::cuda::check_device("--device", o.device)?;
@@ -269,6 +281,16 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     let grid = gc.grid;
     let groups = class_groups(o, gc.num_classes)?;
     let classes = parse_classes(&o.classes, groups.as_ref().map_or(gc.num_classes, |g| g.len()))?;
+    ensure!(
+        classes
+            .len()
+            .checked_mul(o.per_class)
+            .is_some_and(|n| n <= MAX_JOB_IMAGES),
+        "--per-class {} × {} classes is more than the {MAX_JOB_IMAGES} images one job holds; \
+         split the work into several jobs (other --out folders or --seed values)",
+        o.per_class,
+        classes.len()
+    );
     // The generator class image (c, i) is conditioned on.
     let condition = |c: usize, i: usize| match &groups {
         Some(g) if c < g.len() => g.class_for(o.seed, c, i),

@@ -98,17 +98,11 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
 }
 
-/// Parses `--config`.
+/// Parses `--config` into a depth, checking it builds (even, at most `MAX_DEPTH`) before any data is read.
 pub fn parse_depth(s: &str) -> Result<usize> {
-    match s {
-        "d16" => Ok(16),
-        "d20" => Ok(20),
-        "d24" => Ok(24),
-        _ => match s.strip_prefix("depth=") {
-            Some(d) => d.parse().with_context(|| format!("--config {s}: `{d}` is not a depth")),
-            None => bail!("--config {s}: expected d16, d20, d24 or depth=N"),
-        },
-    }
+    Ok(GeneratorConfig::preset(s)
+        .with_context(|| format!("--config {s}"))?
+        .depth)
 }
 
 fn fmt_stages(v: &[f32]) -> String {
@@ -135,6 +129,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         o.steps != Some(0) && o.epochs != Some(0),
         "--steps and --epochs must be at least 1"
     );
+    let given_depth = o.config.as_deref().map(parse_depth).transpose()?;
     let dataset = Arc::new(Dataset::open(&o.data, None)?);
     let grid = dataset.header.grid()?;
     let tok =
@@ -145,7 +140,6 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         o.data.display(),
         o.tokenizer.display()
     );
-    let given_depth = o.config.as_deref().map(parse_depth).transpose()?;
     ensure!(o.batch > 0 && o.accum > 0, "--batch and --accum must be at least 1");
     let per_epoch = (dataset.len() / o.batch / o.accum) as u64;
     ensure!(

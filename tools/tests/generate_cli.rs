@@ -262,6 +262,19 @@ fn wrong_use_is_refused_with_a_clear_message() {
         (&["--shard", "x"], "expected i/n"),
         (&["--cfg", "1-abc"], "--cfg"),
         (&["--batch", "0"], "at least 1"),
+        // A job too large to list (2 classes × 5 M + 1) or whose size overflows: refused, not an abort.
+        (
+            &["--per-class", "5000001"],
+            "more than the 10000000 images one job holds",
+        ),
+        (
+            &["--per-class", "18446744073709551615"],
+            "more than the 10000000 images one job holds",
+        ),
+        (
+            &["--structure-steps", "100000000000"],
+            "--structure-steps 100000000000 is more than 10000",
+        ),
         (&["--device", "gpu"], "expected cpu, cuda, cuda:N or cuda-emu"),
     ] {
         let (ok, log) = generate(&fx, &dir, flags);

@@ -221,6 +221,8 @@ fn train_refuses_bad_settings_clearly() {
     assert!(!ok && log.contains("--drop-path must be a rate in [0, 1)"), "{log}");
     let (ok, log) = train_missing(&["--steps", "1", "--drop-path", "0.2", "--no-drop-path"]);
     assert!(!ok && log.contains("cannot be used with"), "{log}");
+    let (ok, log) = train_missing(&["--steps", "1", "--config", "depth=1000000"]);
+    assert!(!ok && log.contains("depth 1000000 is more than 48"), "{log}");
     let (ok, log) = train_missing(&["--init-classes", "0,0,1"]);
     assert!(
         !ok && log.contains("--init-classes") && log.contains("give --init too"),
