@@ -127,6 +127,15 @@ fn damaged_foreign_and_mismatched_files_are_refused_with_the_reason() {
     // A record count whose byte size overflows (a corrupt header, not a truncated body).
     let huge = variant("huge.nvgtok", &|b| b[40..48].copy_from_slice(&u64::MAX.to_le_bytes()));
     assert!(open_err(&huge, None).contains("impossibly large"));
+    // A class count or grid side that would size tables beyond any memory (damaged header fields).
+    let classes = variant("classes.nvgtok", &|b| {
+        b[56..60].copy_from_slice(&u32::MAX.to_le_bytes())
+    });
+    assert!(open_err(&classes, None).contains("4294967295 classes is more than"));
+    let side = variant("side.nvgtok", &|b| {
+        b[16..20].copy_from_slice(&(1u32 << 31).to_le_bytes())
+    });
+    assert!(open_err(&side, None).contains("larger than the 64×64"));
     let tiny = variant("tiny.nvgtok", &|b| b.truncate(20));
     assert!(open_err(&tiny, None).contains("too short"));
     let magic = variant("magic.nvgtok", &|b| b[0] = b'X');

@@ -5,6 +5,10 @@ use anyhow::{Result, bail};
 
 /// Head width of every attention head (RoPE covers exactly these dims).
 pub const HEAD_DIM: usize = 64;
+/// The largest latent grid side: 64×64 = 4,096 tokens, 13 stages (4× the official side). The clustering
+/// holds every token pair of an image, so larger grids exhaust memory; a huge `--resolution` or a corrupt
+/// header is refused by name instead.
+pub const MAX_GRID_SIDE: usize = 64;
 /// The deepest generator `depth=N` builds (d48: width 3072, about 8.5 G parameters). Deeper ones would not
 /// fit any machine we run on, and their sizes would overflow long before: refused by name instead.
 pub const MAX_DEPTH: usize = 48;
@@ -20,10 +24,16 @@ pub struct Grid {
 }
 
 impl Grid {
-    /// A `side × side` grid; `side` must be a power of two ≥ 2.
+    /// A `side × side` grid; `side` must be a power of two from 2 to `MAX_GRID_SIDE`.
     pub fn new(side: usize) -> Result<Grid> {
         if side < 2 || !side.is_power_of_two() {
             bail!("the latent grid side must be a power of two >= 2, got {side}");
+        }
+        if side > MAX_GRID_SIDE {
+            bail!(
+                "a {side}×{side} latent grid is larger than the {MAX_GRID_SIDE}×{MAX_GRID_SIDE} this implementation \
+                 supports (the official models use 16×16; clustering one image of a 64×64 grid already takes 200 MB)"
+            );
         }
         Ok(Grid { side })
     }
@@ -237,6 +247,11 @@ mod tests {
         assert_eq!((small.tokens(), small.stages()), (64, 7));
         assert_eq!(small.rope_axes().iter().sum::<usize>(), HEAD_DIM);
         assert!(Grid::new(12).is_err());
+        let largest = Grid::new(MAX_GRID_SIDE).unwrap();
+        assert_eq!((largest.tokens(), largest.stages()), (4096, 13));
+        assert_eq!(largest.rope_axes().iter().sum::<usize>(), HEAD_DIM);
+        let e = Grid::new(2 * MAX_GRID_SIDE).unwrap_err().to_string();
+        assert!(e.contains("larger than the 64×64"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,10 @@ const FLAG_OUTSIDE_FIRST: u32 = 2;
 /// Every flag this build knows; a file with another bit set comes from a newer build.
 const KNOWN_FLAGS: u32 = FLAG_COMPLETE | FLAG_OUTSIDE_FIRST;
 
+/// The most classes a dataset header may declare (ImageNet has 1,000; a per-image class set of a
+/// million images fits).
+pub const MAX_CLASSES: usize = 1 << 20;
+
 /// What a dataset file declares about its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetHeader {
@@ -309,6 +313,12 @@ impl Dataset {
         ensure!(
             header.codebook_size > 0 && header.num_classes > 0,
             "{name}: empty codebook or class set"
+        );
+        // A class count is a table size everywhere downstream (class embeddings, per-class counts).
+        ensure!(
+            header.num_classes <= MAX_CLASSES,
+            "{name}: {} classes is more than the {MAX_CLASSES} a dataset may hold (a damaged header?)",
+            header.num_classes
         );
         let declared = [
             (28, header.code_bytes(), "code size"),

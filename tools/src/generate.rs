@@ -179,6 +179,11 @@ pub fn parse_classes(s: &str, num_classes: usize) -> Result<Vec<usize>> {
         }
     }
     ensure!(!out.is_empty(), "--classes: no class given");
+    // A class listed twice would draw the same images twice (same names, same seeds): a skewed FID set.
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(c) = out.iter().find(|&&c| !seen.insert(c)) {
+        bail!("--classes {s}: class {c} is listed twice (its images would be drawn twice)");
+    }
     Ok(out)
 }
 
@@ -311,6 +316,8 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     cfg.temperature = o.temperature;
     cfg.structure_steps = o.structure_steps;
     cfg.structure_noise = o.structure_noise;
+    cfg.validate(&grid)
+        .context("the sampler settings (--cfg, --structure-cfg, --top-p, --temperature, --structure-noise)")?;
 
     // The job, in canonical order; this shard's part; what is already done.
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;

@@ -107,10 +107,17 @@ pub fn image_folder(root: &Path) -> Result<ImageFolder> {
     Ok(ImageFolder { classes, files })
 }
 
+/// The most random crops `--crops` takes per image (each is a record: 64 of one image is already a lot).
+pub const MAX_CROPS: usize = 64;
+
 pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
     let t0 = Instant::now();
     if opts.crops == 0 || opts.batch == 0 {
         bail!("--crops and --batch must be at least 1");
+    }
+    // Every crop of a batch's images is encoded at once (batch × crops × (1 + mirror) views).
+    if opts.crops > MAX_CROPS {
+        bail!("--crops {} is more than {MAX_CROPS} crops per image", opts.crops);
     }
     if opts.whole && opts.crops != 1 {
         bail!(

@@ -22,7 +22,7 @@ pub struct TrainOptions {
     /// The tokenizer the dataset was made with (its fingerprint is checked).
     #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Model size: d16, d20, d24 or depth=N (even N; width 64·N) [default: the depth of the --resume
+    /// Model size: d16, d20, d24 or depth=N (even N from 2 to 48; width 64·N) [default: the depth of the --resume
     /// checkpoint or the --init model, else d16].
     #[arg(long)]
     pub config: Option<String>,
@@ -129,6 +129,13 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         o.steps != Some(0) && o.epochs != Some(0),
         "--steps and --epochs must be at least 1"
     );
+    ensure!(
+        o.checkpoint_every > 0 && o.stop_after != Some(0),
+        "--checkpoint-every and --stop-after must be at least 1"
+    );
+    if let Some(lr) = o.lr {
+        ensure!(lr.is_finite() && lr > 0.0, "--lr must be a finite number > 0, not {lr}");
+    }
     let given_depth = o.config.as_deref().map(parse_depth).transpose()?;
     let dataset = Arc::new(Dataset::open(&o.data, None)?);
     let grid = dataset.header.grid()?;

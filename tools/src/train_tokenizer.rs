@@ -141,7 +141,15 @@ fn spread(n: usize, k: usize) -> Vec<usize> {
 }
 
 pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
-    ensure!(o.batch > 0 && o.steps > 0, "--batch and --steps must be at least 1");
+    ensure!(
+        o.batch > 0 && o.steps > 0 && o.stop_after != Some(0),
+        "--batch, --steps and --stop-after must be at least 1"
+    );
+    ensure!(
+        o.lr.is_finite() && o.lr > 0.0,
+        "--lr must be a finite number > 0, not {}",
+        o.lr
+    );
     ensure!(
         o.checkpoint_every > 0 && o.eval_every > 0 && o.eval_images > 0,
         "--checkpoint-every, --eval-every and --eval-images must be at least 1"

@@ -275,11 +275,27 @@ fn wrong_use_is_refused_with_a_clear_message() {
             &["--structure-steps", "100000000000"],
             "--structure-steps 100000000000 is more than 10000",
         ),
+        (&["--classes", "3,1-4"], "class 3 is listed twice"),
+        // Sampler settings are checked before job.json is written: the same folder takes the fixed flags.
+        (&["--top-p", "0"], "top-p must be in (0, 1]"),
+        (&["--temperature", "NaN"], "temperature must be >= 0"),
+        (
+            &["--cfg", "1,-1,1,1,1,1,1,1,1"],
+            "content CFG scale must be a finite number >= 0",
+        ),
+        (
+            &["--structure-cfg", "1,1,-2,1,1,1,1,1,1"],
+            "structure CFG scale must be a finite number >= 0",
+        ),
         (&["--device", "gpu"], "expected cpu, cuda, cuda:N or cuda-emu"),
     ] {
         let (ok, log) = generate(&fx, &dir, flags);
         assert!(!ok && log.contains(expect), "{flags:?}: expected `{expect}` in:\n{log}");
         assert!(pngs(&dir).is_empty(), "{flags:?} wrote images");
+        assert!(
+            !dir.join("job.json").exists(),
+            "{flags:?} claimed the folder for its job"
+        );
     }
     // A CUDA device this build or machine cannot drive: a clear error, not a panic or a CPU fallback.
     let (ok, log) = generate(&fx, &dir, &["--device", "cuda:0"]);

@@ -105,6 +105,22 @@ fn train_tokenizer_tokenize_train_and_generate_on_an_8x8_grid() {
         "0",
     ]);
     assert!(!ok && log.contains("--eval-images must be at least 1"), "{log}");
+    for (flags, expect) in [
+        (["--lr", "NaN"], "--lr must be a finite number > 0, not NaN"),
+        (["--lr", "0"], "--lr must be a finite number > 0, not 0"),
+        (["--stop-after", "0"], "--stop-after must be at least 1"),
+        (["--resolution", "4096"], "larger than the 64×64"),
+    ] {
+        let out = dir.join("tok-refused");
+        let mut args = vec!["train-tokenizer", "--images", &s(&images), "--out", &s(&out)]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let (ok, log) = nvg(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!ok && log.contains(expect), "{flags:?}: expected `{expect}` in:\n{log}");
+        assert!(!out.join("last.safetensors").exists(), "{flags:?} wrote a checkpoint");
+    }
 
     let data = dir.join("data.nvgtok");
     let (ok, log) = nvg(&[

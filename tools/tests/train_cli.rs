@@ -221,6 +221,27 @@ fn train_refuses_bad_settings_clearly() {
     assert!(!ok && log.contains("--drop-path must be a rate in [0, 1)"), "{log}");
     let (ok, log) = train_missing(&["--steps", "1", "--drop-path", "0.2", "--no-drop-path"]);
     assert!(!ok && log.contains("cannot be used with"), "{log}");
+    for (flags, expect) in [
+        (
+            &["--steps", "1", "--lr=-1"][..],
+            "--lr must be a finite number > 0, not -1",
+        ),
+        (
+            &["--steps", "1", "--lr", "inf"],
+            "--lr must be a finite number > 0, not inf",
+        ),
+        (
+            &["--steps", "1", "--checkpoint-every", "0"],
+            "--checkpoint-every and --stop-after must be at least 1",
+        ),
+        (
+            &["--steps", "1", "--stop-after", "0"],
+            "--checkpoint-every and --stop-after must be at least 1",
+        ),
+    ] {
+        let (ok, log) = train_missing(flags);
+        assert!(!ok && log.contains(expect), "{flags:?}: expected `{expect}` in:\n{log}");
+    }
     let (ok, log) = train_missing(&["--steps", "1", "--config", "depth=1000000"]);
     assert!(!ok && log.contains("depth 1000000 is more than 48"), "{log}");
     let (ok, log) = train_missing(&["--init-classes", "0,0,1"]);

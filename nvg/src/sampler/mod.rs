@@ -81,7 +81,9 @@ impl SamplerConfig {
         }
     }
 
-    fn validate(&self, grid: &Grid) -> Result<()> {
+    /// Checks the settings against a model's grid: schedule lengths, ranges. Sampling runs it too; a job
+    /// calls it first so that a bad flag is refused before anything is written.
+    pub fn validate(&self, grid: &Grid) -> Result<()> {
         let n = grid.stages();
         let lens = [
             ("content CFG", self.content_cfg.as_ref().map_or(n, Vec::len)),
@@ -96,6 +98,14 @@ impl SamplerConfig {
         }
         if self.structure_steps == 0 {
             bail!("the structure flow needs at least one step");
+        }
+        for (what, schedule) in [
+            ("content CFG", &self.content_cfg),
+            ("structure CFG", &self.structure_cfg),
+        ] {
+            if let Some(w) = schedule.iter().flatten().find(|w| !(w.is_finite() && **w >= 0.0)) {
+                bail!("the {what} scale must be a finite number >= 0 (1: no guidance), got {w}");
+            }
         }
         if let Some(p) = self.top_p.iter().find(|p| !(**p > 0.0 && **p <= 1.0)) {
             bail!("top-p must be in (0, 1], got {p}");
