@@ -303,6 +303,24 @@ fn parse_widths(s: &str) -> Result<Vec<usize>> {
 
 pub fn train_classifier(o: &TrainClassifierOptions) -> Result<TrainClassifierReport> {
     let t0 = Instant::now();
+    ensure!(o.epochs > 0 && o.batch > 0, "--epochs and --batch must be at least 1");
+    ensure!(
+        o.lr.is_finite() && o.lr > 0.0,
+        "--lr must be a finite number > 0, not {}",
+        o.lr
+    );
+    // Decoupled decay multiplies the weights by 1 − lr·wd each step: at 1 or more they vanish or flip.
+    ensure!(
+        o.weight_decay.is_finite() && o.weight_decay >= 0.0 && (o.lr as f64) * o.weight_decay < 1.0,
+        "--weight-decay must be a finite number >= 0 with --lr × --weight-decay below 1, not {}",
+        o.weight_decay
+    );
+    ensure!(
+        o.shift < o.resolution,
+        "--shift {} moves every image out of its {} px frame (it must be less than --resolution)",
+        o.shift,
+        o.resolution
+    );
     let folder = image_folder(&o.images)?;
     ensure!(
         !folder.files.is_empty(),

@@ -1,7 +1,7 @@
 //! `nvg tokenize`: an ImageFolder (one sub-folder per class) → a pre-tokenized dataset for training.
 
 use crate::progress::Progress;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use nvg::dataset::{DatasetHeader, DatasetWriter, Record};
 use nvg::image::{Crop, preprocess, read_image, to_tensor};
 use nvg::structure_map::{ChildOrder, order_children, stage_labels};
@@ -125,6 +125,7 @@ pub fn tokenize(opts: &TokenizeOptions) -> Result<TokenizeReport> {
             opts.crops
         );
     }
+    ensure!(opts.limit != Some(0), "--limit must be at least 1");
     let ImageFolder { classes, mut files } = image_folder(&opts.images)?;
     if let Some(n) = opts.limit {
         files.truncate(n);

@@ -168,3 +168,39 @@ fn train_a_classifier_then_score_a_generate_folder() {
         "{err}"
     );
 }
+
+#[test]
+fn train_classifier_refuses_bad_settings_before_reading_images() {
+    let dir = nvg_testkit::fresh_dir("eval-cli", "refused");
+    let missing = dir.join("no-such-folder");
+    let clf = dir.join("clf.safetensors");
+    for (flags, expect) in [
+        (&["--epochs", "0"][..], "--epochs and --batch must be at least 1"),
+        (&["--lr", "NaN"], "--lr must be a finite number > 0, not NaN"),
+        (
+            &["--lr", "0.5", "--weight-decay", "2"],
+            "--lr × --weight-decay below 1, not 2",
+        ),
+        (
+            &["--resolution", "64", "--shift", "64"],
+            "--shift 64 moves every image out of its 64 px frame",
+        ),
+    ] {
+        let mut args = vec![
+            "eval",
+            "train-classifier",
+            "--images",
+            missing.to_str().unwrap(),
+            "--out",
+            clf.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        let (ok, out, err) = nvg(&args);
+        assert!(
+            !ok && err.contains(expect),
+            "{flags:?}: expected `{expect}` in:\n{out}{err}"
+        );
+        assert!(!clf.exists());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -331,6 +331,8 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
     assert_eq!(preprocess(&img, 256, Crop::Whole).unwrap(), img);
     let (ok, _, err) = tokenize(&whole, &["--whole", "--crops", "2"]);
     assert!(!ok && err.contains("--whole") && err.contains("--crops 2"), "{err}");
+    let (ok, _, err) = tokenize(&whole, &["--limit", "0"]);
+    assert!(!ok && err.contains("--limit must be at least 1"), "{err}");
     let (ok, _, err) = tokenize(&whole, &["--crops", "18446744073709551615"]);
     assert!(!ok && err.contains("is more than 64 crops per image"), "{err}");
     let (ok, _, err) = tokenize(&whole, &["--resolution", "1048576"]);
