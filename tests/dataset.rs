@@ -136,6 +136,26 @@ fn damaged_foreign_and_mismatched_files_are_refused_with_the_reason() {
         b[16..20].copy_from_slice(&(1u32 << 31).to_le_bytes())
     });
     assert!(open_err(&side, None).contains("larger than the 64×64"));
+    // The writer refuses a class count no reader would open, before it creates anything.
+    for classes in [0, nvg::dataset::MAX_CLASSES + 1] {
+        let too_many = dir.join(format!("classes-{classes}.nvgtok"));
+        let e = DatasetWriter::create(
+            &too_many,
+            DatasetHeader {
+                num_classes: classes,
+                ..header(&tok)
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("a dataset holds 1 to 1048576 classes"), "{classes}: {e}");
+        assert!(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .all(|f| !f.unwrap().file_name().to_string_lossy().contains("classes-"))
+        );
+    }
     let tiny = variant("tiny.nvgtok", &|b| b.truncate(20));
     assert!(open_err(&tiny, None).contains("too short"));
     let magic = variant("magic.nvgtok", &|b| b[0] = b'X');

@@ -146,6 +146,11 @@ impl DatasetWriter {
             header.grid()?.stages(),
             header.stages
         );
+        ensure!(
+            (1..=MAX_CLASSES).contains(&header.num_classes),
+            "a dataset holds 1 to {MAX_CLASSES} classes, not {}",
+            header.num_classes
+        );
         let name = path
             .file_name()
             .with_context(|| format!("{} is not a file path", path.display()))?;

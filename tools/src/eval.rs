@@ -316,7 +316,7 @@ pub fn train_classifier(o: &TrainClassifierOptions) -> Result<TrainClassifierRep
         o.weight_decay
     );
     ensure!(
-        o.shift < o.resolution,
+        o.resolution == 0 || o.shift < o.resolution, // a resolution of 0 is refused by the config below
         "--shift {} moves every image out of its {} px frame (it must be less than --resolution)",
         o.shift,
         o.resolution

@@ -340,12 +340,5 @@ fn tokenize_writes_a_dataset_reports_unreadable_images_and_reconstruct_draws_the
         !ok && err.contains("--resolution 1048576") && err.contains("larger than the 64×64"),
         "{err}"
     );
-    let (ok, _, err) = tokenize(&whole, &["--crops", "18446744073709551615"]);
-    assert!(!ok && err.contains("is more than 64 crops per image"), "{err}");
-    let (ok, _, err) = tokenize(&whole, &["--resolution", "1048576"]);
-    assert!(
-        !ok && err.contains("--resolution 1048576") && err.contains("larger than the 64×64"),
-        "{err}"
-    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
