@@ -304,11 +304,7 @@ fn parse_widths(s: &str) -> Result<Vec<usize>> {
 pub fn train_classifier(o: &TrainClassifierOptions) -> Result<TrainClassifierReport> {
     let t0 = Instant::now();
     ensure!(o.epochs > 0 && o.batch > 0, "--epochs and --batch must be at least 1");
-    ensure!(
-        o.lr.is_finite() && o.lr > 0.0,
-        "--lr must be a finite number > 0, not {}",
-        o.lr
-    );
+    crate::check_learning_rate(o.lr)?;
     // Decoupled decay multiplies the weights by 1 − lr·wd each step: at 1 or more they vanish or flip.
     ensure!(
         o.weight_decay.is_finite() && o.weight_decay >= 0.0 && (o.lr as f64) * o.weight_decay < 1.0,

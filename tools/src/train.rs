@@ -133,9 +133,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         o.checkpoint_every > 0 && o.stop_after != Some(0),
         "--checkpoint-every and --stop-after must be at least 1"
     );
-    if let Some(lr) = o.lr {
-        ensure!(lr.is_finite() && lr > 0.0, "--lr must be a finite number > 0, not {lr}");
-    }
+    o.lr.map(crate::check_learning_rate).transpose()?;
     let given_depth = o.config.as_deref().map(parse_depth).transpose()?;
     let dataset = Arc::new(Dataset::open(&o.data, None)?);
     let grid = dataset.header.grid()?;

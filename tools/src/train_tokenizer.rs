@@ -145,11 +145,7 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
         o.batch > 0 && o.steps > 0 && o.stop_after != Some(0),
         "--batch, --steps and --stop-after must be at least 1"
     );
-    ensure!(
-        o.lr.is_finite() && o.lr > 0.0,
-        "--lr must be a finite number > 0, not {}",
-        o.lr
-    );
+    crate::check_learning_rate(o.lr)?;
     ensure!(
         o.checkpoint_every > 0 && o.eval_every > 0 && o.eval_images > 0,
         "--checkpoint-every, --eval-every and --eval-images must be at least 1"

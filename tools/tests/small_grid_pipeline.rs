@@ -112,12 +112,10 @@ fn train_tokenizer_tokenize_train_and_generate_on_an_8x8_grid() {
         (["--resolution", "4096"], "larger than the 64×64"),
     ] {
         let out = dir.join("tok-refused");
-        let mut args = vec!["train-tokenizer", "--images", &s(&images), "--out", &s(&out)]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>();
-        args.extend(flags.iter().map(|f| f.to_string()));
-        let (ok, log) = nvg(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let (images_s, out_s) = (s(&images), s(&out));
+        let mut args = vec!["train-tokenizer", "--images", &images_s, "--out", &out_s];
+        args.extend_from_slice(&flags);
+        let (ok, log) = nvg(&args);
         assert!(!ok && log.contains(expect), "{flags:?}: expected `{expect}` in:\n{log}");
         assert!(!out.exists(), "{flags:?} made its output folder");
     }
