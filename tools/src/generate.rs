@@ -78,6 +78,14 @@ pub struct GenerateOptions {
     /// extension).
     #[arg(long, default_value_t = 1.0)]
     pub structure_noise: f32,
+    /// Draw every image N times and keep the candidate the generator itself finds most typical of its
+    /// class: the highest class evidence, the log-likelihood ratio of the candidate's codes under its
+    /// class and under the null class (the implicit classifier that classifier-free guidance steers by;
+    /// no other model is asked). Candidate j is the image this job would draw with a seed derived from
+    /// (--seed, j), candidate 0 the one it draws with --seed itself, so `--best-of 1` is the plain job.
+    /// N times the work; needs content guidance (--cfg not 1); unconditional images keep candidate 0.
+    #[arg(long, default_value_t = 1)]
+    pub best_of: usize,
     /// Images generated together (does not change any image).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -224,9 +232,13 @@ fn job_description(
         "structure_steps": o.structure_steps,
         "structure_noise": o.structure_noise,
     });
-    // Only grouped jobs name their groups, so the records of earlier jobs stay valid.
+    // Only grouped jobs name their groups (and only best-of jobs their N), so the records of earlier
+    // jobs stay valid.
     if let Some(g) = groups {
         job["class_groups"] = format!("{:016x}", g.fingerprint()).into();
+    }
+    if o.best_of > 1 {
+        job["best_of"] = o.best_of.into();
     }
     job
 }
@@ -266,6 +278,32 @@ pub const MAX_JOB_IMAGES: usize = 10_000_000;
 /// The most Euler steps `--structure-steps` takes: far past where more steps change the maps, and small
 /// enough that the step schedule is an ordinary allocation.
 pub const MAX_STRUCTURE_STEPS: usize = 10_000;
+/// The most candidates `--best-of` draws per image (each is a whole image's work).
+pub const MAX_BEST_OF: usize = 1024;
+
+/// The seed candidate `j` of a `--best-of` job draws with: the job's own seed for candidate 0 (so
+/// `--best-of 1` is the plain job), a hash of (seed, j) for the others.
+pub fn candidate_seed(seed: u64, j: usize) -> u64 {
+    if j == 0 {
+        return seed;
+    }
+    let mut h = nvg_engine::io::Hasher64::new();
+    h.update(b"best-of");
+    h.update(&seed.to_le_bytes());
+    h.update(&(j as u64).to_le_bytes());
+    h.finish()
+}
+
+/// The candidate with the highest class evidence (the first of equals; NaN never wins).
+pub fn best_candidate(evidence: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, &e) in evidence.iter().enumerate() {
+        if e > evidence[best] || evidence[best].is_nan() && !e.is_nan() {
+            best = j;
+        }
+    }
+    best
+}
 
 pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     let t0 = std::time::Instant::now();
@@ -277,6 +315,11 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
         o.structure_steps <= MAX_STRUCTURE_STEPS,
         "--structure-steps {} is more than {MAX_STRUCTURE_STEPS} (the official sampler takes 25)",
         o.structure_steps
+    );
+    ensure!(
+        (1..=MAX_BEST_OF).contains(&o.best_of),
+        "--best-of {} must be in 1..={MAX_BEST_OF} (candidates drawn per image)",
+        o.best_of
     );
     let set = if o.ema { WeightSet::Ema } else { WeightSet::Raw };
     nvg_engine::cuda::check_device("--device", o.device)?;
@@ -296,9 +339,9 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
         o.per_class,
         classes.len()
     );
-    // The generator class image (c, i) is conditioned on.
-    let condition = |c: usize, i: usize| match &groups {
-        Some(g) if c < g.len() => g.class_for(o.seed, c, i),
+    // The generator class image (c, i) is conditioned on under `seed` (the job's, or a candidate's).
+    let condition = |seed: u64, c: usize, i: usize| match &groups {
+        Some(g) if c < g.len() => g.class_for(seed, c, i),
         Some(_) => gc.num_classes, // the null class
         None => c,
     };
@@ -316,8 +359,10 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     cfg.temperature = o.temperature;
     cfg.structure_steps = o.structure_steps;
     cfg.structure_noise = o.structure_noise;
-    cfg.validate(&grid)
-        .context("the sampler settings (--cfg, --structure-cfg, --top-p, --temperature, --structure-noise)")?;
+    cfg.class_evidence = o.best_of > 1;
+    cfg.validate(&grid).context(
+        "the sampler settings (--cfg, --structure-cfg, --top-p, --temperature, --structure-noise, --best-of)",
+    )?;
 
     // The job, in canonical order; this shard's part; what is already done.
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
@@ -369,7 +414,7 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     };
     let todo: Vec<(usize, usize)> = mine.iter().copied().filter(|&(c, i)| !done(c, i)).collect();
     eprintln!(
-        "{} images in the job, {} in shard {si}/{sn}, {} already there, {} to generate ({} stages, {} flow steps, CFG {}, batch {})",
+        "{} images in the job, {} in shard {si}/{sn}, {} already there, {} to generate ({} stages, {} flow steps, CFG {}, batch {}{})",
         all.len(),
         mine.len(),
         mine.len() - todo.len(),
@@ -377,37 +422,70 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
         stages,
         o.structure_steps,
         if cfg.content_cfg.is_some() { &o.cfg } else { "off" },
-        o.batch
+        o.batch,
+        if o.best_of > 1 {
+            format!(", best of {} candidates", o.best_of)
+        } else {
+            String::new()
+        }
     );
     let mut progress = Progress::new("generate", "images", todo.len());
-    for batch in todo.chunks(o.batch) {
-        let noise: Vec<ImageNoise> = batch
+    // One generation of candidates (image class, index, candidate seed), at most --batch of them.
+    let draw = |cands: &[(usize, usize, u64)]| -> Result<nvg::sampler::Generation> {
+        let noise: Vec<ImageNoise> = cands
             .iter()
-            .map(|&(c, i)| ImageNoise::for_image(&grid, o.seed, image_key(c, i)))
+            .map(|&(c, i, seed)| ImageNoise::for_image(&grid, seed, image_key(c, i)))
             .collect();
-        let batch_classes: Vec<usize> = batch.iter().map(|&(c, i)| condition(c, i)).collect();
+        let classes: Vec<usize> = cands.iter().map(|&(c, i, seed)| condition(seed, c, i)).collect();
         let leaves = match &structures {
             Some(bank) => Some(
-                batch
+                cands
                     .iter()
-                    .zip(&batch_classes)
-                    .map(|(&(group, i), &c)| bank.pick(o.seed, if bank.per_group() { group } else { c }, i))
+                    .zip(&classes)
+                    .map(|(&(group, i, seed), &c)| bank.pick(seed, if bank.per_group() { group } else { c }, i))
                     .collect::<Result<Vec<_>>>()?,
             ),
             None => None,
         };
-        let g = generate_with_structure(
-            &generator,
-            &tok.quantizer,
-            &cfg,
-            &batch_classes,
-            &noise,
-            leaves.as_deref(),
-        )?;
-        let images = tok.decode(&g.canvas)?;
+        generate_with_structure(&generator, &tok.quantizer, &cfg, &classes, &noise, leaves.as_deref())
+    };
+    for batch in todo.chunks(o.batch) {
+        // Every candidate of these images, image by image; with --best-of 1 the images themselves.
+        let n = o.best_of;
+        let cands: Vec<(usize, usize, u64)> = batch
+            .iter()
+            .flat_map(|&(c, i)| (0..n).map(move |j| (c, i, candidate_seed(o.seed, j))))
+            .collect();
+        let gens = cands.chunks(o.batch).map(&draw).collect::<Result<Vec<_>>>()?;
+        // The chosen candidate of image k, as (generation, row).
+        let at = |q: usize| (q / o.batch, q % o.batch);
+        let chosen: Vec<(usize, usize)> = (0..batch.len())
+            .map(|k| {
+                if n == 1 {
+                    return Ok(at(k));
+                }
+                let evidence: Vec<f32> = (0..n)
+                    .map(|j| {
+                        let (g, r) = at(k * n + j);
+                        gens[g]
+                            .class_evidence
+                            .as_ref()
+                            .map(|e| e[r])
+                            .context("no class evidence")
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(at(k * n + best_candidate(&evidence)))
+            })
+            .collect::<Result<_>>()?;
+        let canvases = chosen
+            .iter()
+            .map(|&(g, r)| gens[g].canvas.narrow(0, r, 1))
+            .collect::<nvg_engine::Result<Vec<_>>>()?;
+        let images = tok.decode(&Tensor::cat(&canvases.iter().collect::<Vec<_>>(), 0)?)?;
         for (k, &(c, i)) in batch.iter().enumerate() {
             if o.progressive {
-                write_strip(&tok, &g, k, &o.out.join(strip_name(c, i)))?;
+                let (g, r) = chosen[k];
+                write_strip(&tok, &gens[g], r, &o.out.join(strip_name(c, i)))?;
             }
             write_png(
                 &o.out.join(image_name(c, i)),
@@ -587,4 +665,30 @@ fn write_npz(o: &GenerateOptions, all: &[(usize, usize)], res: usize, path: &Pat
         Ok(img.data)
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_candidate_is_the_first_highest_and_never_nan() {
+        assert_eq!(best_candidate(&[0.5]), 0);
+        assert_eq!(best_candidate(&[0.1, 0.7, 0.3, 0.7]), 1);
+        assert_eq!(best_candidate(&[f32::NAN, -2.0, -1.0]), 2);
+        assert_eq!(best_candidate(&[1.0, f32::NAN, 0.5]), 0);
+        assert_eq!(
+            best_candidate(&[0.0, 0.0, 0.0]),
+            0,
+            "the null class's evidence is 0: candidate 0"
+        );
+    }
+
+    #[test]
+    fn candidate_zero_draws_with_the_job_seed_and_the_others_apart() {
+        assert_eq!(candidate_seed(7, 0), 7);
+        let seeds: std::collections::BTreeSet<u64> = (0..64).map(|j| candidate_seed(7, j)).collect();
+        assert_eq!(seeds.len(), 64);
+        assert_ne!(candidate_seed(7, 1), candidate_seed(8, 1));
+    }
 }

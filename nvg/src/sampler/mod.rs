@@ -44,6 +44,9 @@ pub struct SamplerConfig {
     pub structure_noise: f32,
     /// Keep each stage's (guided) code logits in the result: large, for tests and inspection.
     pub keep_logits: bool,
+    /// Score every image's codes by the generator's own class evidence (`Generation::class_evidence`);
+    /// needs content guidance, whose unconditional pass it reuses.
+    pub class_evidence: bool,
 }
 
 impl SamplerConfig {
@@ -62,6 +65,7 @@ impl SamplerConfig {
             gumbel_split: false,
             structure_noise: 1.0,
             keep_logits: false,
+            class_evidence: false,
         }
     }
 
@@ -78,6 +82,7 @@ impl SamplerConfig {
             gumbel_split: false,
             structure_noise: 1.0,
             keep_logits: false,
+            class_evidence: false,
         }
     }
 
@@ -112,6 +117,9 @@ impl SamplerConfig {
         }
         if !(self.structure_noise > 0.0 && self.structure_noise.is_finite()) {
             bail!("the structure noise scale must be > 0, got {}", self.structure_noise);
+        }
+        if self.class_evidence && self.content_cfg.is_none() {
+            bail!("class evidence needs content guidance (its unconditional pass); the content CFG is off");
         }
         if self.temperature.is_nan() || self.temperature < 0.0 {
             bail!("temperature must be >= 0, got {}", self.temperature);
@@ -195,6 +203,13 @@ pub struct Generation {
     /// The final canvas `[B, T, C]` (token-major), ready for the tokenizer's decoder.
     pub canvas: Tensor,
     pub stages: Vec<StageRecord>,
+    /// Per image, when `SamplerConfig::class_evidence`: how much more likely its drawn codes are under
+    /// its class than under the null class — the log-likelihood ratio of the implicit classifier that
+    /// classifier-free guidance steers by — as `Σ_stages mean_tokens [log p(code | class) − log p(code
+    /// | ∅)]`, the ratio of a token's cluster code (unguided, temperature-1 probabilities). Averaging
+    /// over tokens weighs every stage alike; the plain sum over clusters would be ruled by the last
+    /// stages' many small clusters (it picked worse samples: docs/emoji-demo.md, best-of).
+    pub class_evidence: Option<Vec<f32>>,
 }
 
 /// Rows `[cond; uncond]` of a per-image tensor when guiding, else the tensor itself.
@@ -311,6 +326,7 @@ pub fn generate_with_structure(
     let mut canvas = Tensor::zeros(&[b, t, c], DType::F32, device)?;
     let mut labels = vec![0i64; b * t];
     let mut stages = Vec::with_capacity(grid.stages());
+    let mut evidence = cfg.class_evidence.then(|| vec![0.0f32; b]);
     for s in 0..grid.stages() {
         let _stage = nvg_engine::nvtx::range_fmt(format_args!("generate stage {s}"));
         // Labels stay on the host (the model moves what it needs); the gather below needs a device copy.
@@ -343,6 +359,18 @@ pub fn generate_with_structure(
             sampling,
             &Tensor::from_vec(uniforms, &[b, clusters])?.to_device(device)?,
         )?;
+        if let Some(ev) = evidence.as_mut() {
+            // Rows 0..B of the logits are conditional, B..2B unconditional (guidance is on: validated).
+            let picked = code_log_probs(&out.logits, &codes_t)?;
+            let sizes = cluster_sizes(&labels, b, t, clusters);
+            for (i, e) in ev.iter_mut().enumerate() {
+                let ratio = |k: usize| picked[i * clusters + k] - picked[(b + i) * clusters + k];
+                *e += (0..clusters)
+                    .map(|k| ratio(k) * sizes[i * clusters + k] as f32)
+                    .sum::<f32>()
+                    / t as f32;
+            }
+        }
         let codes_per_token = codes_t.gather(1, &labels_t.to_device(device)?)?;
         canvas = quant.next_canvas(&canvas, &codes_per_token, s)?;
 
@@ -410,7 +438,30 @@ pub fn generate_with_structure(
             logits: cfg.keep_logits.then_some(logits),
         });
     }
-    Ok(Generation { canvas, stages })
+    Ok(Generation {
+        canvas,
+        stages,
+        class_evidence: evidence,
+    })
+}
+
+/// `log softmax(logits)[code]` for every row of `logits` `[R, n, V]` (R = 2B: conditional rows, then
+/// unconditional) at the codes `[B, n]` drawn for the B images: `[R·n]` on the host.
+fn code_log_probs(logits: &Tensor, codes: &Tensor) -> Result<Vec<f32>> {
+    let (r, n) = (logits.dims()[0], logits.dims()[1]);
+    let reps = r / codes.dims()[0];
+    let rows: Vec<&Tensor> = std::iter::repeat_n(codes, reps).collect();
+    let index = Tensor::cat(&rows, 0)?.reshape(&[r, n, 1])?;
+    Ok(logits.log_softmax(-1)?.gather(2, &index)?.to_f32_vec()?)
+}
+
+/// Tokens per cluster `[B·n]` of labels `[B·T]` with n clusters.
+fn cluster_sizes(labels: &[i64], b: usize, t: usize, n: usize) -> Vec<usize> {
+    let mut sizes = vec![0usize; b * n];
+    for (j, &l) in labels.iter().enumerate() {
+        sizes[(j / t) * n + l as usize] += 1;
+    }
+    sizes
 }
 
 /// Runs the structure flow after stage `s` and returns channel s of the final flow state `[B·T]`.
