@@ -288,6 +288,11 @@ fn wrong_use_is_refused_with_a_clear_message() {
             "structure CFG scale must be a finite number >= 0",
         ),
         (&["--device", "gpu"], "expected cpu, cuda, cuda:N or cuda-emu"),
+        (&["--best-of", "0"], "--best-of 0 must be in 1..=1024"),
+        (
+            &["--best-of", "3", "--cfg", "1"],
+            "class evidence needs content guidance",
+        ),
     ] {
         let (ok, log) = generate(&fx, &dir, flags);
         assert!(!ok && log.contains(expect), "{flags:?}: expected `{expect}` in:\n{log}");
@@ -323,6 +328,58 @@ fn wrong_use_is_refused_with_a_clear_message() {
     ]);
     assert!(!ok && err.contains("tokenizer"), "{out}{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn best_of_writes_one_of_its_candidates_and_best_of_1_is_the_plain_job() {
+    let fx = Fixtures::open();
+    // Seed 12: the fixture generator's random weights barely tell classes apart (evidence ~0.005), and at
+    // the suite's seed 11 all four images happen to keep candidate 0; at 12 they keep 1, 2, 1 and 0.
+    let seed = "12";
+    let plain = temp_dir("best-of-plain");
+    let (ok, log) = generate(&fx, &plain, &["--seed", seed]);
+    assert!(ok, "{log}");
+    let one = temp_dir("best-of-1");
+    let (ok, log) = generate(&fx, &one, &["--seed", seed, "--best-of", "1"]);
+    assert!(ok, "{log}");
+    assert_eq!(pngs(&one), pngs(&plain), "--best-of 1 must draw the plain job's images");
+    assert_eq!(
+        std::fs::read(one.join("job.json")).unwrap(),
+        std::fs::read(plain.join("job.json")).unwrap(),
+        "--best-of 1 is the plain job, so its record is too"
+    );
+
+    let best_dir = temp_dir("best-of-3");
+    let (ok, log) = generate(&fx, &best_dir, &["--seed", seed, "--best-of", "3", "--batch", "4"]);
+    assert!(ok && log.contains("best of 3 candidates"), "{log}");
+    let job: serde_json::Value = serde_json::from_slice(&std::fs::read(best_dir.join("job.json")).unwrap()).unwrap();
+    assert_eq!(job["best_of"], 3);
+    let best = pngs(&best_dir);
+    // Candidate j is the plain job's image at candidate_seed(12, j).
+    let candidates: Vec<BTreeMap<String, Vec<u8>>> = (0..3)
+        .map(|j| {
+            let seed = nvg_tools::generate::candidate_seed(12, j).to_string();
+            let dir = temp_dir(&format!("best-of-candidate-{j}"));
+            let (ok, log) = generate(&fx, &dir, &["--seed", &seed]);
+            assert!(ok, "{log}");
+            let images = pngs(&dir);
+            std::fs::remove_dir_all(&dir).unwrap();
+            images
+        })
+        .collect();
+    assert_eq!(candidates[0], pngs(&plain));
+    let mut picked = Vec::new();
+    for name in JOB {
+        let j = (0..3).find(|&j| candidates[j][name] == best[name]);
+        picked.push(j.unwrap_or_else(|| panic!("{name} of --best-of 3 is none of its 3 candidates")));
+    }
+    assert!(
+        picked.iter().any(|&j| j != 0),
+        "every image kept candidate 0 ({picked:?}): the choice would be untested"
+    );
+    for dir in [plain, one, best_dir] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
 
 #[test]
