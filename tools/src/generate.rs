@@ -14,7 +14,7 @@ use nvg::dataset::Dataset;
 use nvg::image::{from_tensor, read_image, structure_map_image, tile, write_png};
 use nvg::model::Generator;
 use nvg::sampler::schedule::Schedule;
-use nvg::sampler::{ImageNoise, SamplerConfig, generate_with_structure, guidance};
+use nvg::sampler::{ImageNoise, MAX_STRUCTURE_STEPS, SamplerConfig, generate_with_structure, guidance};
 use nvg::tokenizer::Tokenizer;
 use nvg::weights::WeightSet;
 use nvg_engine::Tensor;
@@ -275,9 +275,6 @@ fn file_fingerprint(path: &Path) -> Result<u64> {
 /// The most images one `nvg generate` job lists (a 50,000-image FID job is 0.5 % of it): its image list
 /// is held in memory, so a mistyped `--per-class` is refused instead of aborting on the allocation.
 pub const MAX_JOB_IMAGES: usize = 10_000_000;
-/// The most Euler steps `--structure-steps` takes: far past where more steps change the maps, and small
-/// enough that the step schedule is an ordinary allocation.
-pub const MAX_STRUCTURE_STEPS: usize = 10_000;
 /// The most candidates `--best-of` draws per image (each is a whole image's work).
 pub const MAX_BEST_OF: usize = 1024;
 

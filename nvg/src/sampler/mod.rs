@@ -21,6 +21,11 @@ use nvg_engine::rng::{Distribution, RngStream};
 use nvg_engine::{CategoricalSampling, DType, Tensor};
 use schedule::{Schedule, round_bf16};
 
+/// The most Euler steps of the structure flow a sampler takes: far past where more steps change the
+/// maps (the official sampler takes 25), and small enough that the step schedule is an ordinary
+/// allocation.
+pub const MAX_STRUCTURE_STEPS: usize = 10_000;
+
 /// Sampling settings, per stage where the official code has per-stage schedules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerConfig {
@@ -103,6 +108,12 @@ impl SamplerConfig {
         }
         if self.structure_steps == 0 {
             bail!("the structure flow needs at least one step");
+        }
+        if self.structure_steps > MAX_STRUCTURE_STEPS {
+            bail!(
+                "{} structure flow steps is more than {MAX_STRUCTURE_STEPS} (the official sampler takes 25)",
+                self.structure_steps
+            );
         }
         for (what, schedule) in [
             ("content CFG", &self.content_cfg),
@@ -511,4 +522,42 @@ fn structure_flow(
         }
     }
     Ok(z.chunks(bits).map(|tok| tok[s]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_what_no_sampler_can_run_and_takes_the_official_settings() {
+        for grid in [Grid::official(), Grid::new(8).unwrap()] {
+            let ok = SamplerConfig::official(&grid);
+            ok.validate(&grid).unwrap();
+            let refused = |change: &dyn Fn(&mut SamplerConfig), expect: &str| {
+                let mut cfg = ok.clone();
+                change(&mut cfg);
+                let err = cfg.validate(&grid).unwrap_err().to_string();
+                assert!(err.contains(expect), "expected `{expect}` in: {err}");
+            };
+            refused(&|c| c.structure_steps = 0, "at least one step");
+            refused(&|c| c.structure_steps = MAX_STRUCTURE_STEPS + 1, "is more than 10000");
+            refused(
+                &|c| {
+                    c.top_k.pop();
+                },
+                "top-k schedule has",
+            );
+            refused(&|c| c.temperature = f32::NAN, "temperature");
+            refused(
+                &|c| {
+                    c.content_cfg = None;
+                    c.class_evidence = true
+                },
+                "class evidence needs content guidance",
+            );
+            let mut max = ok.clone();
+            max.structure_steps = MAX_STRUCTURE_STEPS;
+            max.validate(&grid).unwrap();
+        }
+    }
 }
