@@ -86,6 +86,10 @@ pub struct GenerateOptions {
     /// N times the work; needs content guidance (--cfg not 1); unconditional images keep candidate 0.
     #[arg(long, default_value_t = 1)]
     pub best_of: usize,
+    /// With --best-of: rank the candidates by the evidence of their first K stages only (the coarse
+    /// stages that lay out the image and its colours; default: every stage).
+    #[arg(long)]
+    pub evidence_stages: Option<usize>,
     /// Images generated together (does not change any image).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -239,6 +243,9 @@ fn job_description(
     }
     if o.best_of > 1 {
         job["best_of"] = o.best_of.into();
+        if let Some(k) = o.evidence_stages {
+            job["evidence_stages"] = k.into();
+        }
     }
     job
 }
@@ -318,6 +325,14 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
         "--best-of {} must be in 1..={MAX_BEST_OF} (candidates drawn per image)",
         o.best_of
     );
+    ensure!(
+        o.evidence_stages.is_none_or(|k| k > 0),
+        "--evidence-stages 0 would rank by nothing (give 1 or more, or leave it out for every stage)"
+    );
+    ensure!(
+        o.evidence_stages.is_none() || o.best_of > 1,
+        "--evidence-stages ranks the candidates of --best-of N (N > 1)"
+    );
     let set = if o.ema { WeightSet::Ema } else { WeightSet::Raw };
     nvg_engine::cuda::check_device("--device", o.device)?;
     let (generator_path, tokenizer_path) = o.weight_files()?;
@@ -345,6 +360,10 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     let tok = Tokenizer::load_on(&tokenizer_path, grid.side(), o.device)
         .with_context(|| format!("tokenizer {}", tokenizer_path.display()))?;
     let stages = grid.stages();
+    if let Some(k) = o.evidence_stages {
+        ensure!(k <= stages, "--evidence-stages {k}: the generator has {stages} stages");
+    }
+    let evidence_stages = o.evidence_stages.unwrap_or(stages);
     let mut cfg = SamplerConfig::official(&grid);
     cfg.content_cfg = guidance_or_none(&o.cfg, stages, "--cfg")?;
     cfg.structure_cfg = guidance_or_none(&o.structure_cfg, stages, "--structure-cfg")?;
@@ -421,7 +440,10 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
         if cfg.content_cfg.is_some() { &o.cfg } else { "off" },
         o.batch,
         if o.best_of > 1 {
-            format!(", best of {} candidates", o.best_of)
+            format!(
+                ", best of {} candidates by {evidence_stages} stages' evidence",
+                o.best_of
+            )
         } else {
             String::new()
         }
@@ -464,11 +486,8 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
                 let evidence: Vec<f32> = (0..n)
                     .map(|j| {
                         let (g, r) = at(k * n + j);
-                        gens[g]
-                            .class_evidence
-                            .as_ref()
-                            .map(|e| e[r])
-                            .context("no class evidence")
+                        let per_stage = gens[g].class_evidence.as_ref().context("no class evidence")?;
+                        Ok(per_stage[r][..evidence_stages].iter().sum())
                     })
                     .collect::<Result<_>>()?;
                 Ok(at(k * n + best_candidate(&evidence)))

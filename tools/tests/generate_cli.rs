@@ -293,6 +293,15 @@ fn wrong_use_is_refused_with_a_clear_message() {
             &["--best-of", "3", "--cfg", "1"],
             "class evidence needs content guidance",
         ),
+        (&["--evidence-stages", "2"], "ranks the candidates of --best-of N"),
+        (
+            &["--best-of", "3", "--evidence-stages", "0"],
+            "--evidence-stages 0 would rank by nothing",
+        ),
+        (
+            &["--best-of", "3", "--evidence-stages", "10"],
+            "--evidence-stages 10: the generator has 9 stages",
+        ),
     ] {
         let (ok, log) = generate(&fx, &dir, flags);
         assert!(!ok && log.contains(expect), "{flags:?}: expected `{expect}` in:\n{log}");
@@ -349,12 +358,6 @@ fn best_of_writes_one_of_its_candidates_and_best_of_1_is_the_plain_job() {
         "--best-of 1 is the plain job, so its record is too"
     );
 
-    let best_dir = temp_dir("best-of-3");
-    let (ok, log) = generate(&fx, &best_dir, &["--seed", seed, "--best-of", "3", "--batch", "4"]);
-    assert!(ok && log.contains("best of 3 candidates"), "{log}");
-    let job: serde_json::Value = serde_json::from_slice(&std::fs::read(best_dir.join("job.json")).unwrap()).unwrap();
-    assert_eq!(job["best_of"], 3);
-    let best = pngs(&best_dir);
     // Candidate j is the plain job's image at candidate_seed(12, j).
     let candidates: Vec<BTreeMap<String, Vec<u8>>> = (0..3)
         .map(|j| {
@@ -368,18 +371,65 @@ fn best_of_writes_one_of_its_candidates_and_best_of_1_is_the_plain_job() {
         })
         .collect();
     assert_eq!(candidates[0], pngs(&plain));
-    let mut picked = Vec::new();
-    for name in JOB {
-        let j = (0..3).find(|&j| candidates[j][name] == best[name]);
-        picked.push(j.unwrap_or_else(|| panic!("{name} of --best-of 3 is none of its 3 candidates")));
+    let evidence = candidate_evidence(&fx, 12, 3);
+
+    // Ranked by every stage, then by the first stage alone: each image is the candidate whose evidence
+    // (from the library, summed over those stages) is highest.
+    for (flags, stages) in [(&[][..], 9), (&["--evidence-stages", "1"][..], 1)] {
+        let dir = temp_dir(&format!("best-of-3-stages-{stages}"));
+        let mut args = vec!["--seed", seed, "--best-of", "3", "--batch", "4"];
+        args.extend_from_slice(flags);
+        let (ok, log) = generate(&fx, &dir, &args);
+        assert!(
+            ok && log.contains(&format!("best of 3 candidates by {stages} stages' evidence")),
+            "{log}"
+        );
+        let job: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
+        assert_eq!(job["best_of"], 3);
+        assert_eq!(job.get("evidence_stages").is_some(), stages == 1, "{job}");
+        let best = pngs(&dir);
+        let mut picked = Vec::new();
+        for name in JOB {
+            let j = (0..3).find(|&j| candidates[j][name] == best[name]);
+            let j = j.unwrap_or_else(|| panic!("{name} of --best-of 3 is none of its 3 candidates"));
+            let score = |j: usize| evidence[name][j][..stages].iter().sum::<f32>();
+            let expected = (0..3).fold(0, |b, j| if score(j) > score(b) { j } else { b });
+            assert_eq!(j, expected, "{name} ({stages} stages): evidence {:?}", evidence[name]);
+            picked.push(j);
+        }
+        assert!(
+            picked.iter().any(|&j| j != 0),
+            "every image kept candidate 0 ({picked:?}): the choice would be untested"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
-    assert!(
-        picked.iter().any(|&j| j != 0),
-        "every image kept candidate 0 ({picked:?}): the choice would be untested"
-    );
-    for dir in [plain, one, best_dir] {
+    for dir in [plain, one] {
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+/// Per image of `JOB` (by file name), per candidate, per stage: the class evidence of candidate j of
+/// the test's job at `seed` (images (3, 0), (3, 1), (7, 0), (7, 1); 2 flow steps), from the library.
+fn candidate_evidence(fx: &Fixtures, seed: u64, n: usize) -> BTreeMap<&'static str, Vec<Vec<f32>>> {
+    use nvg::sampler::{ImageNoise, SamplerConfig, generate};
+    use nvg_tools::generate::{candidate_seed, image_key};
+    let generator =
+        nvg::model::Generator::load(&fx.path("generator.safetensors"), nvg::weights::WeightSet::Raw).unwrap();
+    let grid = generator.config.grid;
+    let quantizer = nvg::tokenizer::Quantizer::load(&fx.path("tokenizer.safetensors"), grid).unwrap();
+    let mut cfg = SamplerConfig::official(&grid);
+    cfg.structure_steps = 2;
+    cfg.class_evidence = true;
+    let images = [(3, 0), (3, 1), (7, 0), (7, 1)];
+    let mut out = BTreeMap::new();
+    for (name, &(c, i)) in JOB.iter().zip(&images) {
+        let noise: Vec<ImageNoise> = (0..n)
+            .map(|j| ImageNoise::for_image(&grid, candidate_seed(seed, j), image_key(c, i)))
+            .collect();
+        let g = generate(&generator, &quantizer, &cfg, &vec![c; n], &noise).unwrap();
+        out.insert(*name, g.class_evidence.unwrap());
+    }
+    out
 }
 
 #[test]

@@ -214,13 +214,14 @@ pub struct Generation {
     /// The final canvas `[B, T, C]` (token-major), ready for the tokenizer's decoder.
     pub canvas: Tensor,
     pub stages: Vec<StageRecord>,
-    /// Per image, when `SamplerConfig::class_evidence`: how much more likely its drawn codes are under
-    /// its class than under the null class — the log-likelihood ratio of the implicit classifier that
-    /// classifier-free guidance steers by — as `Σ_stages mean_tokens [log p(code | class) − log p(code
-    /// | ∅)]`, the ratio of a token's cluster code (unguided, temperature-1 probabilities). Averaging
-    /// over tokens weighs every stage alike; the plain sum over clusters would be ruled by the last
-    /// stages' many small clusters (it picked worse samples: docs/emoji-demo.md, best-of).
-    pub class_evidence: Option<Vec<f32>>,
+    /// Per image and stage (`[B][stages]`), when `SamplerConfig::class_evidence`: how much more likely
+    /// the stage's drawn codes are under the image's class than under the null class — the
+    /// log-likelihood ratio of the implicit classifier that classifier-free guidance steers by — as
+    /// `mean_tokens [log p(code | class) − log p(code | ∅)]`, the ratio of each token's cluster code
+    /// (unguided, temperature-1 probabilities). The mean over tokens weighs every stage alike when the
+    /// stages are summed; a plain sum over clusters would be ruled by the last stages' many small
+    /// clusters (it picked worse samples: docs/emoji-demo.md, best-of).
+    pub class_evidence: Option<Vec<Vec<f32>>>,
 }
 
 /// Rows `[cond; uncond]` of a per-image tensor when guiding, else the tensor itself.
@@ -337,7 +338,7 @@ pub fn generate_with_structure(
     let mut canvas = Tensor::zeros(&[b, t, c], DType::F32, device)?;
     let mut labels = vec![0i64; b * t];
     let mut stages = Vec::with_capacity(grid.stages());
-    let mut evidence = cfg.class_evidence.then(|| vec![0.0f32; b]);
+    let mut evidence = cfg.class_evidence.then(|| vec![Vec::with_capacity(grid.stages()); b]);
     for s in 0..grid.stages() {
         let _stage = nvg_engine::nvtx::range_fmt(format_args!("generate stage {s}"));
         // Labels stay on the host (the model moves what it needs); the gather below needs a device copy.
@@ -376,10 +377,12 @@ pub fn generate_with_structure(
             let sizes = cluster_sizes(&labels, b, t, clusters);
             for (i, e) in ev.iter_mut().enumerate() {
                 let ratio = |k: usize| picked[i * clusters + k] - picked[(b + i) * clusters + k];
-                *e += (0..clusters)
-                    .map(|k| ratio(k) * sizes[i * clusters + k] as f32)
-                    .sum::<f32>()
-                    / t as f32;
+                e.push(
+                    (0..clusters)
+                        .map(|k| ratio(k) * sizes[i * clusters + k] as f32)
+                        .sum::<f32>()
+                        / t as f32,
+                );
             }
         }
         let codes_per_token = codes_t.gather(1, &labels_t.to_device(device)?)?;
