@@ -14,11 +14,12 @@ use nvg::dataset::Dataset;
 use nvg::image::{from_tensor, read_image, structure_map_image, tile, write_png};
 use nvg::model::Generator;
 use nvg::sampler::schedule::Schedule;
-use nvg::sampler::{ImageNoise, MAX_STRUCTURE_STEPS, SamplerConfig, generate_with_structure, guidance};
+use nvg::sampler::{Generation, ImageNoise, MAX_STRUCTURE_STEPS, SamplerConfig, generate_with_structure, guidance};
 use nvg::tokenizer::Tokenizer;
 use nvg::weights::WeightSet;
 use nvg_engine::Tensor;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Options of `nvg generate` (each flag documented once, here; clap builds `--help` from it).
 #[derive(Debug, Clone, clap::Args)]
@@ -298,15 +299,10 @@ pub fn candidate_seed(seed: u64, j: usize) -> u64 {
     h.finish()
 }
 
-/// The candidate with the highest class evidence (the first of equals; NaN never wins).
-pub fn best_candidate(evidence: &[f32]) -> usize {
-    let mut best = 0;
-    for (j, &e) in evidence.iter().enumerate() {
-        if e > evidence[best] || evidence[best].is_nan() && !e.is_nan() {
-            best = j;
-        }
-    }
-    best
+/// Whether a candidate with class evidence `e` takes the lead from one with `lead`: only by being
+/// higher (the first of equals stays), and NaN never leads while a number is there.
+pub fn beats(e: f32, lead: f32) -> bool {
+    e > lead || lead.is_nan() && !e.is_nan()
 }
 
 pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
@@ -450,7 +446,7 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     );
     let mut progress = Progress::new("generate", "images", todo.len());
     // One generation of candidates (image class, index, candidate seed), at most --batch of them.
-    let draw = |cands: &[(usize, usize, u64)]| -> Result<nvg::sampler::Generation> {
+    let draw = |cands: &[(usize, usize, u64)]| -> Result<Generation> {
         let noise: Vec<ImageNoise> = cands
             .iter()
             .map(|&(c, i, seed)| ImageNoise::for_image(&grid, seed, image_key(c, i)))
@@ -475,33 +471,36 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
             .iter()
             .flat_map(|&(c, i)| (0..n).map(move |j| (c, i, candidate_seed(o.seed, j))))
             .collect();
-        let gens = cands.chunks(o.batch).map(&draw).collect::<Result<Vec<_>>>()?;
-        // The chosen candidate of image k, as (generation, row).
-        let at = |q: usize| (q / o.batch, q % o.batch);
-        let chosen: Vec<(usize, usize)> = (0..batch.len())
-            .map(|k| {
-                if n == 1 {
-                    return Ok(at(k));
+        // The leading candidate of each image so far: (evidence, its generation, row). Candidates are
+        // drawn --batch at a time and only the leaders' generations are kept, so memory stays that of
+        // a few batches at any N.
+        let mut best: Vec<Option<(f32, Rc<Generation>, usize)>> = vec![None; batch.len()];
+        for (part, chunk) in cands.chunks(o.batch).enumerate() {
+            let g = Rc::new(draw(chunk)?);
+            for r in 0..chunk.len() {
+                let k = (part * o.batch + r) / n;
+                let e = match &g.class_evidence {
+                    Some(per_stage) => per_stage[r][..evidence_stages].iter().sum(),
+                    None => 0.0, // --best-of 1: the only candidate
+                };
+                if best[k].as_ref().is_none_or(|(lead, _, _)| beats(e, *lead)) {
+                    best[k] = Some((e, g.clone(), r));
                 }
-                let evidence: Vec<f32> = (0..n)
-                    .map(|j| {
-                        let (g, r) = at(k * n + j);
-                        let per_stage = gens[g].class_evidence.as_ref().context("no class evidence")?;
-                        Ok(per_stage[r][..evidence_stages].iter().sum())
-                    })
-                    .collect::<Result<_>>()?;
-                Ok(at(k * n + best_candidate(&evidence)))
-            })
+            }
+        }
+        let chosen: Vec<(Rc<Generation>, usize)> = best
+            .into_iter()
+            .map(|b| b.map(|(_, g, r)| (g, r)).context("an image without candidates"))
             .collect::<Result<_>>()?;
         let canvases = chosen
             .iter()
-            .map(|&(g, r)| gens[g].canvas.narrow(0, r, 1))
+            .map(|(g, r)| g.canvas.narrow(0, *r, 1))
             .collect::<nvg_engine::Result<Vec<_>>>()?;
         let images = tok.decode(&Tensor::cat(&canvases.iter().collect::<Vec<_>>(), 0)?)?;
         for (k, &(c, i)) in batch.iter().enumerate() {
             if o.progressive {
-                let (g, r) = chosen[k];
-                write_strip(&tok, &gens[g], r, &o.out.join(strip_name(c, i)))?;
+                let (g, r) = &chosen[k];
+                write_strip(&tok, g, *r, &o.out.join(strip_name(c, i)))?;
             }
             write_png(
                 &o.out.join(image_name(c, i)),
@@ -612,7 +611,7 @@ fn strip_name(class: usize, index: usize) -> String {
 }
 
 /// Image `k` of a generation decoded after every stage, above that stage's structure map.
-fn write_strip(tok: &Tokenizer, g: &nvg::sampler::Generation, k: usize, path: &Path) -> Result<()> {
+fn write_strip(tok: &Tokenizer, g: &Generation, k: usize, path: &Path) -> Result<()> {
     let n = g.stages.len();
     let side = tok.grid().side();
     let latents: Vec<Tensor> = g
@@ -688,16 +687,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_best_candidate_is_the_first_highest_and_never_nan() {
-        assert_eq!(best_candidate(&[0.5]), 0);
-        assert_eq!(best_candidate(&[0.1, 0.7, 0.3, 0.7]), 1);
-        assert_eq!(best_candidate(&[f32::NAN, -2.0, -1.0]), 2);
-        assert_eq!(best_candidate(&[1.0, f32::NAN, 0.5]), 0);
-        assert_eq!(
-            best_candidate(&[0.0, 0.0, 0.0]),
-            0,
-            "the null class's evidence is 0: candidate 0"
-        );
+    fn the_lead_goes_to_the_first_highest_evidence_and_never_to_nan() {
+        let pick = |evidence: &[f32]| {
+            (1..evidence.len()).fold(0, |lead, j| if beats(evidence[j], evidence[lead]) { j } else { lead })
+        };
+        assert_eq!(pick(&[0.5]), 0);
+        assert_eq!(pick(&[0.1, 0.7, 0.3, 0.7]), 1);
+        assert_eq!(pick(&[f32::NAN, -2.0, -1.0]), 2);
+        assert_eq!(pick(&[1.0, f32::NAN, 0.5]), 0);
+        assert_eq!(pick(&[0.0, 0.0, 0.0]), 0, "the null class's evidence is 0: candidate 0");
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// `nvg generate` on the fixture models with a tiny job; `extra` holds `--flag value` pairs that add to
-/// or replace the job's defaults.
+/// or replace the job's defaults (an empty value passes a switch such as `--progressive` alone).
 fn generate(fx: &Fixtures, out: &Path, extra: &[&str]) -> (bool, String) {
     let generator = fx.path("generator.safetensors");
     let tokenizer = fx.path("tokenizer.safetensors");
@@ -40,7 +40,7 @@ fn generate(fx: &Fixtures, out: &Path, extra: &[&str]) -> (bool, String) {
         }
     }
     let mut args = vec!["generate"];
-    args.extend(flags.iter().flat_map(|&(f, v)| [f, v]));
+    args.extend(flags.iter().flat_map(|&(f, v)| [f, v]).filter(|a| !a.is_empty()));
     let (ok, stdout, stderr) = nvg(&args);
     (ok, format!("{stdout}{stderr}"))
 }
@@ -363,19 +363,26 @@ fn best_of_writes_one_of_its_candidates_and_best_of_1_is_the_plain_job() {
         .map(|j| {
             let seed = nvg_tools::generate::candidate_seed(12, j).to_string();
             let dir = temp_dir(&format!("best-of-candidate-{j}"));
-            let (ok, log) = generate(&fx, &dir, &["--seed", &seed]);
+            let (ok, log) = generate(&fx, &dir, &["--seed", &seed, "--progressive", ""]);
             assert!(ok, "{log}");
             let images = pngs(&dir);
             std::fs::remove_dir_all(&dir).unwrap();
             images
         })
         .collect();
-    assert_eq!(candidates[0], pngs(&plain));
+    let plain_images = pngs(&plain);
+    for name in JOB {
+        assert!(
+            candidates[0][name] == plain_images[name],
+            "candidate 0 of {name} is not the plain job's"
+        );
+    }
     let evidence = candidate_evidence(&fx, 12, 3);
 
     // Ranked by every stage, then by the first stage alone: each image is the candidate whose evidence
     // (from the library, summed over those stages) is highest.
-    for (flags, stages) in [(&[][..], 9), (&["--evidence-stages", "1"][..], 1)] {
+    // With --progressive, each image's strip is its chosen candidate's.
+    for (flags, stages) in [(&["--progressive", ""][..], 9), (&["--evidence-stages", "1"][..], 1)] {
         let dir = temp_dir(&format!("best-of-3-stages-{stages}"));
         let mut args = vec!["--seed", seed, "--best-of", "3", "--batch", "4"];
         args.extend_from_slice(flags);
@@ -392,6 +399,13 @@ fn best_of_writes_one_of_its_candidates_and_best_of_1_is_the_plain_job() {
         for name in JOB {
             let j = (0..3).find(|&j| candidates[j][name] == best[name]);
             let j = j.unwrap_or_else(|| panic!("{name} of --best-of 3 is none of its 3 candidates"));
+            if stages == 9 {
+                let strip = name.replace(".png", "_stages.png");
+                assert!(
+                    best[&strip] == candidates[j][&strip],
+                    "{strip} is not candidate {j}'s strip"
+                );
+            }
             let score = |j: usize| evidence[name][j][..stages].iter().sum::<f32>();
             let expected = (0..3).fold(0, |b, j| if score(j) > score(b) { j } else { b });
             assert_eq!(j, expected, "{name} ({stages} stages): evidence {:?}", evidence[name]);
