@@ -97,9 +97,9 @@ fn content_and_structure_forwards_on_the_emulated_device_match_the_cpu() {
 
 /// The whole sampler with the official content settings (guidance, top-p, temperature) on the
 /// emulated device against the CPU: every stage's labels and codes must agree exactly and the canvas
-/// within the forward tolerance. To keep the emulator fast (each forward takes seconds there): one
-/// image, no structure guidance (the content pass covers the guided path) and one Euler step per flow
-/// stage; the device code does not depend on either.
+/// within the forward tolerance, and so must every stage's class evidence. To keep the emulator fast
+/// (each forward takes seconds there): one image, no structure guidance (the content pass covers the
+/// guided path) and one Euler step per flow stage; the device code does not depend on either.
 #[test]
 fn whole_generation_on_the_emulated_device_matches_the_cpu() {
     use nvg::sampler::{ImageNoise, SamplerConfig, generate};
@@ -115,6 +115,7 @@ fn whole_generation_on_the_emulated_device_matches_the_cpu() {
     let mut cfg = SamplerConfig::official(&grid);
     cfg.structure_steps = 1;
     cfg.structure_cfg = None;
+    cfg.class_evidence = true; // the device's log-softmax and gather at the drawn codes (`--best-of`)
     let classes = [3];
     let noise: Vec<ImageNoise> = (0..classes.len() as u64)
         .map(|i| ImageNoise::for_image(&grid, 11, i))
@@ -134,6 +135,13 @@ fn whole_generation_on_the_emulated_device_matches_the_cpu() {
             "codes at stage {s}"
         );
         assert_close(&g.canvas, &w.canvas, 1e-4, 1e-4, &format!("canvas at stage {s}"));
+    }
+    let (ge, we) = (got.class_evidence.unwrap(), want.class_evidence.unwrap());
+    for (s, (g, w)) in ge[0].iter().zip(&we[0]).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+            "class evidence at stage {s}: {g} against {w}"
+        );
     }
     eprintln!(
         "final canvas: largest difference relative to max(|cpu|, 1): {:e}",

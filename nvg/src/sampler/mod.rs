@@ -463,9 +463,10 @@ pub fn generate_with_structure(
 /// unconditional) at the codes `[B, n]` drawn for the B images: `[R·n]` on the host.
 fn code_log_probs(logits: &Tensor, codes: &Tensor) -> Result<Vec<f32>> {
     let (r, n) = (logits.dims()[0], logits.dims()[1]);
-    let reps = r / codes.dims()[0];
-    let rows: Vec<&Tensor> = std::iter::repeat_n(codes, reps).collect();
-    let index = Tensor::cat(&rows, 0)?.reshape(&[r, n, 1])?;
+    // The index is built on the host (device kernels concatenate floats only), then moved.
+    let codes = codes.to_i64_vec()?;
+    let index: Vec<i64> = codes.iter().copied().cycle().take(r * n).collect();
+    let index = Tensor::from_vec(index, &[r, n, 1])?.to_device(logits.device())?;
     Ok(logits.log_softmax(-1)?.gather(2, &index)?.to_f32_vec()?)
 }
 
