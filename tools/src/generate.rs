@@ -85,13 +85,13 @@ pub struct GenerateOptions {
     /// no other model is asked). Candidate j is the image this job would draw with a seed derived from
     /// (--seed, j), candidate 0 the one it draws with --seed itself, so `--best-of 1` is the plain job.
     /// N times the work; needs content guidance (--cfg not 1); unconditional images keep candidate 0.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub best_of: usize,
     /// With --best-of: rank the candidates by the evidence of their first K stages only (the coarse
     /// stages that lay out the image and its colours; default: every stage).
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     pub evidence_stages: Option<usize>,
-    /// Images generated together (does not change any image).
+    /// Images (with --best-of: candidates) generated together (does not change any image).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Output directory.
@@ -464,9 +464,11 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
         };
         generate_with_structure(&generator, &tok.quantizer, &cfg, &classes, &noise, leaves.as_deref())
     };
-    for batch in todo.chunks(o.batch) {
+    // With --best-of N, about one batch of candidates per round, so images are written (and a killed
+    // job resumes) and progress moves every batch, whatever N.
+    let n = o.best_of;
+    for batch in todo.chunks((o.batch / n).max(1)) {
         // Every candidate of these images, image by image; with --best-of 1 the images themselves.
-        let n = o.best_of;
         let cands: Vec<(usize, usize, u64)> = batch
             .iter()
             .flat_map(|&(c, i)| (0..n).map(move |j| (c, i, candidate_seed(o.seed, j))))
