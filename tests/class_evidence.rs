@@ -3,19 +3,9 @@
 //! the null class, on the canvas and structure map the sample had at that stage; log-softmax in f64;
 //! each token counts the log-ratio of its cluster's drawn code; one token mean per stage.
 
-use nvg::model::Generator;
 use nvg::sampler::{ImageNoise, SamplerConfig, generate};
-use nvg::tokenizer::Quantizer;
-use nvg::weights::WeightSet;
 use nvg_engine::{DType, Tensor};
 use nvg_testkit::Fixtures;
-
-fn setup() -> (Generator, Quantizer) {
-    let fx = Fixtures::open();
-    let generator = Generator::load(&fx.path("generator.safetensors"), WeightSet::Raw).unwrap();
-    let quantizer = Quantizer::load(&fx.path("tokenizer.safetensors"), generator.config.grid).unwrap();
-    (generator, quantizer)
-}
 
 /// `log softmax(row)[k]` in f64.
 fn log_prob(row: &[f32], k: usize) -> f64 {
@@ -26,7 +16,7 @@ fn log_prob(row: &[f32], k: usize) -> f64 {
 
 #[test]
 fn class_evidence_is_the_token_mean_log_ratio_of_each_stages_drawn_codes() {
-    let (generator, quantizer) = setup();
+    let (generator, quantizer) = Fixtures::open().sampler_models();
     let gc = &generator.config;
     let grid = gc.grid;
     let (t, vocab, null) = (grid.tokens(), gc.vocab_size, gc.null_class());
@@ -87,7 +77,7 @@ fn class_evidence_is_the_token_mean_log_ratio_of_each_stages_drawn_codes() {
 
 #[test]
 fn class_evidence_needs_guidance_and_does_not_change_the_images() {
-    let (generator, quantizer) = setup();
+    let (generator, quantizer) = Fixtures::open().sampler_models();
     let grid = generator.config.grid;
     let mut cfg = SamplerConfig::official(&grid);
     cfg.structure_steps = 2;

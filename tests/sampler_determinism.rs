@@ -6,7 +6,6 @@
 use nvg::model::Generator;
 use nvg::sampler::{Generation, ImageNoise, SamplerConfig, generate, generate_with_structure};
 use nvg::tokenizer::Quantizer;
-use nvg::weights::WeightSet;
 use nvg_testkit::Fixtures;
 
 struct Setup {
@@ -15,9 +14,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let fx = Fixtures::open();
-    let generator = Generator::load(&fx.path("generator.safetensors"), WeightSet::Raw).unwrap();
-    let quantizer = Quantizer::load(&fx.path("tokenizer.safetensors"), generator.config.grid).unwrap();
+    let (generator, quantizer) = Fixtures::open().sampler_models();
     Setup { generator, quantizer }
 }
 

@@ -4,8 +4,8 @@
 //!
 //! The accuracy floors come from the values measured on exactly these jobs (seed 0, `PER_CLASS` images per
 //! class; default sampling settings, the README main job's structure bank, and that with `--best-of 8`)
-//! with the shipped classifier, less a margin of a few images for other machines' rounding. Chance is 1 in 9 (8 of 72), so
-//! a sampler, model or decoder regression that loses the class fails them.
+//! with the shipped classifier, less a margin of a few images for other machines' rounding. Chance is 1
+//! in 9 (8 of 72), so a sampler, model or decoder regression that loses the class fails them.
 
 use clap::Parser;
 use nvg_tools::eval::{ScoreOptions, score};
@@ -72,8 +72,15 @@ fn best_of_8_on_the_readme_main_job_is_recognised_more_often() {
     let dir = nvg_testkit::fresh_dir("shipped", "best-of");
     let bank = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/emoji/structures.nvgtok");
     let per_class = PER_CLASS.to_string();
-    let flags = ["--structure-from", bank.to_str().unwrap(), "--best-of", "8"];
-    generate(&dir.join("all"), &[&["--per-class", &per_class][..], &flags].concat());
+    let flags = [
+        "--per-class",
+        &per_class,
+        "--structure-from",
+        bank.to_str().unwrap(),
+        "--best-of",
+        "8",
+    ];
+    generate(&dir.join("all"), &flags);
     assert_real_and_recognised(&dir.join("all"), MEASURED_BEST_OF_8_ACCURACY);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -46,6 +46,16 @@ impl Fixtures {
         self.dir.join(file)
     }
 
+    /// The fixture generator (raw weights) and its tokenizer's quantiser on the CPU: what the sampler
+    /// needs.
+    pub fn sampler_models(&self) -> (nvg::model::Generator, nvg::tokenizer::Quantizer) {
+        let generator =
+            nvg::model::Generator::load(&self.path("generator.safetensors"), nvg::weights::WeightSet::Raw).unwrap();
+        let quantizer =
+            nvg::tokenizer::Quantizer::load(&self.path("tokenizer.safetensors"), generator.config.grid).unwrap();
+        (generator, quantizer)
+    }
+
     /// A fixture safetensors file.
     pub fn file(&self, file: &str) -> FixtureFile {
         let path = self.path(file);

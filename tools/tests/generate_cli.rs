@@ -427,10 +427,8 @@ fn best_of_writes_one_of_its_candidates_and_best_of_1_is_the_plain_job() {
 fn candidate_evidence(fx: &Fixtures, seed: u64, n: usize) -> BTreeMap<&'static str, Vec<Vec<f32>>> {
     use nvg::sampler::{ImageNoise, SamplerConfig, generate};
     use nvg_tools::generate::{candidate_seed, image_key};
-    let generator =
-        nvg::model::Generator::load(&fx.path("generator.safetensors"), nvg::weights::WeightSet::Raw).unwrap();
+    let (generator, quantizer) = fx.sampler_models();
     let grid = generator.config.grid;
-    let quantizer = nvg::tokenizer::Quantizer::load(&fx.path("tokenizer.safetensors"), grid).unwrap();
     let mut cfg = SamplerConfig::official(&grid);
     cfg.structure_steps = 2;
     cfg.class_evidence = true;
