@@ -929,56 +929,6 @@ fn bf16_conv_group_norm_upsample() {
     eprintln!("bf16 conv block: worst error {worst:.3} of the tolerance 2⁻⁶");
 }
 
-/// On a device (`CudaEmu`, the CUDA kernels' host build): the upsampling gradient, the bias gradient
-/// and a stride-1 input gradient are engine ops and match the CPU; the weight gradient of a
-/// convolution and the group norm gradients have CPU kernels only and fail naming the op.
-#[test]
-fn conv_group_norm_upsample_backward_on_a_device() {
-    let dev = nvg_engine::Device::CudaEmu;
-    let on = |t: &Tensor| t.to_device(dev).unwrap();
-    let (x, w, b) = (
-        rand(&[2, 3, 4, 5], 224),
-        scaled(&[2, 3, 3, 3], 225, 0.5),
-        rand(&[2], 226),
-    );
-    let loss = |y: Tensor| {
-        let r = projection(y.dims()).to_device(y.device()).unwrap();
-        y.mul(&r).unwrap().flatten(0, 3).unwrap().sum(0, false).unwrap()
-    };
-    // Upsampling, then a convolution with a constant weight: gradients for the image and the bias.
-    let grads = |x: &Tensor, w: &Tensor, b: &Tensor| {
-        let y = x
-            .upsample_nearest2x()
-            .unwrap()
-            .conv2d(w, Some(b), 1, Padding::uniform(1))
-            .unwrap();
-        let g = loss(y).backward().unwrap();
-        [vals(g.get(x).unwrap()), vals(g.get(b).unwrap())]
-    };
-    let (xc, bc) = (x.requires_grad(), b.requires_grad());
-    let (xd, bd) = (on(&x).requires_grad(), on(&b).requires_grad());
-    let want = grads(&xc, &w, &bc);
-    let got = grads(&xd, &on(&w), &bd);
-    for (what, (g, w)) in ["image", "bias"].iter().zip(got.iter().zip(&want)) {
-        assert_close(g, w, 1e-5, 1e-5, &format!("{what} gradient on {dev}"));
-    }
-    let msg = backward_err(
-        loss(
-            on(&x)
-                .conv2d(&on(&w).requires_grad(), None, 2, Padding::uniform(1))
-                .unwrap(),
-        )
-        .backward(),
-    );
-    assert!(msg.contains("conv2d backward"), "{msg}");
-    let msg = backward_err(loss(on(&x).requires_grad().group_norm(3, None, None, 1e-5).unwrap()).backward());
-    assert!(msg.contains("group_norm backward"), "{msg}");
-}
-
-// ------------------------------------------------------------------------------------------------
-// Indexing and reductions
-// ------------------------------------------------------------------------------------------------
-
 #[test]
 fn segment_mean_with_an_empty_segment() {
     // Segment 3 is empty in batch 0, segment 0 in batch 1.

@@ -189,6 +189,13 @@ fn unary_ops() {
             &x.affine(1.5, -0.25).unwrap(),
             1e-6,
         );
+        check(
+            "powf",
+            dev,
+            &on(dev, &pos).powf(2.5).unwrap(),
+            &pos.powf(2.5).unwrap(),
+            1e-5,
+        );
         // clamp: values on both sides, at the bounds, and a NaN (passes through on both backends).
         let mut cv = x.to_f32_vec().unwrap();
         cv[0] = f32::NAN;
@@ -269,6 +276,21 @@ fn row_reductions_softmax_and_norms() {
                 3e-5,
             );
             check("softmax", dev, &d.softmax(-1).unwrap(), &x.softmax(-1).unwrap(), 3e-5);
+            // Other dims: moved to the last one for the row kernels.
+            check(
+                "sum dim 0",
+                dev,
+                &d.sum(0, false).unwrap(),
+                &x.sum(0, false).unwrap(),
+                3e-5,
+            );
+            check(
+                "log_softmax dim 0",
+                dev,
+                &d.log_softmax(0).unwrap(),
+                &x.log_softmax(0).unwrap(),
+                3e-5,
+            );
             check(
                 "log_softmax",
                 dev,

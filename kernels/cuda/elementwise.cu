@@ -75,6 +75,13 @@ extern "C" __global__ void nvg_div_scalar_f32(const float* __restrict__ x, float
 }
 NVG_KERNEL(nvg_div_scalar_f32);
 
+// y = x^e (powf, as the CPU's f32::powf).
+extern "C" __global__ void nvg_powf_f32(const float* __restrict__ x, float* __restrict__ y, long long n, float e) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = powf(x[i], e);
+}
+NVG_KERNEL(nvg_powf_f32);
+
 // y = x·mul + add.
 extern "C" __global__ void nvg_affine_f32(const float* __restrict__ x, float* __restrict__ y, long long n, float mul,
                                           float add) {

@@ -47,6 +47,9 @@ fn grad_loop(x: &[f32], g: &[f32], f: fn(simd::Isa, &[f32], &[f32], &mut [f32]))
 
 /// `g · f'(x)` for a unary op with input `x` and output `y`.
 pub(super) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return crate::cuda::backward::unary_backward(op, x, y, g);
+    }
     let name = op.name();
     let (xd, yd, gd) = (x.f32_data(name)?, y.f32_data(name)?, g.f32_data(name)?);
     let out = match op {
@@ -81,6 +84,11 @@ pub(super) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> R
 /// broadcast shape, 1/0 where one operand wins and ½/½ on ties (PyTorch's rule).
 pub(super) fn extremum_weights(a: &Tensor, b: &Tensor, is_max: bool) -> Result<(Tensor, Tensor)> {
     let dims = crate::layout::broadcast_shapes("maximum", a.dims(), b.dims())?;
+    if !a.device().is_cpu() {
+        let wa = crate::cuda::backward::extremum_weight(a, b, is_max, &dims)?;
+        let wb = wa.affine(-1.0, 1.0)?;
+        return Ok((wa, wb));
+    }
     let ad = a.broadcast_as(&dims)?.f32_data("maximum")?.into_owned();
     let bd = b.broadcast_as(&dims)?.f32_data("maximum")?.into_owned();
     let wa: Vec<f32> = ad
@@ -102,6 +110,9 @@ pub(super) fn extremum_weights(a: &Tensor, b: &Tensor, is_max: bool) -> Result<(
 
 /// `g` where `lo ≤ x ≤ hi`, 0 elsewhere.
 pub(super) fn clamp_backward(x: &Tensor, g: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return crate::cuda::backward::clamp_backward(x, g, lo, hi);
+    }
     let (xd, gd) = (x.f32_data("clamp")?, g.f32_data("clamp")?);
     let out = zip_grad(&xd, &gd, move |x, g| if x >= lo && x <= hi { g } else { 0.0 });
     Tensor::from_vec(out, x.dims())
@@ -143,6 +154,9 @@ pub(super) fn layer_norm_backward(
     g: &Tensor,
     eps: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    if !x.device().is_cpu() {
+        return super::device::layer_norm_backward(x, w, g, eps);
+    }
     let width = *x.dims().last().unwrap_or(&1);
     let rows = x.numel() / width.max(1);
     let (xd, gd) = (x.f32_data("layer_norm")?, g.f32_data("layer_norm")?);
@@ -193,6 +207,9 @@ pub(super) fn layer_norm_backward(
 
 /// Gradients of `rms_norm(x, scale)` over the last dim: (dx, dscale).
 pub(super) fn rms_norm_backward(x: &Tensor, scale: &Tensor, g: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    if !x.device().is_cpu() {
+        return super::device::rms_norm_backward(x, scale, g, eps);
+    }
     let width = *x.dims().last().unwrap_or(&1);
     let rows = x.numel() / width.max(1);
     let (xd, gd, sd) = (
@@ -276,6 +293,9 @@ pub(super) fn sdpa_backward(
 
 /// Gradient of `segment_mean`: each token receives its segment's gradient divided by the segment size.
 pub(super) fn segment_mean_backward(x_dims: &[usize], labels: &Tensor, n_seg: usize, g: &Tensor) -> Result<Tensor> {
+    if !g.device().is_cpu() {
+        return super::device::segment_mean_backward(x_dims, labels, n_seg, g);
+    }
     let r = x_dims.len();
     let (n, c) = (x_dims[r - 2], x_dims[r - 1]);
     let batch: usize = x_dims[..r - 2].iter().product();
@@ -300,6 +320,9 @@ pub(super) fn segment_mean_backward(x_dims: &[usize], labels: &Tensor, n_seg: us
 
 /// Gradient of `index_select(dim, ids)`: `g`'s slices added into zeros of shape `x_dims` at `ids`.
 pub(super) fn index_add(x_dims: &[usize], dim: usize, ids: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if !g.device().is_cpu() {
+        return crate::cuda::backward::index_add(x_dims, dim, ids, g);
+    }
     let (outer, size, inner) = split_at_dim(x_dims, dim);
     let idv = ids.i64_data("index_select")?;
     let gd = g.f32_data("index_select")?;
@@ -333,6 +356,16 @@ pub(super) fn conv2d_backward(
     let [want_x, want_w] = want;
     if !want_x && !want_w {
         return Ok([None, None]);
+    }
+    if !g.device().is_cpu() {
+        if want_x {
+            return Err(super::device::unsupported(
+                op,
+                "the input gradient of a convolution with stride > 1 or padding ≥ the kernel size",
+                g,
+            ));
+        }
+        return Ok([None, Some(super::device::conv2d_weight_grad(x, w, g, stride, pad)?)]);
     }
     let [b, c, h, wd] = x.dims_n::<4>(op)?;
     let [o, _, kh, kw] = w.dims_n::<4>(op)?;
@@ -412,6 +445,9 @@ pub(super) fn group_norm_backward(
     g: &Tensor,
     eps: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    if !x.device().is_cpu() {
+        return super::device::group_norm_backward(x, groups, w, g, eps);
+    }
     let op = "group_norm backward";
     let (b, c) = (x.dims()[0], x.dims()[1]);
     let spatial: usize = x.dims()[2..].iter().product();

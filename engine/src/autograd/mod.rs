@@ -9,6 +9,7 @@
 //! Ops without a backward rule do not silently cut the graph: their output carries an
 //! [`Op::Unsupported`] node, and `backward` fails with the op's name if a gradient reaches it.
 
+mod device;
 mod kernels;
 mod rules;
 
@@ -214,7 +215,11 @@ impl Tensor {
             // being padded to the input's shape (fused projections are split into several views).
             if let Op::Narrow(x, dim, start) = &node.op {
                 if let Some(xn) = &x.node {
-                    let acc = pending.entry(xn.id).or_insert_with(|| Pending::zeros(x.dims()));
+                    let acc = match pending.remove(&xn.id) {
+                        Some(acc) => acc,
+                        None => Pending::zeros(x.dims(), g.device())?,
+                    };
+                    let acc = pending.entry(xn.id).or_insert(acc);
                     acc.add_slice(x.dims(), *dim, *start, &g)?;
                 }
                 continue;
@@ -250,8 +255,9 @@ impl Tensor {
     }
 }
 
-/// A gradient being accumulated: the first contribution as it came, then an owned buffer that later
-/// contributions are added into in place.
+/// A gradient being accumulated: the first contribution as it came, then (on the CPU) an owned buffer
+/// that later contributions are added into in place. On a device it stays a tensor, and contributions
+/// are added with device ops.
 enum Pending {
     Tensor(Tensor),
     Buffer(Vec<f32>, Vec<usize>),
@@ -261,8 +267,20 @@ enum Pending {
 const PAR_ACC: usize = 1 << 16;
 
 impl Pending {
-    fn zeros(dims: &[usize]) -> Pending {
-        Pending::Buffer(vec![0.0; dims.iter().product()], dims.to_vec())
+    fn zeros(dims: &[usize], device: crate::Device) -> Result<Pending> {
+        Ok(if device.is_cpu() {
+            Pending::Buffer(vec![0.0; dims.iter().product()], dims.to_vec())
+        } else {
+            Pending::Tensor(Tensor::zeros(dims, crate::DType::F32, device)?)
+        })
+    }
+
+    /// The accumulated tensor when it lives on a device (where contributions are added as tensors).
+    fn on_device(&mut self) -> Option<&mut Tensor> {
+        match self {
+            Pending::Tensor(t) if !t.device().is_cpu() => Some(t),
+            _ => None,
+        }
     }
 
     fn buffer(&mut self) -> Result<&mut Vec<f32>> {
@@ -276,6 +294,10 @@ impl Pending {
     }
 
     fn add(&mut self, g: &Tensor) -> Result<()> {
+        if let Some(acc) = self.on_device() {
+            *acc = acc.add(g)?;
+            return Ok(());
+        }
         let src = g.f32_data("backward")?;
         let dst = self.buffer()?;
         if dst.len() >= PAR_ACC {
@@ -291,6 +313,21 @@ impl Pending {
 
     /// Adds `g` into elements `start..start + g.dims()[dim]` of dimension `dim` of a tensor of shape `dims`.
     fn add_slice(&mut self, dims: &[usize], dim: usize, start: usize, g: &Tensor) -> Result<()> {
+        if let Some(acc) = self.on_device() {
+            // g padded with zeros to the whole of dimension `dim`, then added.
+            let len = g.dims()[dim];
+            let zeros = |n: usize| {
+                let mut d = dims.to_vec();
+                d[dim] = n;
+                Tensor::zeros(&d, crate::DType::F32, g.device())
+            };
+            let (before, after) = (zeros(start)?, zeros(dims[dim] - start - len)?);
+            *acc = acc.add(&Tensor::cat(
+                &[&before, &g.to_dtype(crate::DType::F32)?, &after],
+                dim as isize,
+            )?)?;
+            return Ok(());
+        }
         let (outer, size, inner) = crate::ops::split_at_dim(dims, dim);
         let len = g.dims()[dim];
         let src = g.f32_data("backward")?;

@@ -8,6 +8,7 @@
 //! `cuda`); without the feature, or without a driver, a device or built kernels, using it is an error
 //! that says which (docs/cuda.md).
 
+pub(crate) mod backward;
 #[cfg(feature = "cuda")]
 pub(crate) mod driver;
 pub(crate) mod gather;

@@ -7,7 +7,7 @@ use super::launch::{Arg, BroadcastArg, LaunchConfig, launch};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::ops::attention::AttentionKernel;
-use crate::ops::conv::ConvKernel;
+use crate::ops::conv::{ConvKernel, Padding};
 use crate::ops::elementwise::{Binary, Unary};
 use crate::storage::Storage;
 use crate::{DType, Device, Tensor};
@@ -85,7 +85,7 @@ pub(super) fn alloc(device: Device, dims: &[usize]) -> Result<Tensor> {
     ))
 }
 
-fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+pub(super) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.device() != b.device() {
         return Err(Error::arg(op, format!("tensors on {} and {}", a.device(), b.device())));
     }
@@ -190,6 +190,10 @@ pub(crate) fn unary(x: &Tensor, op: Unary) -> Result<Tensor> {
     map_kernel(op.name(), "nvg_unary_f32", x, &[Arg::I32(op as i32)])
 }
 
+pub(crate) fn powf(x: &Tensor, e: f32) -> Result<Tensor> {
+    map_kernel("powf", "nvg_powf_f32", x, &[Arg::F32(e)])
+}
+
 pub(crate) fn affine(x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
     map_kernel("affine", "nvg_affine_f32", x, &[Arg::F32(mul), Arg::F32(add)])
 }
@@ -202,20 +206,7 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Binary, dims: &[usize]) -> Resu
     let dtype = a.dtype();
     same_device(op.name(), a, b)?;
     let (a, b) = (f32_operand(op.name(), a)?, f32_operand(op.name(), b)?);
-    if dims.len() > 8 {
-        return Err(Error::shape(op.name(), "device tensors have at most 8 dimensions"));
-    }
-    let la = a.layout().broadcast_to(op.name(), dims)?;
-    let lb = b.layout().broadcast_to(op.name(), dims)?;
-    let mut bc = BroadcastArg {
-        rank: dims.len() as i32,
-        ..Default::default()
-    };
-    for (d, &n) in dims.iter().enumerate() {
-        bc.dims[d] = n as i64;
-        bc.sa[d] = la.strides()[d] as i64;
-        bc.sb[d] = lb.strides()[d] as i64;
-    }
+    let bc = broadcast_arg(op.name(), &a, &b, dims)?;
     let out = alloc(a.device(), dims)?;
     let n = out.numel();
     // SAFETY: every index the broadcast strides produce lies inside a and b (contiguous, broadcast
@@ -237,6 +228,25 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: Binary, dims: &[usize]) -> Resu
         )?;
     }
     like(out, dtype)
+}
+
+/// The kernels' `Broadcast` of two packed operands to `dims` (stride 0 along broadcast dimensions).
+pub(super) fn broadcast_arg(op: &'static str, a: &Tensor, b: &Tensor, dims: &[usize]) -> Result<BroadcastArg> {
+    if dims.len() > 8 {
+        return Err(Error::shape(op, "device tensors have at most 8 dimensions"));
+    }
+    let la = a.layout().broadcast_to(op, dims)?;
+    let lb = b.layout().broadcast_to(op, dims)?;
+    let mut bc = BroadcastArg {
+        rank: dims.len() as i32,
+        ..Default::default()
+    };
+    for (d, &n) in dims.iter().enumerate() {
+        bc.dims[d] = n as i64;
+        bc.sa[d] = la.strides()[d] as i64;
+        bc.sb[d] = lb.strides()[d] as i64;
+    }
+    Ok(bc)
 }
 
 /// `[rows, cols]` view of a tensor over its last dimension.
@@ -621,6 +631,52 @@ pub(crate) fn argmax_last(x: &Tensor, keepdim: bool) -> Result<Tensor> {
     Ok(out)
 }
 
+/// The im2col columns `[B, C·kh·kw, OH·OW]` of x `[B, C, H, W]` (shapes validated by the caller; only
+/// the top and left padding matter: the output size says where the window stops).
+pub(crate) fn im2col(
+    x: &Tensor,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: Padding,
+    oh: usize,
+    ow: usize,
+) -> Result<Tensor> {
+    let x = f32_operand("conv2d", x)?;
+    let [b, c, h, wd] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
+    let i = |v: usize| Arg::I32(v as i32);
+    let cols = alloc(x.device(), &[b, c * kh * kw, oh * ow])?;
+    let n = cols.numel();
+    if n == 0 {
+        return Ok(cols);
+    }
+    // SAFETY: shapes as documented in the kernel; cols holds B·C·kh·kw·OH·OW floats.
+    unsafe {
+        launch(
+            x.device(),
+            "image",
+            "nvg_im2col_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&cols)?),
+                i(b),
+                i(c),
+                i(h),
+                i(wd),
+                i(kh),
+                i(kw),
+                i(stride),
+                i(pad.top),
+                i(pad.left),
+                i(oh),
+                i(ow),
+            ],
+        )?;
+    }
+    Ok(cols)
+}
+
 /// Direct 2-D convolution of x `[B, C, H, W]` with weight `[O, C, kh, kw]` (validated by the caller)
 /// into `[B, O, oh, ow]`.
 #[allow(clippy::too_many_arguments)]
@@ -642,37 +698,26 @@ pub(crate) fn conv2d(
     let [o, _, kh, kw] = [w.dims()[0], w.dims()[1], w.dims()[2], w.dims()[3]];
     let i = |v: usize| Arg::I32(v as i32);
     let cols_len = b * c * kh * kw * oh * ow;
-    let im2col = match kernel {
+    let use_im2col = match kernel {
         ConvKernel::Auto => cols_len <= IM2COL_MAX_ELEMS,
         ConvKernel::Direct => false,
         ConvKernel::Im2colGemm => true,
     };
-    if im2col {
-        let cols = alloc(x.device(), &[b, c * kh * kw, oh * ow])?;
-        // SAFETY: shapes as documented in the kernel; cols holds B·C·kh·kw·OH·OW floats.
-        unsafe {
-            launch(
-                x.device(),
-                "image",
-                "nvg_im2col_f32",
-                LaunchConfig::for_elements(cols_len),
-                &[
-                    Arg::Ptr(addr(&x)?),
-                    Arg::Ptr(addr(&cols)?),
-                    i(b),
-                    i(c),
-                    i(h),
-                    i(wd),
-                    i(kh),
-                    i(kw),
-                    i(stride),
-                    i(pad_top),
-                    i(pad_left),
-                    i(oh),
-                    i(ow),
-                ],
-            )?;
-        }
+    if use_im2col {
+        let cols = im2col(
+            &x,
+            kh,
+            kw,
+            stride,
+            Padding {
+                top: pad_top,
+                left: pad_left,
+                bottom: 0,
+                right: 0,
+            },
+            oh,
+            ow,
+        )?;
         // [O, C·kh·kw] · [B, C·kh·kw, OH·OW] → [B, O, OH·OW] (the weight broadcast over the batch).
         let mut out = w.reshape(&[o, c * kh * kw])?.matmul(&cols)?;
         if let Some(bias) = &bias {

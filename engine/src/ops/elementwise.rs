@@ -466,6 +466,9 @@ impl Tensor {
     }
 
     fn powf_untracked(&self, e: f32) -> Result<Tensor> {
+        if !self.device().is_cpu() {
+            return crate::cuda::ops::powf(self, e);
+        }
         let x = self.f32_data("powf")?;
         Ok(Tensor::from_f32_as(
             par_map(&x, move |v| v.powf(e)),

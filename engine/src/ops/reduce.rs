@@ -121,8 +121,15 @@ impl Tensor {
 
     fn reduce_untracked(&self, op: &'static str, dim: isize, keepdim: bool, kind: Reduce) -> Result<Tensor> {
         let d = self.layout().dim_index(op, dim)?;
-        if !self.device().is_cpu() && kind == Reduce::Sum && d + 1 == self.rank() && self.dims()[d] > 0 {
-            return crate::cuda::ops::sum_last(self, keepdim);
+        if !self.device().is_cpu() && kind == Reduce::Sum && self.dims()[d] > 0 {
+            if d + 1 == self.rank() {
+                return crate::cuda::ops::sum_last(self, keepdim);
+            }
+            // The device kernel sums over the last dimension: move `dim` there (a packed copy).
+            let mut perm: Vec<usize> = (0..self.rank()).filter(|&i| i != d).collect();
+            perm.push(d);
+            let summed = crate::cuda::ops::sum_last(&self.detach().permute(&perm)?.contiguous()?, false)?;
+            return if keepdim { summed.unsqueeze(d) } else { Ok(summed) };
         }
         let (outer, size, inner) = split_at_dim(self.dims(), d);
         if size == 0 && kind != Reduce::Sum {

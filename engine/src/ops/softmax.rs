@@ -33,8 +33,14 @@ pub(crate) fn softmax_row(isa: Isa, row: &mut [f32], log: bool) {
 
 fn softmax_impl(x: &Tensor, op: &'static str, dim: isize, log: bool) -> Result<Tensor> {
     let d = x.layout().dim_index(op, dim)?;
-    if !x.device().is_cpu() && d + 1 == x.rank() && x.dims()[d] > 0 {
-        return crate::cuda::ops::softmax_last(x, log);
+    if !x.device().is_cpu() && x.dims()[d] > 0 {
+        if d + 1 == x.rank() {
+            return crate::cuda::ops::softmax_last(x, log);
+        }
+        // The device kernel normalises over the last dimension: swap `dim` there and back (a view).
+        let last = x.rank() as isize - 1;
+        let y = crate::cuda::ops::softmax_last(&x.detach().transpose(d as isize, last)?, log)?;
+        return y.transpose(d as isize, last);
     }
     let (outer, size, inner) = split_at_dim(x.dims(), d);
     let isa = simd::isa();

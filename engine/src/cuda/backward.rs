@@ -1,0 +1,126 @@
+//! Device launches of the gradient kernels (`kernels/cuda/backward.cu`): the element-wise gradients of
+//! unary ops, clamp and maximum/minimum, and the gradient of `index_select`. Shapes were checked when
+//! the forward op ran; these only launch.
+
+use super::launch::{Arg, LaunchConfig, launch};
+use super::ops::{addr, alloc, broadcast_arg, f32_operand, i64_operand, same_device};
+use crate::error::Result;
+use crate::ops::elementwise::Unary;
+use crate::ops::split_at_dim;
+use crate::tensor::Tensor;
+
+/// `g · f'(x)` for the unary op `op` with input `x` and output `y` (all of one shape).
+pub(crate) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let name = op.name();
+    same_device(name, x, g)?;
+    let (x, y, g) = (f32_operand(name, x)?, f32_operand(name, y)?, f32_operand(name, g)?);
+    let out = alloc(x.device(), x.dims())?;
+    let n = x.numel();
+    // SAFETY: x, y, g and out hold n contiguous floats.
+    unsafe {
+        launch(
+            x.device(),
+            "backward",
+            "nvg_unary_backward_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&y)?),
+                Arg::Ptr(addr(&g)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(n as i64),
+                Arg::I32(op as i32),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// `g` where `lo ≤ x ≤ hi`, 0 elsewhere.
+pub(crate) fn clamp_backward(x: &Tensor, g: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
+    same_device("clamp", x, g)?;
+    let (x, g) = (f32_operand("clamp", x)?, f32_operand("clamp", g)?);
+    let out = alloc(x.device(), x.dims())?;
+    let n = x.numel();
+    // SAFETY: x, g and out hold n contiguous floats.
+    unsafe {
+        launch(
+            x.device(),
+            "backward",
+            "nvg_clamp_backward_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(addr(&x)?),
+                Arg::Ptr(addr(&g)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(n as i64),
+                Arg::F32(lo),
+                Arg::F32(hi),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// The share of `maximum(a, b)`'s gradient (`minimum`'s when `!is_max`) that goes to `a`, on the
+/// broadcast shape `dims`: 1 where `a` wins, 0 where `b` wins, ½ on ties.
+pub(crate) fn extremum_weight(a: &Tensor, b: &Tensor, is_max: bool, dims: &[usize]) -> Result<Tensor> {
+    let op = if is_max { "maximum" } else { "minimum" };
+    same_device(op, a, b)?;
+    let (a, b) = (f32_operand(op, a)?, f32_operand(op, b)?);
+    let bc = broadcast_arg(op, &a, &b, dims)?;
+    let out = alloc(a.device(), dims)?;
+    let n = out.numel();
+    // SAFETY: the broadcast strides index inside the packed a and b; out holds n floats.
+    unsafe {
+        launch(
+            a.device(),
+            "backward",
+            "nvg_extremum_weight_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(addr(&a)?),
+                Arg::Ptr(addr(&b)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(n as i64),
+                Arg::I32(is_max as i32),
+                Arg::Broadcast(bc),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// Zeros of shape `x_dims` with `g`'s slices along `dim` added at `ids` (the gradient of
+/// `index_select(dim, ids)`; `g` has `x_dims` with `dim` of size `ids.len()`).
+pub(crate) fn index_add(x_dims: &[usize], dim: usize, ids: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let op = "index_select backward";
+    let (outer, size, inner) = split_at_dim(x_dims, dim);
+    let ids = i64_operand(op, &ids.to_device(g.device())?)?;
+    let g = f32_operand(op, g)?;
+    let out = crate::Tensor::zeros(x_dims, crate::DType::F32, g.device())?;
+    let m = ids.numel();
+    let n = outer * m * inner;
+    if n > 0 {
+        // SAFETY: g holds outer·m·inner floats, ids m ids; the kernel skips ids outside 0..size, so
+        // every add lands inside out's outer·size·inner floats.
+        unsafe {
+            launch(
+                g.device(),
+                "backward",
+                "nvg_index_add_f32",
+                LaunchConfig::for_elements(n),
+                &[
+                    Arg::Ptr(addr(&out)?),
+                    Arg::Ptr(addr(&ids)?),
+                    Arg::Ptr(addr(&g)?),
+                    Arg::I64(outer as i64),
+                    Arg::I64(m as i64),
+                    Arg::I64(size as i64),
+                    Arg::I64(inner as i64),
+                ],
+            )?;
+        }
+    }
+    Ok(out)
+}
