@@ -304,7 +304,7 @@ fn a_training_checkpoint_converts_to_bf16_inference_weights() {
     let (_, state) = one_step(&data, &dir, 2, 1);
     let ckpt = dir.join("trained.safetensors");
     state.save(&ckpt, &settings(2, 1, 1)).unwrap();
-    let ema: std::collections::BTreeMap<String, nvg_engine::Tensor> = state.ema.tensors().into_iter().collect();
+    let ema: std::collections::BTreeMap<String, nvg_engine::Tensor> = state.ema.tensors().unwrap();
 
     for (use_ema, expected) in [(false, &state.params), (true, &ema)] {
         let mut c = nvg::checkpoint::convert(&ckpt, use_ema).unwrap();

@@ -2,7 +2,7 @@
 //! projection `r`) computed with the inputs on `Device::CudaEmu` — the CUDA kernels' host build, through
 //! the same launch path as a GPU — must stay on the device and match the CPU's. The CPU rules are
 //! checked against finite differences in `autograd.rs`; here the device rules (`autograd/device.rs`,
-//! `kernels/cuda/backward.cu`, the tape's device accumulation) are checked against them.
+//! `kernels/cuda/training.cu`, the tape's device accumulation) are checked against them.
 //!
 //! Tolerance: the CPU rules keep row statistics in f64, the device ones compute in f32, and atomic
 //! adds sum repeated indices in another order, so they agree to a few f32 roundings of the result:

@@ -233,7 +233,7 @@ fn adamw_follows_pytorch_f32_operation_order_bit_exactly() {
             }
         }
     }
-    let state: BTreeMap<String, Tensor> = opt.state_tensors().into_iter().collect();
+    let state: BTreeMap<String, Tensor> = opt.state_tensors().unwrap().into_iter().collect();
     for (n, w) in &want {
         let p: Vec<u32> = w.iter().map(|e| e[0].to_bits()).collect();
         let m: Vec<u32> = w.iter().map(|e| e[1].to_bits()).collect();
@@ -254,7 +254,7 @@ fn adamw_state_round_trip_gives_bit_identical_steps() {
     }
 
     // Through a safetensors file, as a checkpoint would store it.
-    let state = opt.state_tensors();
+    let state = opt.state_tensors().unwrap();
     assert_eq!(state.len(), 1 + 2 * params.len());
     let step = state.iter().find(|(n, _)| n == "adamw.step").unwrap();
     assert_eq!(
@@ -278,8 +278,8 @@ fn adamw_state_round_trip_gives_bit_identical_steps() {
         resumed.step(&mut params2, &grads, 0.015).unwrap();
     }
     assert_same_bits(&params, &params2, "parameters after resuming");
-    let a: BTreeMap<String, Tensor> = opt.state_tensors().into_iter().collect();
-    let b: BTreeMap<String, Tensor> = resumed.state_tensors().into_iter().collect();
+    let a: BTreeMap<String, Tensor> = opt.state_tensors().unwrap().into_iter().collect();
+    let b: BTreeMap<String, Tensor> = resumed.state_tensors().unwrap().into_iter().collect();
     assert_eq!(
         a["adamw.step"].to_i64_vec().unwrap(),
         b["adamw.step"].to_i64_vec().unwrap()
@@ -331,7 +331,7 @@ fn adamw_errors_name_the_parameter_and_change_nothing() {
     assert!(step_seeded(&mut opt, &mut params, 1, -1.0).is_err());
 
     assert_eq!(opt.steps_taken(), 0);
-    assert_eq!(opt.state_tensors().len(), 1);
+    assert_eq!(opt.state_tensors().unwrap().len(), 1);
     assert_same_bits(&params, &before, "parameters after failed steps");
 
     // Once state exists, the parameter set and shapes must stay the same.
@@ -382,7 +382,7 @@ fn adamw_state_errors_name_the_entry() {
     let mut params = test_params(40);
     let mut opt = AdamW::new(cfg).unwrap();
     step_seeded(&mut opt, &mut params, 1, 0.01).unwrap();
-    let state: BTreeMap<String, Tensor> = opt.state_tensors().into_iter().collect();
+    let state: BTreeMap<String, Tensor> = opt.state_tensors().unwrap().into_iter().collect();
     let with = |f: &dyn Fn(&mut BTreeMap<String, Tensor>)| {
         let mut s = state.clone();
         f(&mut s);
@@ -663,7 +663,7 @@ fn ema_matches_scalar_reference() {
     for decay in [0.9, OFFICIAL_EMA_DECAY] {
         let mut params = test_params(90);
         let mut ema = Ema::new(decay, &params).unwrap();
-        assert_same_bits(&ema.tensors(), &params, "initial EMA");
+        assert_same_bits(&ema.tensors().unwrap(), &params, "initial EMA");
         let mut refs: BTreeMap<String, Vec<f64>> = params
             .iter()
             .map(|(n, p)| (n.clone(), vals(p).iter().map(|&x| x as f64).collect()))
@@ -680,7 +680,7 @@ fn ema_matches_scalar_reference() {
         }
         let initial = test_params(90);
         for (n, r) in &refs {
-            let got = vals(&ema.get(n).unwrap());
+            let got = vals(&ema.get(n).unwrap().unwrap());
             assert_close64(&got, r, 2e-7 * updates as f64, 0.0, &format!("{n} (decay {decay})"));
             // It moved, by up to about 5·(1 − decay)·|p − ema| (checked where there are enough elements
             // for the largest move to be sure to exceed 1 − decay).
@@ -705,15 +705,15 @@ fn ema_state_round_trip_and_errors() {
     let mut ema = Ema::new(0.99, &params).unwrap();
     params = grads_like(&params, 1);
     ema.update(&params).unwrap();
-    let mut resumed = Ema::from_tensors(0.99, ema.state_tensors()).unwrap();
+    let mut resumed = Ema::from_tensors(0.99, ema.state_tensors().unwrap()).unwrap();
     for u in 2..4 {
         params = grads_like(&params, u);
         ema.update(&params).unwrap();
         resumed.update(&params).unwrap();
     }
-    assert_same_bits(&ema.tensors(), &resumed.tensors(), "resumed EMA");
+    assert_same_bits(&ema.tensors().unwrap(), &resumed.tensors().unwrap(), "resumed EMA");
 
-    let before = ema.tensors();
+    let before = ema.tensors().unwrap();
     let mut missing = params.clone();
     missing.remove("start_embed");
     let err = ema.update(&missing).unwrap_err().to_string();
@@ -729,7 +729,7 @@ fn ema_state_round_trip_and_errors() {
         err.contains("`blocks.0.linear.weight`") && err.contains("[13, 7]"),
         "{err}"
     );
-    assert_same_bits(&ema.tensors(), &before, "EMA after refused updates");
+    assert_same_bits(&ema.tensors().unwrap(), &before, "EMA after refused updates");
     assert!(Ema::new(1.5, &params).is_err());
     let ids = map(vec![("ids", Tensor::arange(0, 4))]);
     assert!(Ema::new(0.9, &ids).is_err());
@@ -754,7 +754,7 @@ fn results_do_not_depend_on_the_thread_count() {
                 opt.step(&mut params, &grads, 0.01).unwrap();
                 ema.update(&params).unwrap();
             }
-            (params, ema.tensors(), norms)
+            (params, ema.tensors().unwrap(), norms)
         })
     };
     let (p1, e1, n1) = run(1);
@@ -762,4 +762,73 @@ fn results_do_not_depend_on_the_thread_count() {
     assert_same_bits(&p1, &p3, "parameters");
     assert_same_bits(&e1, &e3, "EMA");
     assert_eq!(n1, n3, "gradient norms");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// On a device
+// ---------------------------------------------------------------------------------------------------
+
+fn to_dev(m: &BTreeMap<String, Tensor>, dev: Device) -> BTreeMap<String, Tensor> {
+    m.iter().map(|(n, t)| (n.clone(), t.to_device(dev).unwrap())).collect()
+}
+
+#[track_caller]
+fn assert_maps_close(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>, tol: f32, what: &str) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: names"
+    );
+    for (n, w) in want {
+        assert_close(&vals(&got[n]), &vals(w), tol, tol, &format!("{what}: {n}"));
+    }
+}
+
+/// Clipping, AdamW and the EMA with everything on `CudaEmu` (the CUDA kernels' host build) follow the
+/// CPU step for step: parameters, moments and averages stay on the device and agree with the CPU's to
+/// a few f32 roundings (the device's norm is an f32 sum, the CPU's an f64 one); state saved on the CPU
+/// resumes on the device.
+#[test]
+fn clipping_adamw_and_ema_on_a_device_follow_the_cpu() {
+    let dev = Device::CudaEmu;
+    let (mut cpu, mut on) = (test_params(900), to_dev(&test_params(900), dev));
+    let cfg = AdamWConfig::default();
+    let (mut opt_cpu, mut opt_dev) = (AdamW::new(cfg).unwrap(), AdamW::new(cfg).unwrap());
+    let (mut ema_cpu, mut ema_dev) = (Ema::new(0.9, &cpu).unwrap(), Ema::new(0.9, &on).unwrap());
+    for step in 0..4u64 {
+        let mut g_cpu = grads_like(&cpu, 910 + step);
+        let mut g_dev = to_dev(&g_cpu, dev);
+        // Max norm 1: the gradients (norm ≈ 5) are clipped at every step.
+        let n_cpu = clip_grad_norm(&mut g_cpu, 1.0).unwrap();
+        let n_dev = clip_grad_norm(&mut g_dev, 1.0).unwrap();
+        assert!(n_cpu > 1.0, "the test must clip (norm {n_cpu})");
+        assert_rel(n_dev, n_cpu as f64, 1e-6, "gradient norm on the device");
+        assert!(g_dev.values().all(|g| g.device() == dev));
+        opt_cpu.step(&mut cpu, &g_cpu, 0.02).unwrap();
+        opt_dev.step(&mut on, &g_dev, 0.02).unwrap();
+        ema_cpu.update(&cpu).unwrap();
+        ema_dev.update(&on).unwrap();
+        assert!(on.values().all(|p| p.device() == dev), "parameters left the device");
+        assert_maps_close(&on, &cpu, 1e-6, &format!("parameters after step {step}"));
+    }
+    let state = |o: &AdamW| -> BTreeMap<String, Tensor> { o.state_tensors().unwrap().into_iter().collect() };
+    assert_maps_close(&state(&opt_dev), &state(&opt_cpu), 1e-6, "AdamW moments");
+    assert_maps_close(&ema_dev.tensors().unwrap(), &ema_cpu.tensors().unwrap(), 1e-6, "EMA");
+
+    // A CPU checkpoint of the optimiser continues on the device as on the CPU.
+    let mut resumed = AdamW::from_state_tensors(cfg, opt_cpu.state_tensors().unwrap()).unwrap();
+    let (mut p_dev, g) = (to_dev(&cpu, dev), grads_like(&cpu, 950));
+    resumed.step(&mut p_dev, &to_dev(&g, dev), 0.01).unwrap();
+    opt_cpu.step(&mut cpu, &g, 0.01).unwrap();
+    assert_maps_close(&p_dev, &cpu, 1e-6, "parameters after a resumed step on the device");
+
+    // Parameters split over two devices are refused before anything changes.
+    let mut mixed = to_dev(&cpu, dev);
+    let first = mixed.keys().next().unwrap().clone();
+    mixed.insert(first.clone(), cpu[&first].clone());
+    let err = opt_cpu
+        .step(&mut mixed, &grads_like(&cpu, 960), 0.01)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one device"), "{err}");
 }

@@ -1,5 +1,5 @@
 //! The backward rules whose CPU versions (`kernels.rs`) are loops over host memory, for tensors on a
-//! device: element-wise gradients and `index_select`'s through the kernels of `kernels/cuda/backward.cu`,
+//! device: element-wise gradients and `index_select`'s through the kernels of `kernels/cuda/training.cu`,
 //! the norms, segment means and convolution weights as compositions of engine ops that have device
 //! kernels. The CPU rules keep row statistics in f64; these compute in f32, so the two agree to f32
 //! rounding (`engine/tests/autograd.rs` compares them on `CudaEmu`).

@@ -48,7 +48,7 @@ fn grad_loop(x: &[f32], g: &[f32], f: fn(simd::Isa, &[f32], &[f32], &mut [f32]))
 /// `g · f'(x)` for a unary op with input `x` and output `y`.
 pub(super) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() {
-        return crate::cuda::backward::unary_backward(op, x, y, g);
+        return crate::cuda::training::unary_backward(op, x, y, g);
     }
     let name = op.name();
     let (xd, yd, gd) = (x.f32_data(name)?, y.f32_data(name)?, g.f32_data(name)?);
@@ -85,7 +85,7 @@ pub(super) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> R
 pub(super) fn extremum_weights(a: &Tensor, b: &Tensor, is_max: bool) -> Result<(Tensor, Tensor)> {
     let dims = crate::layout::broadcast_shapes("maximum", a.dims(), b.dims())?;
     if !a.device().is_cpu() {
-        let wa = crate::cuda::backward::extremum_weight(a, b, is_max, &dims)?;
+        let wa = crate::cuda::training::extremum_weight(a, b, is_max, &dims)?;
         let wb = wa.affine(-1.0, 1.0)?;
         return Ok((wa, wb));
     }
@@ -111,7 +111,7 @@ pub(super) fn extremum_weights(a: &Tensor, b: &Tensor, is_max: bool) -> Result<(
 /// `g` where `lo ≤ x ≤ hi`, 0 elsewhere.
 pub(super) fn clamp_backward(x: &Tensor, g: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
     if !x.device().is_cpu() {
-        return crate::cuda::backward::clamp_backward(x, g, lo, hi);
+        return crate::cuda::training::clamp_backward(x, g, lo, hi);
     }
     let (xd, gd) = (x.f32_data("clamp")?, g.f32_data("clamp")?);
     let out = zip_grad(&xd, &gd, move |x, g| if x >= lo && x <= hi { g } else { 0.0 });
@@ -321,7 +321,7 @@ pub(super) fn segment_mean_backward(x_dims: &[usize], labels: &Tensor, n_seg: us
 /// Gradient of `index_select(dim, ids)`: `g`'s slices added into zeros of shape `x_dims` at `ids`.
 pub(super) fn index_add(x_dims: &[usize], dim: usize, ids: &Tensor, g: &Tensor) -> Result<Tensor> {
     if !g.device().is_cpu() {
-        return crate::cuda::backward::index_add(x_dims, dim, ids, g);
+        return crate::cuda::training::index_add(x_dims, dim, ids, g);
     }
     let (outer, size, inner) = split_at_dim(x_dims, dim);
     let idv = ids.i64_data("index_select")?;

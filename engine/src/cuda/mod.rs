@@ -8,13 +8,13 @@
 //! `cuda`); without the feature, or without a driver, a device or built kernels, using it is an error
 //! that says which (docs/cuda.md).
 
-pub(crate) mod backward;
 #[cfg(feature = "cuda")]
 pub(crate) mod driver;
 pub(crate) mod gather;
 mod launch;
 pub(crate) mod ops;
 pub(crate) mod sample;
+pub(crate) mod training;
 
 pub use launch::{Arg, LaunchConfig, launch};
 

@@ -1,10 +1,10 @@
 //! AdamW with decoupled weight decay, following PyTorch's `torch.optim.AdamW` (single-tensor path, not
 //! foreach or fused, `amsgrad=False`) operation for operation.
 
-use super::{CHUNK, PAR_ELEMS, f32_tensor, f32_values, lerp};
+use super::{Buffer, CHUNK, PAR_ELEMS, f32_values, lerp};
 use crate::error::{Error, Result, fmt_shape};
 use crate::storage::CpuStorage;
-use crate::{DType, Tensor};
+use crate::{DType, Device, Tensor};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -61,8 +61,8 @@ impl AdamWConfig {
 #[derive(Debug, Clone)]
 struct Moments {
     dims: Vec<usize>,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    m: Buffer,
+    v: Buffer,
 }
 
 /// The AdamW optimiser. Its state is a step count shared by all parameters (every parameter is updated at
@@ -78,22 +78,11 @@ pub struct AdamW {
     state: BTreeMap<String, Moments>,
 }
 
-/// The per-step scalars, each rounded to f32 where PyTorch passes it to a tensor op.
-#[derive(Clone, Copy)]
-struct Coeffs {
-    /// `1 − lr·weight_decay` (for parameters that decay).
-    decay: f32,
-    /// `1 − beta1`, the lerp weight of the first moment.
-    w1: f32,
-    beta2: f32,
-    /// `1 − beta2`.
-    c2: f32,
-    /// `−lr / (1 − beta1^step)`.
-    neg_step_size: f32,
-    /// `sqrt(1 − beta2^step)`.
-    bc2_sqrt: f32,
-    eps: f32,
-}
+/// The per-step scalars, each rounded to f32 where PyTorch passes it to a tensor op: `decay` = `1 − lr·wd`
+/// (for parameters that decay), `w1` = `1 − β1` (the first moment's lerp weight), `beta2`, `c2` = `1 − β2`,
+/// `neg_step_size` = `−lr / (1 − β1^step)`, `bc2_sqrt` = `sqrt(1 − β2^step)` and `eps`. The device kernel
+/// takes the same struct.
+type Coeffs = crate::cuda::training::AdamWCoeffs;
 
 /// One AdamW update of a slice of elements, in PyTorch's order of operations:
 /// `p *= 1 − lr·wd; m.lerp_(g, 1 − β1); v = v·β2 + (1 − β2)·g·g; p += (−step_size·m) / (sqrt(v)/sqrt(bc2) + eps)`.
@@ -144,7 +133,17 @@ impl AdamW {
     /// this check itself; call it after [`AdamW::from_state_tensors`] to fail at resume time.
     pub fn check_params(&self, params: &BTreeMap<String, Tensor>) -> Result<()> {
         let op = "AdamW";
+        let device = params.values().next().map_or(Device::Cpu, Tensor::device);
         for (name, p) in params {
+            if p.device() != device {
+                return Err(Error::arg(
+                    op,
+                    format!(
+                        "parameter `{name}` is on {} and others on {device}: keep them on one device",
+                        p.device()
+                    ),
+                ));
+            }
             if p.dtype() != DType::F32 {
                 return Err(Error::dtype(
                     op,
@@ -197,6 +196,16 @@ impl AdamW {
                     g.dtype(),
                 ));
             }
+            if g.device() != p.device() {
+                return Err(Error::arg(
+                    op,
+                    format!(
+                        "gradient of `{name}` is on {} but the parameter on {}",
+                        g.device(),
+                        p.device()
+                    ),
+                ));
+            }
             if g.dims() != p.dims() {
                 return Err(Error::shape(
                     op,
@@ -238,8 +247,8 @@ impl AdamW {
                 let n = p.numel();
                 let moments = Moments {
                     dims: p.dims().to_vec(),
-                    m: vec![0.0; n],
-                    v: vec![0.0; n],
+                    m: Buffer::Host(vec![0.0; n]),
+                    v: Buffer::Host(vec![0.0; n]),
                 };
                 self.state.insert(name.clone(), moments);
             }
@@ -270,11 +279,24 @@ impl AdamW {
             debug_assert_eq!(name, state_name);
             jobs.push((name, p, st, &grads[name]));
         }
+        let device = jobs.first().map_or(Device::Cpu, |j| j.1.device());
+        if !device.is_cpu() {
+            // One update kernel per parameter, in name order.
+            for (_, p, st, g) in jobs {
+                let decay = decay_on && Self::decays(&st.dims);
+                let (m, v) = (st.m.on_device(device, &st.dims)?, st.v.on_device(device, &st.dims)?);
+                let (pn, mn, vn) = crate::cuda::training::adamw_update(p, &m, &v, g, coeffs, decay)?;
+                *p = pn;
+                (st.m, st.v) = (Buffer::Device(mn), Buffer::Device(vn));
+            }
+            return Ok(());
+        }
         jobs.par_iter_mut().try_for_each(|(name, p, st, g)| -> Result<()> {
             let mut data = f32_values(op, "parameter", name, p)?.into_owned();
             let g = f32_values(op, "gradient", name, g)?;
             let decay = decay_on && Self::decays(&st.dims);
             let Moments { m, v, .. } = &mut **st;
+            let (m, v) = (m.host_mut()?, v.host_mut()?);
             if data.len() >= PAR_ELEMS {
                 data.par_chunks_mut(CHUNK)
                     .zip(m.par_chunks_mut(CHUNK))
@@ -284,14 +306,15 @@ impl AdamW {
             } else {
                 update_slice(&mut data, m, v, &g, coeffs, decay);
             }
-            **p = f32_tensor(data, &st.dims);
+            **p = super::f32_tensor(data, &st.dims);
             Ok(())
         })
     }
 
     /// The state as named tensors for a checkpoint: `adamw.step` (an i64 scalar), then `adamw.m.<param>`
     /// and `adamw.v.<param>` (f32, the parameter's shape) for each parameter in name order.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    /// CPU tensors, copied from the device where the state lives there.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let step = i64::try_from(self.step).unwrap_or(i64::MAX);
         let mut out = Vec::with_capacity(1 + 2 * self.state.len());
         out.push((
@@ -299,10 +322,10 @@ impl AdamW {
             Tensor::from_cpu(CpuStorage::I64(vec![step]), &[]),
         ));
         for (name, st) in &self.state {
-            out.push((format!("{M_PREFIX}{name}"), f32_tensor(st.m.clone(), &st.dims)));
-            out.push((format!("{V_PREFIX}{name}"), f32_tensor(st.v.clone(), &st.dims)));
+            out.push((format!("{M_PREFIX}{name}"), st.m.to_host_tensor(&st.dims)?));
+            out.push((format!("{V_PREFIX}{name}"), st.v.to_host_tensor(&st.dims)?));
         }
-        out
+        Ok(out)
     }
 
     /// Rebuilds an optimiser from [`AdamW::state_tensors`]' entries (in any order). Every entry must be one
@@ -378,8 +401,8 @@ impl AdamW {
             }
             let moments = Moments {
                 dims: m.dims().to_vec(),
-                m: f32_values(op, "first moment", &name, &m)?.into_owned(),
-                v: f32_values(op, "second moment", &name, &v)?.into_owned(),
+                m: Buffer::Host(f32_values(op, "first moment", &name, &m)?.into_owned()),
+                v: Buffer::Host(f32_values(op, "second moment", &name, &v)?.into_owned()),
             };
             state.insert(name, moments);
         }

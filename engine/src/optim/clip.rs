@@ -24,10 +24,18 @@ fn sum_squares(x: &[f32]) -> f64 {
 /// The squares are accumulated in f64 (PyTorch takes an f32 norm per tensor and then the norm of those),
 /// so the result is the f32 rounding of an almost exact value, whatever the number and size of the
 /// tensors; it may differ from PyTorch's in the last bit or two. Tensors are summed in name order.
+///
+/// On a device each tensor's sum of squares is an f32 device sum (read back as one number per tensor).
 pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f32> {
     let mut total = 0.0f64;
     for (name, g) in grads {
-        total += sum_squares(&f32_values("grad_norm", "gradient", name, g)?);
+        total += if g.device().is_cpu() {
+            sum_squares(&f32_values("grad_norm", "gradient", name, g)?)
+        } else if g.numel() == 0 {
+            0.0
+        } else {
+            g.sqr()?.reshape(&[g.numel()])?.sum(0, false)?.to_scalar()? as f64
+        };
     }
     Ok(total.sqrt() as f32)
 }
@@ -60,6 +68,10 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f32) -> Re
     }
     let scale = |x: &mut [f32]| x.iter_mut().for_each(|v| *v *= coef);
     for (name, g) in grads.iter_mut() {
+        if !g.device().is_cpu() {
+            *g = g.mul_scalar(coef)?;
+            continue;
+        }
         let mut data = f32_values(op, "gradient", name, g)?.into_owned();
         if data.len() >= PAR_ELEMS {
             data.par_chunks_mut(CHUNK).for_each(scale);

@@ -1,7 +1,7 @@
 //! Exponential moving average of the parameters (NVG-SPEC §4.4: decay 0.9999, one update per optimiser
 //! step, stored under `ema_model.nvgformer.*` by the trainer).
 
-use super::{CHUNK, PAR_ELEMS, f32_tensor, f32_values, lerp};
+use super::{Buffer, CHUNK, PAR_ELEMS, f32_values, lerp};
 use crate::error::{Error, Result, fmt_shape};
 use crate::{DType, Tensor};
 use rayon::prelude::*;
@@ -14,7 +14,7 @@ pub const OFFICIAL_EMA_DECAY: f64 = 0.9999;
 #[derive(Debug, Clone)]
 struct Averaged {
     dims: Vec<usize>,
-    data: Vec<f32>,
+    data: Buffer,
 }
 
 /// An exponential moving average of named f32 tensors: `ema.lerp_(p, 1 − decay)` per update, i.e.
@@ -22,7 +22,8 @@ struct Averaged {
 /// (PyTorch's `lerp_` with a Python-float weight).
 ///
 /// The average is created as an exact copy of the parameters and afterwards must be updated with the
-/// same set of names and shapes. Its state for a checkpoint is just the averaged tensors under the
+/// same set of names and shapes. It lives where the parameters of the last update lived (the CPU, or a
+/// device: `kernels/cuda/training.cu`). Its state for a checkpoint is just the averaged tensors under the
 /// parameter names ([`Ema::state_tensors`]); the caller adds a prefix such as `ema_model.nvgformer.`.
 #[derive(Debug, Clone)]
 pub struct Ema {
@@ -46,7 +47,17 @@ impl Ema {
         for (name, t) in tensors {
             let averaged = Averaged {
                 dims: t.dims().to_vec(),
-                data: f32_values(op, "tensor", &name, &t)?.into_owned(),
+                data: if t.device().is_cpu() {
+                    Buffer::Host(f32_values(op, "tensor", &name, &t)?.into_owned())
+                } else if t.dtype() == DType::F32 {
+                    Buffer::Device(t.clone())
+                } else {
+                    return Err(Error::dtype(
+                        op,
+                        format!("an f32 tensor for tensor `{name}`"),
+                        t.dtype(),
+                    ));
+                },
             };
             if out.insert(name.clone(), averaged).is_some() {
                 return Err(Error::arg(op, format!("`{name}` given twice")));
@@ -64,22 +75,25 @@ impl Ema {
         self.tensors.keys().map(String::as_str)
     }
 
-    /// The averaged tensor `name` (a copy), if there is one.
-    pub fn get(&self, name: &str) -> Option<Tensor> {
-        self.tensors.get(name).map(|a| f32_tensor(a.data.clone(), &a.dims))
+    /// The averaged tensor `name` (a CPU copy), if there is one.
+    pub fn get(&self, name: &str) -> Result<Option<Tensor>> {
+        self.tensors
+            .get(name)
+            .map(|a| a.data.to_host_tensor(&a.dims))
+            .transpose()
     }
 
-    /// All averaged tensors by name (copies).
-    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+    /// All averaged tensors by name (CPU copies).
+    pub fn tensors(&self) -> Result<BTreeMap<String, Tensor>> {
         self.tensors
             .iter()
-            .map(|(n, a)| (n.clone(), f32_tensor(a.data.clone(), &a.dims)))
+            .map(|(n, a)| Ok((n.clone(), a.data.to_host_tensor(&a.dims)?)))
             .collect()
     }
 
     /// The averaged tensors as a checkpoint's named entries (the same as [`Ema::tensors`]).
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        self.tensors().into_iter().collect()
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.tensors()?.into_iter().collect())
     }
 
     /// Moves the average towards `params`: `ema += (p − ema)·(1 − decay)` (lerp). `params` must hold
@@ -119,16 +133,33 @@ impl Ema {
                 *e = lerp(*e, p, weight);
             }
         };
+        let device = params.values().next().map_or(crate::Device::Cpu, Tensor::device);
+        if let Some((name, p)) = params.iter().find(|(_, p)| p.device() != device) {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "parameter `{name}` is on {} and others on {device}: keep them on one device",
+                    p.device()
+                ),
+            ));
+        }
+        if !device.is_cpu() {
+            for (name, a) in self.tensors.iter_mut() {
+                let e = a.data.on_device(device, &a.dims)?;
+                a.data = Buffer::Device(crate::cuda::training::lerp(&e, &params[name.as_str()], weight)?);
+            }
+            return Ok(());
+        }
         let mut jobs: Vec<(&String, &mut Averaged)> = self.tensors.iter_mut().collect();
         jobs.par_iter_mut().try_for_each(|(name, a)| -> Result<()> {
             let p = f32_values(op, "parameter", name, &params[name.as_str()])?;
-            if a.data.len() >= PAR_ELEMS {
-                a.data
-                    .par_chunks_mut(CHUNK)
+            let data = a.data.host_mut()?;
+            if data.len() >= PAR_ELEMS {
+                data.par_chunks_mut(CHUNK)
                     .zip(p.par_chunks(CHUNK))
                     .for_each(|(e, p)| kernel(e, p));
             } else {
-                kernel(&mut a.data, &p);
+                kernel(data, &p);
             }
             Ok(())
         })

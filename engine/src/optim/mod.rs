@@ -1,10 +1,12 @@
 //! Optimisers for training: AdamW, global-norm gradient clipping, the learning-rate schedule and EMA
 //! (NVG-SPEC §4.4).
 //!
-//! Parameters, gradients and optimiser state are named f32 CPU tensors in a `BTreeMap<String, Tensor>`.
-//! Tensors are immutable values, so an update builds new tensors and replaces the map entries; the
-//! optimisers keep their own state (AdamW moments, EMA weights) as plain vectors that they update in place,
-//! and hand it out as named tensors for checkpoints.
+//! Parameters, gradients and optimiser state are named f32 tensors in a `BTreeMap<String, Tensor>`, on the
+//! CPU or all on one device. Tensors are immutable values, so an update builds new tensors and replaces
+//! the map entries; the optimisers keep their own state (AdamW moments, EMA weights) as [`Buffer`]s —
+//! plain vectors updated in place on the CPU, tensors replaced at each update on a device (the kernels
+//! of `kernels/cuda/training.cu`) — and hand it out as named CPU tensors for checkpoints. State restored
+//! from a checkpoint moves to the parameters' device at the first update.
 //!
 //! Every routine validates all its inputs (names, dtypes, shapes) before it changes anything, so an error
 //! leaves parameters, gradients and state as they were. Nothing is skipped silently: a parameter without a
@@ -34,7 +36,7 @@ pub use schedule::{LrSchedule, OFFICIAL_WARMUP_START_FACTOR, OFFICIAL_WARMUP_STE
 
 use crate::error::{Error, Result};
 use crate::storage::CpuStorage;
-use crate::{DType, Tensor};
+use crate::{DType, Device, Tensor};
 use std::borrow::Cow;
 
 /// Element count from which an element-wise update is split across threads.
@@ -72,5 +74,44 @@ pub(crate) fn lerp(start: f32, end: f32, weight: f32) -> f32 {
         start + weight * (end - start)
     } else {
         end - (end - start) * (1.0 - weight)
+    }
+}
+
+/// One tensor of optimiser state: host values updated in place, or a device tensor replaced at each update.
+#[derive(Debug, Clone)]
+pub(crate) enum Buffer {
+    Host(Vec<f32>),
+    Device(Tensor),
+}
+
+impl Buffer {
+    /// The values as a CPU tensor of shape `dims` (a copy).
+    pub(crate) fn to_host_tensor(&self, dims: &[usize]) -> Result<Tensor> {
+        match self {
+            Buffer::Host(v) => Ok(f32_tensor(v.clone(), dims)),
+            Buffer::Device(t) => t.to_device(Device::Cpu),
+        }
+    }
+
+    /// The values as host memory to update in place (copied back from a device, if they were there).
+    pub(crate) fn host_mut(&mut self) -> Result<&mut Vec<f32>> {
+        if let Buffer::Device(t) = self {
+            *self = Buffer::Host(t.to_f32_vec()?);
+        }
+        match self {
+            Buffer::Host(v) => Ok(v),
+            Buffer::Device(_) => unreachable!("converted above"),
+        }
+    }
+
+    /// The values as a tensor on `device` (moved there first, if they were elsewhere).
+    pub(crate) fn on_device(&mut self, device: Device, dims: &[usize]) -> Result<Tensor> {
+        let moved = match self {
+            Buffer::Device(t) if t.device() == device => return Ok(t.clone()),
+            Buffer::Device(t) => t.to_device(device)?,
+            Buffer::Host(v) => f32_tensor(std::mem::take(v), dims).to_device(device)?,
+        };
+        *self = Buffer::Device(moved.clone());
+        Ok(moved)
     }
 }

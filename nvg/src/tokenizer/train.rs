@@ -363,7 +363,7 @@ impl TokenizerTrainState {
             .iter()
             .map(|(n, t)| (format!("{PARAM_PREFIX}{n}"), t.clone()))
             .collect();
-        for (n, t) in self.optimizer.state_tensors() {
+        for (n, t) in self.optimizer.state_tensors()? {
             tensors.push((
                 format!("{OPTIMIZER_PREFIX}{}", n.strip_prefix("adamw.").unwrap_or(&n)),
                 t,

@@ -234,13 +234,13 @@ impl TrainState {
         for (n, t) in &self.params {
             tensors.push((format!("{GENERATOR_PREFIX}{n}"), t.clone()));
         }
-        for (n, t) in self.ema.tensors() {
+        for (n, t) in self.ema.tensors()? {
             tensors.push((format!("{EMA_PREFIX}{n}"), t));
         }
         for (n, t) in self.params.iter().filter(|(n, _)| !params::is_parameter(n)) {
             tensors.push((format!("{EMA_PREFIX}{n}"), t.clone()));
         }
-        for (n, t) in self.optimizer.state_tensors() {
+        for (n, t) in self.optimizer.state_tensors()? {
             tensors.push((
                 format!("{OPTIMIZER_PREFIX}{}", n.strip_prefix("adamw.").unwrap_or(&n)),
                 t,

@@ -20,7 +20,7 @@ pub(crate) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> R
     unsafe {
         launch(
             x.device(),
-            "backward",
+            "training",
             "nvg_unary_backward_f32",
             LaunchConfig::for_elements(n),
             &[
@@ -46,7 +46,7 @@ pub(crate) fn clamp_backward(x: &Tensor, g: &Tensor, lo: f32, hi: f32) -> Result
     unsafe {
         launch(
             x.device(),
-            "backward",
+            "training",
             "nvg_clamp_backward_f32",
             LaunchConfig::for_elements(n),
             &[
@@ -75,7 +75,7 @@ pub(crate) fn extremum_weight(a: &Tensor, b: &Tensor, is_max: bool, dims: &[usiz
     unsafe {
         launch(
             a.device(),
-            "backward",
+            "training",
             "nvg_extremum_weight_f32",
             LaunchConfig::for_elements(n),
             &[
@@ -107,7 +107,7 @@ pub(crate) fn index_add(x_dims: &[usize], dim: usize, ids: &Tensor, g: &Tensor) 
         unsafe {
             launch(
                 g.device(),
-                "backward",
+                "training",
                 "nvg_index_add_f32",
                 LaunchConfig::for_elements(n),
                 &[
@@ -121,6 +121,98 @@ pub(crate) fn index_add(x_dims: &[usize], dim: usize, ids: &Tensor, g: &Tensor) 
                 ],
             )?;
         }
+    }
+    Ok(out)
+}
+
+/// The scalars of one AdamW step (see `optim::adamw`), each already rounded to f32.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdamWCoeffs {
+    pub decay: f32,
+    pub w1: f32,
+    pub beta2: f32,
+    pub c2: f32,
+    pub neg_step_size: f32,
+    pub bc2_sqrt: f32,
+    pub eps: f32,
+}
+
+/// One AdamW update of a parameter `p` with moments `m`, `v` and gradient `g` (f32 device tensors of one
+/// shape): the new `(p, m, v)`, as fresh tensors (tensors are values; the old ones stay valid).
+pub(crate) fn adamw_update(
+    p: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    c: AdamWCoeffs,
+    decay: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "AdamW::step";
+    let (p, m, v, g) = (
+        f32_operand(op, p)?,
+        f32_operand(op, m)?,
+        f32_operand(op, v)?,
+        f32_operand(op, g)?,
+    );
+    let (po, mo, vo) = (
+        alloc(p.device(), p.dims())?,
+        alloc(p.device(), p.dims())?,
+        alloc(p.device(), p.dims())?,
+    );
+    let n = p.numel();
+    if n > 0 {
+        // SAFETY: the seven buffers hold n contiguous floats each.
+        unsafe {
+            launch(
+                p.device(),
+                "training",
+                "nvg_adamw_f32",
+                LaunchConfig::for_elements(n),
+                &[
+                    Arg::Ptr(addr(&p)?),
+                    Arg::Ptr(addr(&m)?),
+                    Arg::Ptr(addr(&v)?),
+                    Arg::Ptr(addr(&g)?),
+                    Arg::Ptr(addr(&po)?),
+                    Arg::Ptr(addr(&mo)?),
+                    Arg::Ptr(addr(&vo)?),
+                    Arg::I64(n as i64),
+                    Arg::F32(if decay { c.decay } else { 1.0 }),
+                    Arg::F32(c.w1),
+                    Arg::F32(c.beta2),
+                    Arg::F32(c.c2),
+                    Arg::F32(c.neg_step_size),
+                    Arg::F32(c.bc2_sqrt),
+                    Arg::F32(c.eps),
+                ],
+            )?;
+        }
+    }
+    Ok((po, mo, vo))
+}
+
+/// PyTorch's `lerp(start, end, weight)` element-wise (f32 device tensors of one shape), as a new tensor.
+pub(crate) fn lerp(start: &Tensor, end: &Tensor, weight: f32) -> Result<Tensor> {
+    let op = "lerp";
+    same_device(op, start, end)?;
+    let (a, b) = (f32_operand(op, start)?, f32_operand(op, end)?);
+    let out = alloc(a.device(), a.dims())?;
+    let n = a.numel();
+    // SAFETY: a, b and out hold n contiguous floats.
+    unsafe {
+        launch(
+            a.device(),
+            "training",
+            "nvg_lerp_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(addr(&a)?),
+                Arg::Ptr(addr(&b)?),
+                Arg::Ptr(addr(&out)?),
+                Arg::I64(n as i64),
+                Arg::F32(weight),
+            ],
+        )?;
     }
     Ok(out)
 }

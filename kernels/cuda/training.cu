@@ -88,3 +88,36 @@ extern "C" __global__ void nvg_index_add_f32(float* __restrict__ out, const long
     }
 }
 NVG_KERNEL(nvg_index_add_f32);
+
+// PyTorch's scalar lerp: start + w·(end − start) for |w| < 0.5, else end − (end − start)·(1 − w).
+__device__ __forceinline__ float lerp_f(float start, float end, float w) {
+    return fabsf(w) < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
+}
+
+// One AdamW step (engine/src/optim/adamw.rs, PyTorch's order of operations), out of place:
+// p' = p·decay + neg_step·m' / (sqrt(v')/bc2_sqrt + eps), m' = lerp(m, g, w1), v' = v·β2 + c2·g·g.
+// decay is 1 for parameters without weight decay.
+extern "C" __global__ void nvg_adamw_f32(const float* __restrict__ p, const float* __restrict__ m,
+                                         const float* __restrict__ v, const float* __restrict__ g,
+                                         float* __restrict__ p_out, float* __restrict__ m_out,
+                                         float* __restrict__ v_out, long long n, float decay, float w1, float beta2,
+                                         float c2, float neg_step, float bc2_sqrt, float eps) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        float mi = lerp_f(m[i], gi, w1);
+        float vi = v[i] * beta2 + c2 * gi * gi;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p_out[i] = p[i] * decay + neg_step * mi / denom;
+        m_out[i] = mi;
+        v_out[i] = vi;
+    }
+}
+NVG_KERNEL(nvg_adamw_f32);
+
+// out = lerp(a, b, w) element-wise (the EMA update).
+extern "C" __global__ void nvg_lerp_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                        float* __restrict__ out, long long n, float w) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        out[i] = lerp_f(a[i], b[i], w);
+}
+NVG_KERNEL(nvg_lerp_f32);
