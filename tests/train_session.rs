@@ -13,6 +13,7 @@ use nvg::trainer::init::{OFFICIAL_SCALE_FACTORS, initial_parameters};
 use nvg::trainer::objective::{DropPath, TrainNoise, drop_path_rates};
 use nvg::trainer::session::{StepLog, TrainSettings, TrainState, train};
 use nvg::weights::WeightMap;
+use nvg_engine::Device;
 use nvg_engine::rng::RngStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,6 +97,7 @@ fn settings(batch: usize, accum: usize, steps: u64) -> TrainSettings {
         log_every: 1,
         prefetch: 1,
         stop_after: None,
+        device: Device::Cpu,
     }
 }
 
@@ -147,6 +149,70 @@ fn accumulating_micro_batches_equals_one_larger_batch() {
         }
     }
     assert!(worst <= 1e-4, "weights differ by {worst} after one step");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `nvg train --device`: two steps of two one-image micro-batches (gradient accumulation, DropPath, learned position
+/// tables) with everything on `CudaEmu` (the CUDA kernels' host build) follow the CPU run: the same losses
+/// and gradient norms to f32 rounding, weights that stay on the device and agree after the steps, and a
+/// checkpoint of host tensors that loads back as the device run's weights.
+#[test]
+fn training_on_a_device_follows_the_cpu() {
+    let (data, dir) = dataset("device", 8);
+    let mut cfg = config();
+    cfg.position_embedding = true;
+    let run = |device: Device| {
+        let quantizer = Arc::new(Quantizer::synthetic(Grid::new(SIDE).unwrap(), VOCAB, CHANNELS, 5));
+        let mut state = TrainState::new(&cfg, None, 1, 0.99).unwrap();
+        let mut logs = Vec::new();
+        let ckpt = dir.join(format!("{device}.safetensors"));
+        let s = TrainSettings {
+            device,
+            ..settings(1, 2, 2)
+        };
+        train(&mut state, data.clone(), quantizer, &s, &ckpt, |l| logs.push(l.clone())).unwrap();
+        (logs, state, ckpt)
+    };
+    let (cpu_logs, cpu, _) = run(Device::Cpu);
+    let (dev_logs, dev, dev_ckpt) = run(Device::CudaEmu);
+    for (c, d) in cpu_logs.iter().zip(&dev_logs) {
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+        assert!(
+            close(c.terms.total, d.terms.total),
+            "step {}: loss {} on the CPU, {} on the device",
+            c.step,
+            c.terms.total,
+            d.terms.total
+        );
+        assert!(
+            close(c.grad_norm, d.grad_norm),
+            "step {}: gradient norm {} vs {}",
+            c.step,
+            c.grad_norm,
+            d.grad_norm
+        );
+    }
+    assert_eq!(dev_logs.len(), 2);
+    let mut worst = 0.0f32;
+    for (name, t) in &cpu.params {
+        let d = &dev.params[name];
+        assert_eq!(d.device(), Device::CudaEmu, "{name} left the device");
+        for (p, q) in t.to_f32_vec().unwrap().iter().zip(&d.to_f32_vec().unwrap()) {
+            worst = worst.max((p - q).abs());
+        }
+    }
+    eprintln!("largest weight difference after two steps on the device: {worst:e}");
+    assert!(worst <= 1e-4, "weights differ by {worst} after two steps");
+    let loaded = TrainState::load(&dev_ckpt, 0.99).unwrap();
+    assert_eq!(loaded.step, 2);
+    for (name, t) in &loaded.params {
+        assert_eq!(t.device(), Device::Cpu);
+        assert_eq!(
+            t.to_f32_vec().unwrap(),
+            dev.params[name].to_f32_vec().unwrap(),
+            "checkpoint of {name}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

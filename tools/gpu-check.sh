@@ -5,9 +5,11 @@
 #   tools/gpu-check.sh build     # here: nvcc wheels, then the conformance tests and `nvg` with the CUDA
 #                                #   backend, copied into gpu-check/ (git-ignored, debug info stripped)
 #   tools/gpu-check.sh run [OUT] # on the GPU machine: conformance suite on Device::Cuda(0) and CudaEmu,
-#                                #   the emulator self-tests, `nvg bench device`, and `nvg generate` of
-#                                #   the fixture model on cuda vs cpu (time, differing PNGs); report in OUT
-#                                #   (default gpu-check/report.md). Under 8 minutes on one H200.
+#                                #   the device autograd and optimiser tests, the emulator self-tests,
+#                                #   `nvg bench device`, `nvg generate` of the fixture model on cuda vs cpu
+#                                #   (time, differing PNGs) and `nvg train` of the emoji architecture on
+#                                #   cuda vs cpu (losses, seconds per step); report in OUT (default
+#                                #   gpu-check/report.md). Under 8 minutes on one H200.
 #
 # With the device tool: run `build`, then `run` with carry=["gpu-check"] and OUT=$OUT.
 set -euo pipefail
@@ -20,7 +22,7 @@ build)
   mkdir -p "$dir"
   cargo build --release -p nvg-tools --features cuda
   cp target/release/nvg "$dir/nvg"
-  for t in device_conformance tensor_core; do
+  for t in device_conformance tensor_core autograd_device optim; do
     bin="$(cargo test -p nvg-engine --features cuda --test "$t" --no-run --message-format=json 2>/dev/null |
       python3 -c 'import json,sys; print([json.loads(l)["executable"] for l in sys.stdin if "\"executable\":\"/" in l][-1])')"
     cp "$bin" "$dir/$t"
@@ -44,7 +46,7 @@ run)
     echo '```'
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "nvidia-smi unavailable"
     echo '```'
-    for t in emu device_conformance tensor_core; do
+    for t in emu device_conformance tensor_core autograd_device optim; do
       echo
       echo "## $t"
       echo '```'
@@ -73,6 +75,23 @@ run)
     differ=0
     for f in "$tmp"/cpu/*.png; do cmp -s "$f" "$tmp/cuda/$(basename "$f")" || differ=$((differ + 1)); done
     echo "PNGs that differ between cuda and cpu: $differ of $(ls "$tmp"/cpu/*.png 2>/dev/null | wc -l)"
+    echo '```'
+    echo
+    echo "## nvg train: the emoji model's architecture (depth 4, 8×8 grid, position tables) from scratch on"
+    echo "## the structure bank (models/emoji/structures.nvgtok, 6,800 records), batch 32, cuda vs cpu"
+    echo '```'
+    train() {
+      local dev="$1" steps="$2"
+      "$dir/nvg" train --data "$root/models/emoji/structures.nvgtok" \
+        --tokenizer "$root/models/emoji/tokenizer.safetensors" --config depth=4 --position-embedding \
+        --batch 32 --steps "$steps" --checkpoint-every 1000 --log-every 1 --seed 1 --device "$dev" \
+        --out "$tmp/train-$dev" >"$tmp/train-$dev.log" 2>&1 || { echo "FAILED: train --device $dev"; tail -5 "$tmp/train-$dev.log"; }
+      echo "$dev (step, loss, grad norm, seconds):"
+      sed -E 's/.*"grad_norm":([^,]*).*"loss":([^,]*).*"seconds":([^,]*).*"step":([0-9]*).*/  \4 \2 \1 \3/' \
+        "$tmp/train-$dev/log.jsonl" 2>/dev/null || true
+    }
+    train cuda 8
+    train cpu 2
     rm -rf "$tmp"
     echo '```'
   } > "$out"

@@ -1,6 +1,7 @@
 //! Every backward rule on a device against the same graph on the CPU: gradients of `Σ f(x)·r` (a fixed
 //! projection `r`) computed with the inputs on `Device::CudaEmu` — the CUDA kernels' host build, through
-//! the same launch path as a GPU — must stay on the device and match the CPU's. The CPU rules are
+//! the same launch path as a GPU — and on `Device::Cuda(0)` where there is one, must stay on the device
+//! and match the CPU's. The CPU rules are
 //! checked against finite differences in `autograd.rs`; here the device rules (`autograd/device.rs`,
 //! `kernels/cuda/training.cu`, the tape's device accumulation) are checked against them.
 //!
@@ -13,7 +14,15 @@ mod common;
 use common::*;
 use nvg_engine::{DType, Device, Padding, Result, Tensor, Unary, rope_tables, sdpa};
 
-const DEV: Device = Device::CudaEmu;
+/// `CudaEmu`, and the GPU where the build and machine can drive one (the GPU check, tools/gpu-check.sh).
+fn devices() -> Vec<Device> {
+    let mut v = vec![Device::CudaEmu];
+    match nvg_engine::cuda::check_device("autograd", Device::Cuda(0)) {
+        Ok(()) => v.push(Device::Cuda(0)),
+        Err(e) => eprintln!("skipping Device::Cuda(0): {e}"),
+    }
+    v
+}
 
 /// Gradients of `Σ f(inputs)·r` with respect to every input, with everything on `dev`.
 fn grads_on(dev: Device, inputs: &[Tensor], f: &impl Fn(&[Tensor], Device) -> Result<Tensor>) -> Vec<Vec<f32>> {
@@ -41,9 +50,11 @@ fn grads_on(dev: Device, inputs: &[Tensor], f: &impl Fn(&[Tensor], Device) -> Re
 #[track_caller]
 fn same_on_device(what: &str, inputs: &[Tensor], f: impl Fn(&[Tensor], Device) -> Result<Tensor>) {
     let want = grads_on(Device::Cpu, inputs, &f);
-    let got = grads_on(DEV, inputs, &f);
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_close(g, w, 1e-5, 1e-4, &format!("{what}: gradient of input {i} on {DEV}"));
+    for dev in devices() {
+        let got = grads_on(dev, inputs, &f);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_close(g, w, 1e-5, 1e-4, &format!("{what}: gradient of input {i} on {dev}"));
+        }
     }
 }
 
@@ -205,13 +216,15 @@ fn convolution_and_upsampling() {
         &[rand(&[2, 3, 2, 3], 123), scaled(&[2, 3, 1, 1], 124, 0.5)],
         |t, _| t[0].upsample_nearest2x()?.conv2d(&t[1], None, 1, Padding::uniform(0)),
     );
-    let y = on(DEV, &x)
-        .requires_grad()
-        .conv2d(&on(DEV, &w), None, 2, Padding::uniform(1))
-        .unwrap();
-    let result = y.reshape(&[y.numel()]).unwrap().sum(0, false).unwrap().backward();
-    let msg = err_msg(result.map(|g| g.len()));
-    assert!(msg.contains("conv2d backward") && msg.contains("stride"), "{msg}");
+    for dev in devices() {
+        let y = on(dev, &x)
+            .requires_grad()
+            .conv2d(&on(dev, &w), None, 2, Padding::uniform(1))
+            .unwrap();
+        let result = y.reshape(&[y.numel()]).unwrap().sum(0, false).unwrap().backward();
+        let msg = err_msg(result.map(|g| g.len()));
+        assert!(msg.contains("conv2d backward") && msg.contains("stride"), "{msg}");
+    }
 }
 
 #[test]

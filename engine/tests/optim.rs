@@ -784,13 +784,24 @@ fn assert_maps_close(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Ten
     }
 }
 
-/// Clipping, AdamW and the EMA with everything on `CudaEmu` (the CUDA kernels' host build) follow the
+/// Clipping, AdamW and the EMA with everything on `CudaEmu` (the CUDA kernels' host build; and on the GPU
+/// where the build and machine can drive one) follow the
 /// CPU step for step: parameters, moments and averages stay on the device and agree with the CPU's to
 /// a few f32 roundings (the device's norm is an f32 sum, the CPU's an f64 one); state saved on the CPU
 /// resumes on the device.
 #[test]
 fn clipping_adamw_and_ema_on_a_device_follow_the_cpu() {
-    let dev = Device::CudaEmu;
+    let mut devices = vec![Device::CudaEmu];
+    match nvg_engine::cuda::check_device("optim", Device::Cuda(0)) {
+        Ok(()) => devices.push(Device::Cuda(0)),
+        Err(e) => eprintln!("skipping Device::Cuda(0): {e}"),
+    }
+    for dev in devices {
+        optimisers_on(dev);
+    }
+}
+
+fn optimisers_on(dev: Device) {
     let (mut cpu, mut on) = (test_params(900), to_dev(&test_params(900), dev));
     let cfg = AdamWConfig::default();
     let (mut opt_cpu, mut opt_dev) = (AdamW::new(cfg).unwrap(), AdamW::new(cfg).unwrap());

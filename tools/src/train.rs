@@ -96,6 +96,12 @@ pub struct TrainOptions {
     /// run again with --resume to continue.
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Where the forward, backward and optimiser run: cpu, cuda (GPU 0), cuda:N (a build with
+    /// --features cuda) or cuda-emu (the kernels' host emulation: a correctness tool, far slower than
+    /// the CPU). Data loading and the training noise stay on the host, so a run's data order and noise
+    /// are the same on every device and its checkpoints interchangeable (the weights agree to rounding).
+    #[arg(long, default_value = "cpu", value_parser = crate::bench::parse_device)]
+    pub device: nvg_engine::Device,
 }
 
 /// Parses `--config` into a depth, checking it builds (even, at most `MAX_DEPTH`) before any data is read.
@@ -110,6 +116,8 @@ fn fmt_stages(v: &[f32]) -> String {
 }
 
 pub fn run(o: &TrainOptions) -> Result<()> {
+    // Before any data is read: a device this build or machine cannot drive is a clear error.
+    nvg_engine::cuda::check_device("--device", o.device)?;
     ensure!(
         o.init_classes.is_none() || o.init.is_some(),
         "--init-classes maps the data's classes onto those of an --init model: give --init too"
@@ -186,6 +194,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         log_every: o.log_every,
         prefetch: 2,
         stop_after: o.stop_after,
+        device: o.device,
     };
 
     // The model this run continues, if any: its shape is the default of --config and --position-embedding.
@@ -278,9 +287,10 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         }
     };
     eprintln!(
-        "training depth {} ({:.2} M parameters) on {} records of {} classes: {} steps of {}×{} images, lr {:.2e} (warmup {}, decay after {} to {:.2e}), DropPath {}",
+        "training depth {} ({:.2} M parameters) on {} ({} records of {} classes): {} steps of {}×{} images, lr {:.2e} (warmup {}, decay after {} to {:.2e}), DropPath {}",
         config.depth,
         config.parameter_count() as f64 / 1e6,
+        o.device,
         dataset.len(),
         config.num_classes,
         steps,

@@ -249,6 +249,14 @@ fn train_refuses_bad_settings_clearly() {
         !ok && log.contains("--init-classes") && log.contains("give --init too"),
         "{log}"
     );
+    // A device the build or machine cannot drive is refused before the data is read.
+    let (ok, log) = train_missing(&["--steps", "1", "--device", "cuda:7"]);
+    assert!(
+        !ok && log.contains("cuda:7") && !log.contains("missing.nvgtok"),
+        "{log}"
+    );
+    let (ok, log) = train_missing(&["--steps", "1", "--device", "tpu"]);
+    assert!(!ok && log.contains("expected cpu, cuda, cuda:N or cuda-emu"), "{log}");
     let (ok, _) = nvg(&["train", "--help"]);
     assert!(ok);
     let (_, help) = nvg(&["train", "--help"]);
@@ -268,6 +276,7 @@ fn train_refuses_bad_settings_clearly() {
         "--class-balance",
         "--drop-path",
         "--stop-after",
+        "--device",
     ] {
         assert!(help.contains(flag), "train --help does not explain {flag}");
     }

@@ -40,6 +40,24 @@ pub struct TrainNoise {
     pub structure_keep: Vec<Vec<Tensor>>,
 }
 
+impl TrainNoise {
+    /// The same noise with its tensors on `device` (where the generator's weights are).
+    pub fn to_device(&self, device: Device) -> Result<TrainNoise> {
+        let masks = |m: &Vec<Vec<Tensor>>| -> Result<Vec<Vec<Tensor>>> {
+            m.iter()
+                .map(|blocks| blocks.iter().map(|t| Ok(t.to_device(device)?)).collect())
+                .collect()
+        };
+        Ok(TrainNoise {
+            cfg_uniform: self.cfg_uniform.clone(),
+            structure_eps: self.structure_eps.to_device(device)?,
+            time_logit: self.time_logit.clone(),
+            content_keep: masks(&self.content_keep)?,
+            structure_keep: masks(&self.structure_keep)?,
+        })
+    }
+}
+
 /// What an image's stream is for (the low bits of the stream id).
 #[derive(Clone, Copy)]
 enum NoiseKind {
@@ -295,6 +313,11 @@ pub fn training_forward(
             && noise.time_logit.len() == b * flows,
         "training noise does not fit a batch of {b}"
     );
+    // Everything built on the host goes to the generator's device; the loss stays there.
+    let device = generator.device();
+    let on = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(device)?) };
+    let noise = &noise.to_device(device)?;
+    let (canvases, final_target) = (on(batch.canvases.clone())?, on(batch.target.clone())?);
     let classes: Vec<usize> = batch
         .classes
         .iter()
@@ -323,16 +346,16 @@ pub fn training_forward(
     // Content: every stage from its ground-truth canvas and structure.
     let mut x0_hats = Vec::with_capacity(stages);
     for s in 0..stages {
-        let canvas = batch.canvases.narrow(1, s, 1)?.squeeze(1)?;
+        let canvas = canvases.narrow(1, s, 1)?.squeeze(1)?;
         let lab = stage_ints(&labels_all, s);
-        let labels = Tensor::from_vec(lab.clone(), &[b, t])?;
+        let labels = on(Tensor::from_vec(lab.clone(), &[b, t])?)?;
         let keep = noise.content_keep.get(s).map(Vec::as_slice).unwrap_or(&[]);
         let out = generator
             .content
             .forward_with_drop(&canvas, &labels, &classes, s, keep, None)?;
-        let final_mse = mse(&out.x0_hat, &batch.target)?;
+        let final_mse = mse(&out.x0_hat, &final_target)?;
         let k = grid.clusters(s);
-        let target = cluster_codes(&stage_ints(&codes_all, s), &lab, b, t, k)?;
+        let target = on(cluster_codes(&stage_ints(&codes_all, s), &lab, b, t, k)?)?;
         let logp = out.logits.reshape(&[b * k, cfg.vocab_size])?.log_softmax(-1)?;
         let picked = logp.gather(-1, &target.reshape(&[b * k, 1])?)?;
         let ce = picked.reshape(&[b * k])?.mean(0, false)?.neg()?;
@@ -352,7 +375,7 @@ pub fn training_forward(
 
     // Structure: every flow instance from the shared noise with the known bits clean.
     let leaf = stage_ints(&labels_all, stages - 1);
-    let x_data = structure_target(grid, &leaf, b)?;
+    let x_data = on(structure_target(grid, &leaf, b)?)?;
     let times: Vec<f32> = noise.time_logit.iter().map(|&u| 1.0 / (1.0 + (-u).exp())).collect();
     let mut velocities = Vec::with_capacity(flows);
     for s in 0..flows {
@@ -365,11 +388,14 @@ pub fn training_forward(
             )?
         };
         let t_s: Vec<f32> = (0..b).map(|i| times[i * flows + s]).collect();
-        let tt = Tensor::from_vec(t_s.clone(), &[b, 1, 1])?;
-        let one_minus = Tensor::from_vec(t_s.iter().map(|&x| 1.0 - x).collect::<Vec<_>>(), &[b, 1, 1])?;
+        let tt = on(Tensor::from_vec(t_s.clone(), &[b, 1, 1])?)?;
+        let one_minus = on(Tensor::from_vec(
+            t_s.iter().map(|&x| 1.0 - x).collect::<Vec<_>>(),
+            &[b, 1, 1],
+        )?)?;
         let z = tt.mul(&eps_s)?.add(&one_minus.mul(&x_data)?)?;
-        let canvas_next = batch.canvases.narrow(1, s + 1, 1)?.squeeze(1)?;
-        let labels = Tensor::from_vec(stage_ints(&labels_all, s), &[b, t])?;
+        let canvas_next = canvases.narrow(1, s + 1, 1)?.squeeze(1)?;
+        let labels = on(Tensor::from_vec(stage_ints(&labels_all, s), &[b, t])?)?;
         let fc = generator.structure.prepare(&canvas_next, &labels, &classes, s)?;
         let keep = noise.structure_keep.get(s).map(Vec::as_slice).unwrap_or(&[]);
         let v = generator.structure.step_with_drop(&fc, &z, &t_s, keep, None)?;
@@ -382,7 +408,7 @@ pub fn training_forward(
 
     let loss = match total {
         Some(t) => t.mul_scalar(1.0 / stages as f32)?,
-        None => Tensor::zeros(&[], DType::F32, Device::Cpu)?,
+        None => Tensor::zeros(&[], DType::F32, device)?,
     };
     terms.total = loss.to_scalar()?;
     Ok(Objective {

@@ -19,7 +19,7 @@ use crate::weights::WeightMap;
 use anyhow::{Context, Result, bail, ensure};
 use nvg_engine::io::safetensors::{self, SafetensorsFile};
 use nvg_engine::optim::{AdamW, AdamWConfig, Ema, LrSchedule, clip_grad_norm};
-use nvg_engine::{DType, Tensor};
+use nvg_engine::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +56,9 @@ pub struct TrainSettings {
     /// Stop (with a checkpoint) after this many steps of this invocation, e.g. to fit a job's time
     /// slot; `--resume` continues the same run.
     pub stop_after: Option<u64>,
+    /// Where the forward, backward and optimiser run (`nvg train --device`). Checkpoints are the same
+    /// whatever the device; the data order and noise too (drawn on the host).
+    pub device: Device,
 }
 
 impl TrainSettings {
@@ -231,14 +234,16 @@ impl TrainState {
     /// Writes the checkpoint atomically.
     pub fn save(&self, path: &Path, settings: &TrainSettings) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        // Checkpoints hold CPU tensors, wherever the run computes.
+        let host = |t: &Tensor| t.to_device(Device::Cpu);
         for (n, t) in &self.params {
-            tensors.push((format!("{GENERATOR_PREFIX}{n}"), t.clone()));
+            tensors.push((format!("{GENERATOR_PREFIX}{n}"), host(t)?));
         }
         for (n, t) in self.ema.tensors()? {
             tensors.push((format!("{EMA_PREFIX}{n}"), t));
         }
         for (n, t) in self.params.iter().filter(|(n, _)| !params::is_parameter(n)) {
-            tensors.push((format!("{EMA_PREFIX}{n}"), t.clone()));
+            tensors.push((format!("{EMA_PREFIX}{n}"), host(t)?));
         }
         for (n, t) in self.optimizer.state_tensors()? {
             tensors.push((
@@ -340,6 +345,11 @@ pub fn train(
         settings.prefetch,
         settings.class_balance,
     )?;
+    // The weights move to the run's device once; the optimiser state and the EMA follow at the first
+    // step (a resumed run's come from the checkpoint on the host).
+    for t in state.params.values_mut() {
+        *t = t.to_device(settings.device)?;
+    }
     let schedule = settings.schedule();
     let weights = LossWeights::uniform(&state.config.grid);
     let tokens = tokens_per_image(&state.config);
