@@ -97,6 +97,7 @@ fn settings(batch: usize, accum: usize, steps: u64) -> TrainSettings {
         log_every: 1,
         prefetch: 1,
         stop_after: None,
+        stop_after_seconds: None,
         device: Device::Cpu,
     }
 }

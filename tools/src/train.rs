@@ -96,6 +96,10 @@ pub struct TrainOptions {
     /// run again with --resume to continue.
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Stop (with a checkpoint) after the first step that ends M minutes or more after training
+    /// started, e.g. to fit a GPU lease or a job slot; run again with --resume to continue.
+    #[arg(long, value_name = "M")]
+    pub stop_after_minutes: Option<f64>,
     /// Where the forward, backward and optimiser run: cpu, cuda (GPU 0), cuda:N (a build with
     /// --features cuda) or cuda-emu (the kernels' host emulation: a correctness tool, far slower than
     /// the CPU). Data loading and the training noise stay on the host, so a run's data order and noise
@@ -141,6 +145,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         o.checkpoint_every > 0 && o.stop_after != Some(0),
         "--checkpoint-every and --stop-after must be at least 1"
     );
+    if let Some(m) = o.stop_after_minutes {
+        ensure!(
+            m.is_finite() && m > 0.0,
+            "--stop-after-minutes must be a number of minutes > 0, not {m}"
+        );
+    }
     o.lr.map(crate::check_learning_rate).transpose()?;
     let given_depth = o.config.as_deref().map(parse_depth).transpose()?;
     let dataset = Arc::new(Dataset::open(&o.data, None)?);
@@ -194,6 +204,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         log_every: o.log_every,
         prefetch: 2,
         stop_after: o.stop_after,
+        stop_after_seconds: o.stop_after_minutes.map(|m| m * 60.0),
         device: o.device,
     };
 
@@ -353,6 +364,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     )?;
     if let Some(e) = io_error {
         return Err(e).with_context(|| format!("writing {}", log_path.display()));
+    }
+    if state.step < steps {
+        eprintln!(
+            "stopped at step {} of {steps} (--stop-after / --stop-after-minutes): run the same command with --resume to continue",
+            state.step
+        );
     }
     eprintln!(
         "done: step {} checkpoint {} (load it with `nvg generate --generator {} [--ema]`)",

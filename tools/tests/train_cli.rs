@@ -159,6 +159,16 @@ fn train_from_a_tokenized_folder_resume_exactly_and_sample_the_checkpoint() {
         assert!(same, "{name} differs between the straight and the resumed run");
     }
     assert_eq!(losses(&straight.join("log.jsonl")), losses(&split.join("log.jsonl")));
+    // A time limit stops after the first step that ends past it, with a checkpoint to resume from.
+    let timed = dir.join("timed");
+    let (ok, log) = train(&timed, &["--steps", "6", "--stop-after-minutes", "1e-9"]);
+    assert!(
+        ok && log.contains("stopped at step 1 of 6") && log.contains("--resume"),
+        "{log}"
+    );
+    let (ok, log) = train(&timed, &["--steps", "6", "--resume"]);
+    assert!(ok && log.contains("at step 1"), "{log}");
+    assert_eq!(losses(&straight.join("log.jsonl")), losses(&timed.join("log.jsonl")));
 
     // The checkpoint samples through `nvg generate`, with raw and with EMA weights.
     let ckpt = run.join("last.safetensors");
@@ -238,6 +248,10 @@ fn train_refuses_bad_settings_clearly() {
             &["--steps", "1", "--stop-after", "0"],
             "--checkpoint-every and --stop-after must be at least 1",
         ),
+        (
+            &["--steps", "1", "--stop-after-minutes", "0"],
+            "--stop-after-minutes must be a number of minutes > 0, not 0",
+        ),
     ] {
         let (ok, log) = train_missing(flags);
         assert!(!ok && log.contains(expect), "{flags:?}: expected `{expect}` in:\n{log}");
@@ -276,6 +290,7 @@ fn train_refuses_bad_settings_clearly() {
         "--class-balance",
         "--drop-path",
         "--stop-after",
+        "--stop-after-minutes",
         "--device",
     ] {
         assert!(help.contains(flag), "train --help does not explain {flag}");

@@ -56,6 +56,9 @@ pub struct TrainSettings {
     /// Stop (with a checkpoint) after this many steps of this invocation, e.g. to fit a job's time
     /// slot; `--resume` continues the same run.
     pub stop_after: Option<u64>,
+    /// Stop (with a checkpoint) after the first step that ends this many seconds or more after `train`
+    /// started (`--stop-after-minutes`).
+    pub stop_after_seconds: Option<f64>,
     /// Where the forward, backward and optimiser run (`nvg train --device`). Checkpoints are the same
     /// whatever the device; the data order and noise too (drawn on the host).
     pub device: Device,
@@ -357,6 +360,7 @@ pub fn train(
         Some(n) => state.step.saturating_add(n).min(settings.steps),
         None => settings.steps,
     };
+    let started = Instant::now();
     while state.step < last {
         let t0 = Instant::now();
         let mut grads: Option<BTreeMap<String, Tensor>> = None;
@@ -416,8 +420,14 @@ pub fn train(
             images_per_second: images / seconds,
             tokens_per_second: images * tokens as f64 / seconds,
         });
-        if state.step.is_multiple_of(settings.checkpoint_every.max(1)) || state.step == last {
+        let out_of_time = settings
+            .stop_after_seconds
+            .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit);
+        if state.step.is_multiple_of(settings.checkpoint_every.max(1)) || state.step == last || out_of_time {
             state.save(checkpoint, settings)?;
+        }
+        if out_of_time {
+            break;
         }
     }
     Ok(())
