@@ -75,3 +75,25 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     v = lane < warps ? scratch[lane] : -INFINITY;
     return warp_max(v);
 }
+
+// Shapes and element strides of a two-operand broadcast (the engine's `BroadcastArg`): the output has
+// `dims`; a and b are read at strides sa, sb (0 along broadcast dimensions).
+struct Broadcast {
+    int rank;
+    long long dims[8];
+    long long sa[8];
+    long long sb[8];
+};
+
+// The offsets into a and b of the output element i.
+__device__ __forceinline__ void broadcast_offsets(const Broadcast& bc, long long i, long long* ia, long long* ib) {
+    long long rem = i, a = 0, b = 0;
+    for (int d = bc.rank - 1; d >= 0; --d) {
+        long long c = rem % bc.dims[d];
+        rem /= bc.dims[d];
+        a += c * bc.sa[d];
+        b += c * bc.sb[d];
+    }
+    *ia = a;
+    *ib = b;
+}

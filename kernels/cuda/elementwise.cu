@@ -33,15 +33,6 @@ extern "C" __global__ void nvg_unary_f32(const float* __restrict__ x, float* __r
 }
 NVG_KERNEL(nvg_unary_f32);
 
-// Shapes and element strides of a broadcast: out has `dims`; a and b are read at strides sa, sb
-// (0 along broadcast dimensions).
-struct Broadcast {
-    int rank;
-    long long dims[8];
-    long long sa[8];
-    long long sb[8];
-};
-
 __device__ __forceinline__ float binary_op(int op, float a, float b) {
     switch (op) {
         case 0: return a + b;
@@ -56,13 +47,8 @@ __device__ __forceinline__ float binary_op(int op, float a, float b) {
 extern "C" __global__ void nvg_binary_f32(const float* __restrict__ a, const float* __restrict__ b,
                                           float* __restrict__ out, long long n, int op, Broadcast bc) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        long long rem = i, ia = 0, ib = 0;
-        for (int d = bc.rank - 1; d >= 0; --d) {
-            long long c = rem % bc.dims[d];
-            rem /= bc.dims[d];
-            ia += c * bc.sa[d];
-            ib += c * bc.sb[d];
-        }
+        long long ia, ib;
+        broadcast_offsets(bc, i, &ia, &ib);
         out[i] = binary_op(op, a[ia], b[ib]);
     }
 }

@@ -62,7 +62,7 @@ struct GatherShape {
     int rank;
     long long dims[8];
     long long src_strides[8];
-    long long unused[8];  // keeps the layout of elementwise.cu's Broadcast, which the engine marshals
+    long long unused[8];  // keeps the layout of common.cuh's Broadcast, which the engine marshals
 };
 
 // Offset in the packed source of index position e: e's coordinates with coordinate `dim` replaced by

@@ -49,26 +49,13 @@ extern "C" __global__ void nvg_clamp_backward_f32(const float* __restrict__ x, c
 }
 NVG_KERNEL(nvg_clamp_backward_f32);
 
-// Shapes and element strides of a broadcast (as in elementwise.cu).
-struct BroadcastB {
-    int rank;
-    long long dims[8];
-    long long sa[8];
-    long long sb[8];
-};
-
 // The share of maximum(a, b)'s (is_max = 1) or minimum's gradient that goes to a, on the broadcast
 // shape: 1 where a wins, 0 where b wins, ½ on ties (PyTorch's rule).
 extern "C" __global__ void nvg_extremum_weight_f32(const float* __restrict__ a, const float* __restrict__ b,
-                                                   float* __restrict__ out, long long n, int is_max, BroadcastB bc) {
+                                                   float* __restrict__ out, long long n, int is_max, Broadcast bc) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        long long rem = i, ia = 0, ib = 0;
-        for (int d = bc.rank - 1; d >= 0; --d) {
-            long long c = rem % bc.dims[d];
-            rem /= bc.dims[d];
-            ia += c * bc.sa[d];
-            ib += c * bc.sb[d];
-        }
+        long long ia, ib;
+        broadcast_offsets(bc, i, &ia, &ib);
         float x = a[ia], y = b[ib];
         out[i] = x == y ? 0.5f : ((x > y) == (is_max != 0) ? 1.0f : 0.0f);
     }

@@ -9,57 +9,39 @@ use crate::ops::elementwise::Unary;
 use crate::ops::split_at_dim;
 use crate::tensor::Tensor;
 
+/// Launches the element-wise kernel `name(inputs..., out, n, scalars...)` over packed f32 copies of
+/// `inputs` (one shape, one device) and returns `out`.
+fn elementwise(op: &'static str, name: &str, inputs: &[&Tensor], scalars: &[Arg]) -> Result<Tensor> {
+    for t in &inputs[1..] {
+        same_device(op, inputs[0], t)?;
+    }
+    let packed = inputs.iter().map(|t| f32_operand(op, t)).collect::<Result<Vec<_>>>()?;
+    let out = alloc(packed[0].device(), packed[0].dims())?;
+    let n = out.numel();
+    let mut args = packed
+        .iter()
+        .map(|t| Ok(Arg::Ptr(addr(t)?)))
+        .collect::<Result<Vec<_>>>()?;
+    args.extend([Arg::Ptr(addr(&out)?), Arg::I64(n as i64)]);
+    args.extend_from_slice(scalars);
+    // SAFETY: every input and out hold n contiguous floats; `scalars` are the kernel's scalar parameters.
+    unsafe { launch(out.device(), "training", name, LaunchConfig::for_elements(n), &args)? };
+    Ok(out)
+}
+
 /// `g · f'(x)` for the unary op `op` with input `x` and output `y` (all of one shape).
 pub(crate) fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let name = op.name();
-    same_device(name, x, g)?;
-    let (x, y, g) = (f32_operand(name, x)?, f32_operand(name, y)?, f32_operand(name, g)?);
-    let out = alloc(x.device(), x.dims())?;
-    let n = x.numel();
-    // SAFETY: x, y, g and out hold n contiguous floats.
-    unsafe {
-        launch(
-            x.device(),
-            "training",
-            "nvg_unary_backward_f32",
-            LaunchConfig::for_elements(n),
-            &[
-                Arg::Ptr(addr(&x)?),
-                Arg::Ptr(addr(&y)?),
-                Arg::Ptr(addr(&g)?),
-                Arg::Ptr(addr(&out)?),
-                Arg::I64(n as i64),
-                Arg::I32(op as i32),
-            ],
-        )?;
-    }
-    Ok(out)
+    elementwise(op.name(), "nvg_unary_backward_f32", &[x, y, g], &[Arg::I32(op as i32)])
 }
 
 /// `g` where `lo ≤ x ≤ hi`, 0 elsewhere.
 pub(crate) fn clamp_backward(x: &Tensor, g: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
-    same_device("clamp", x, g)?;
-    let (x, g) = (f32_operand("clamp", x)?, f32_operand("clamp", g)?);
-    let out = alloc(x.device(), x.dims())?;
-    let n = x.numel();
-    // SAFETY: x, g and out hold n contiguous floats.
-    unsafe {
-        launch(
-            x.device(),
-            "training",
-            "nvg_clamp_backward_f32",
-            LaunchConfig::for_elements(n),
-            &[
-                Arg::Ptr(addr(&x)?),
-                Arg::Ptr(addr(&g)?),
-                Arg::Ptr(addr(&out)?),
-                Arg::I64(n as i64),
-                Arg::F32(lo),
-                Arg::F32(hi),
-            ],
-        )?;
-    }
-    Ok(out)
+    elementwise(
+        "clamp",
+        "nvg_clamp_backward_f32",
+        &[x, g],
+        &[Arg::F32(lo), Arg::F32(hi)],
+    )
 }
 
 /// The share of `maximum(a, b)`'s gradient (`minimum`'s when `!is_max`) that goes to `a`, on the
@@ -193,26 +175,5 @@ pub(crate) fn adamw_update(
 
 /// PyTorch's `lerp(start, end, weight)` element-wise (f32 device tensors of one shape), as a new tensor.
 pub(crate) fn lerp(start: &Tensor, end: &Tensor, weight: f32) -> Result<Tensor> {
-    let op = "lerp";
-    same_device(op, start, end)?;
-    let (a, b) = (f32_operand(op, start)?, f32_operand(op, end)?);
-    let out = alloc(a.device(), a.dims())?;
-    let n = a.numel();
-    // SAFETY: a, b and out hold n contiguous floats.
-    unsafe {
-        launch(
-            a.device(),
-            "training",
-            "nvg_lerp_f32",
-            LaunchConfig::for_elements(n),
-            &[
-                Arg::Ptr(addr(&a)?),
-                Arg::Ptr(addr(&b)?),
-                Arg::Ptr(addr(&out)?),
-                Arg::I64(n as i64),
-                Arg::F32(weight),
-            ],
-        )?;
-    }
-    Ok(out)
+    elementwise("lerp", "nvg_lerp_f32", &[start, end], &[Arg::F32(weight)])
 }
