@@ -1045,19 +1045,7 @@ fn transformer_block_end_to_end() {
         scaled(&[c], 145, 0.1),                   // 13 mlp down bias
     ];
     gradcheck("transformer block", &inputs, TOL_BLOCK, |t| {
-        let x = &t[0];
-        let a = x
-            .layer_norm(Some(&t[1]), Some(&t[2]), 1e-6)?
-            .linear(&t[3], Some(&t[4]))?;
-        let qkv = a.split(-1, &[c, c, c])?;
-        let heads = |p: &Tensor| p.unflatten(-1, &[h, d])?.transpose(1, 2);
-        let q = heads(&qkv[0])?.rms_norm(&t[5], 1e-6)?.rope(&cos, &sin)?;
-        let k = heads(&qkv[1])?.rms_norm(&t[6], 1e-6)?.rope(&cos, &sin)?;
-        let v = heads(&qkv[2])?;
-        let att = sdpa(&q, &k, &v, None, None)?.transpose(1, 2)?.flatten(2, 3)?;
-        let x = x.add(&att.linear(&t[7], Some(&t[8]))?)?;
-        let m = x.layer_norm(Some(&t[9]), None, 1e-6)?.linear(&t[10], Some(&t[11]))?;
-        x.add(&m.gelu_tanh()?.linear(&t[12], Some(&t[13]))?)
+        transformer_block(t, &cos, &sin, h)
     });
 }
 

@@ -298,23 +298,13 @@ fn transformer_block_end_to_end() {
         positive(&[d], 157),
         scaled(&[c, c], 158, 0.5),
         scaled(&[c], 159, 0.1),
-        scaled(&[2 * c, c], 160, 0.5),
-        scaled(&[c, 2 * c], 161, 0.5),
+        positive(&[c], 160),
+        scaled(&[2 * c, c], 161, 0.5),
+        scaled(&[2 * c], 162, 0.1),
+        scaled(&[c, 2 * c], 163, 0.5),
+        scaled(&[c], 164, 0.1),
     ];
     same_on_device("transformer block", &inputs, |t, dev| {
-        let (cos, sin) = (on(dev, &cos), on(dev, &sin));
-        let x = &t[0];
-        let a = x
-            .layer_norm(Some(&t[1]), Some(&t[2]), 1e-6)?
-            .linear(&t[3], Some(&t[4]))?;
-        let qkv = a.split(-1, &[c, c, c])?;
-        let heads = |p: &Tensor| p.unflatten(-1, &[h, d])?.transpose(1, 2);
-        let q = heads(&qkv[0])?.rms_norm(&t[5], 1e-6)?.rope(&cos, &sin)?;
-        let k = heads(&qkv[1])?.rms_norm(&t[6], 1e-6)?.rope(&cos, &sin)?;
-        let v = heads(&qkv[2])?;
-        let att = sdpa(&q, &k, &v, None, None)?.transpose(1, 2)?.flatten(2, 3)?;
-        let x = x.add(&att.linear(&t[7], Some(&t[8]))?)?;
-        let m = x.layer_norm(None, None, 1e-6)?.linear(&t[9], None)?;
-        x.add(&m.gelu_tanh()?.linear(&t[10], None)?)
+        transformer_block(t, &on(dev, &cos), &on(dev, &sin), h)
     });
 }

@@ -87,3 +87,27 @@ pub fn err_msg<T: std::fmt::Debug>(r: nvg_engine::Result<T>) -> String {
 
 /// Float dtypes to run dtype-generic checks over.
 pub const FLOAT_DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+/// A pre-norm transformer block on `t[0]` `[B, N, c]` with `h` heads, its parameters `t[1..14]`:
+/// layer_norm (t1, t2) → qkv linear (t3, t4) → split → heads → rms_norm (q: t5, k: t6) → rope (q, k) →
+/// sdpa → output linear (t7, t8) → residual → layer_norm (t9) → linear (t10, t11) → gelu → linear
+/// (t12, t13) → residual. Shared by the gradient checks of the CPU and of the device rules.
+pub fn transformer_block(t: &[Tensor], cos: &Tensor, sin: &Tensor, h: usize) -> nvg_engine::Result<Tensor> {
+    let x = &t[0];
+    let c = *x.dims().last().unwrap();
+    let d = c / h;
+    let a = x
+        .layer_norm(Some(&t[1]), Some(&t[2]), 1e-6)?
+        .linear(&t[3], Some(&t[4]))?;
+    let qkv = a.split(-1, &[c, c, c])?;
+    let heads = |p: &Tensor| p.unflatten(-1, &[h, d])?.transpose(1, 2);
+    let q = heads(&qkv[0])?.rms_norm(&t[5], 1e-6)?.rope(cos, sin)?;
+    let k = heads(&qkv[1])?.rms_norm(&t[6], 1e-6)?.rope(cos, sin)?;
+    let v = heads(&qkv[2])?;
+    let att = nvg_engine::sdpa(&q, &k, &v, None, None)?
+        .transpose(1, 2)?
+        .flatten(2, 3)?;
+    let x = x.add(&att.linear(&t[7], Some(&t[8]))?)?;
+    let m = x.layer_norm(Some(&t[9]), None, 1e-6)?.linear(&t[10], Some(&t[11]))?;
+    x.add(&m.gelu_tanh()?.linear(&t[12], Some(&t[13]))?)
+}
