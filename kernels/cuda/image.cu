@@ -57,6 +57,36 @@ extern "C" __global__ void nvg_im2col_f32(const float* __restrict__ in, float* _
 }
 NVG_KERNEL(nvg_im2col_f32);
 
+// The adjoint of im2col: in[b, ci, iy, ix] = Σ cols[b, (ci·kh + ky)·kw + kx, y·ow + x] over the window
+// positions (ky, kx) and output pixels (y, x) that read that input pixel (iy = y·s + ky − pad_top, ix
+// likewise) — the input gradient of a convolution from Wᵀ·g. One thread per input element gathers its
+// terms in a fixed order (no atomics: deterministic).
+extern "C" __global__ void nvg_col2im_f32(const float* __restrict__ cols, float* __restrict__ in, int b, int c, int h,
+                                          int wd, int kh, int kw, int stride, int pad_top, int pad_left, int oh,
+                                          int ow) {
+    long long pixels = (long long)oh * ow;
+    long long rows = (long long)c * kh * kw;
+    long long total = (long long)b * c * h * wd;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        int ix = (int)(e % wd), iy = (int)((e / wd) % h);
+        long long ci = (e / ((long long)wd * h)) % c, bi = e / ((long long)wd * h * c);
+        const float* base = cols + bi * rows * pixels;
+        float s = 0.0f;
+        for (int ky = 0; ky < kh; ++ky) {
+            int yn = iy + pad_top - ky;
+            if (yn < 0 || yn % stride != 0 || yn / stride >= oh) continue;
+            for (int kx = 0; kx < kw; ++kx) {
+                int xn = ix + pad_left - kx;
+                if (xn < 0 || xn % stride != 0 || xn / stride >= ow) continue;
+                s += base[((ci * kh + ky) * kw + kx) * pixels + (long long)(yn / stride) * ow + xn / stride];
+            }
+        }
+        in[e] = s;
+    }
+}
+NVG_KERNEL(nvg_col2im_f32);
+
 // out[p, y, x] = in[p, y/2, x/2] over `planes` planes of h × w.
 extern "C" __global__ void nvg_upsample2x_f32(const float* __restrict__ in, float* __restrict__ out, long long planes,
                                               int h, int w) {

@@ -72,6 +72,12 @@ pub struct TrainTokenizerOptions {
     /// Stop after this many steps of this invocation (the run continues with --resume).
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Where the encoder, quantiser, decoder, backward and optimiser run: cpu, cuda (GPU 0), cuda:N (a
+    /// build with --features cuda) or cuda-emu (the kernels' host emulation: a correctness tool, far
+    /// slower than the CPU). Images, batches and the clustering are on the host; checkpoints are the same
+    /// on every device.
+    #[arg(long, default_value = "cpu", value_parser = crate::bench::parse_device)]
+    pub device: nvg_engine::Device,
 }
 
 /// The architecture `nvg train-tokenizer` builds without --arch (and the base --arch keys change).
@@ -141,6 +147,8 @@ fn spread(n: usize, k: usize) -> Vec<usize> {
 }
 
 pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
+    // Before any image is read: a device this build or machine cannot drive is a clear error.
+    nvg_engine::cuda::check_device("--device", o.device)?;
     ensure!(
         o.batch > 0 && o.steps > 0 && o.stop_after != Some(0),
         "--batch, --steps and --stop-after must be at least 1"
@@ -220,6 +228,7 @@ pub fn run(o: &TrainTokenizerOptions) -> Result<()> {
             state.config
         );
     }
+    state.to_device(o.device)?;
     let config = state.config.clone();
     let (f, side) = (config.downsample(), state.grid.side());
     let settings = TokenizerTrainSettings {

@@ -110,6 +110,8 @@ fn train_tokenizer_tokenize_train_and_generate_on_an_8x8_grid() {
         (["--lr", "0"], "--lr must be a finite number > 0, not 0"),
         (["--stop-after", "0"], "--stop-after must be at least 1"),
         (["--resolution", "4096"], "larger than the 64×64"),
+        (["--device", "cuda:7"], "cuda:7"),
+        (["--device", "tpu"], "expected cpu, cuda, cuda:N or cuda-emu"),
     ] {
         let out = dir.join("tok-refused");
         let (images_s, out_s) = (s(&images), s(&out));

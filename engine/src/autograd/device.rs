@@ -5,7 +5,7 @@
 //! rounding (`engine/tests/autograd.rs` compares them on `CudaEmu`).
 
 use crate::DType;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::conv::Padding;
 use crate::tensor::Tensor;
 
@@ -126,11 +126,15 @@ pub(super) fn conv2d_weight_grad(x: &Tensor, w: &Tensor, g: &Tensor, stride: usi
     per_image.sum(0, false)?.reshape(&[o, c, kh, kw])
 }
 
-/// The refusal for a gradient this device cannot compute yet.
-pub(super) fn unsupported(op: &'static str, what: &str, g: &Tensor) -> Error {
-    Error::Unsupported {
-        op,
-        device: g.device(),
-        msg: format!("{what} has no device implementation yet"),
-    }
+/// The input gradient of `conv2d(x, w, _, stride, pad)` for any stride and padding: `col2im(Wᵀ · g_b)`
+/// per image (the weight broadcast over the batch), on the device.
+pub(super) fn conv2d_input_grad(x: &Tensor, w: &Tensor, g: &Tensor, stride: usize, pad: Padding) -> Result<Tensor> {
+    let x_dims = x.dims_n::<4>("conv2d backward")?;
+    let [o, c, kh, kw] = w.dims_n::<4>("conv2d backward")?;
+    let [b, _, oh, ow] = g.dims_n::<4>("conv2d backward")?;
+    let cols = w
+        .reshape(&[o, c * kh * kw])?
+        .transpose(0, 1)?
+        .matmul(&g.reshape(&[b, o, oh * ow])?)?;
+    crate::cuda::ops::col2im(&cols, x_dims, kh, kw, stride, pad, oh, ow)
 }

@@ -358,14 +358,13 @@ pub(super) fn conv2d_backward(
         return Ok([None, None]);
     }
     if !g.device().is_cpu() {
-        if want_x {
-            return Err(super::device::unsupported(
-                op,
-                "the input gradient of a convolution with stride > 1 or padding ≥ the kernel size",
-                g,
-            ));
-        }
-        return Ok([None, Some(super::device::conv2d_weight_grad(x, w, g, stride, pad)?)]);
+        let gx = want_x
+            .then(|| super::device::conv2d_input_grad(x, w, g, stride, pad))
+            .transpose()?;
+        let gw = want_w
+            .then(|| super::device::conv2d_weight_grad(x, w, g, stride, pad))
+            .transpose()?;
+        return Ok([gx, gw]);
     }
     let [b, c, h, wd] = x.dims_n::<4>(op)?;
     let [o, _, kh, kw] = w.dims_n::<4>(op)?;

@@ -255,6 +255,13 @@ pub(super) fn rows_cols(t: &Tensor) -> (usize, usize) {
     (t.numel() / cols.max(1), cols)
 }
 
+/// Threads of a one-block-per-row reduction over rows of `cols`: one warp for short rows (the many
+/// narrow sums of backward passes: bias and norm-weight gradients, broadcast sums), up to
+/// `ROW_THREADS` for long ones.
+fn short_row_threads(cols: usize) -> u32 {
+    (cols.next_power_of_two() as u32).clamp(32, ROW_THREADS)
+}
+
 /// Sum over the last dimension.
 pub(crate) fn sum_last(x: &Tensor, keepdim: bool) -> Result<Tensor> {
     let dtype = x.dtype();
@@ -273,7 +280,7 @@ pub(crate) fn sum_last(x: &Tensor, keepdim: bool) -> Result<Tensor> {
             x.device(),
             "rows",
             "nvg_sum_rows_f32",
-            LaunchConfig::per_row(rows, ROW_THREADS),
+            LaunchConfig::per_row(rows, short_row_threads(cols)),
             &[
                 Arg::Ptr(addr(&x)?),
                 Arg::Ptr(addr(&out)?),
@@ -675,6 +682,53 @@ pub(crate) fn im2col(
         )?;
     }
     Ok(cols)
+}
+
+/// The adjoint of [`im2col`]: `[B, C, H, W]` from columns `[B, C·kh·kw, OH·OW]` (each input pixel the sum
+/// of the column entries that read it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn col2im(
+    cols: &Tensor,
+    [b, c, h, wd]: [usize; 4],
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: Padding,
+    oh: usize,
+    ow: usize,
+) -> Result<Tensor> {
+    let cols = f32_operand("conv2d backward", cols)?;
+    let i = |v: usize| Arg::I32(v as i32);
+    let out = alloc(cols.device(), &[b, c, h, wd])?;
+    let n = out.numel();
+    if n == 0 {
+        return Ok(out);
+    }
+    // SAFETY: shapes as documented in the kernel; cols holds B·C·kh·kw·OH·OW floats, out B·C·H·W.
+    unsafe {
+        launch(
+            cols.device(),
+            "image",
+            "nvg_col2im_f32",
+            LaunchConfig::for_elements(n),
+            &[
+                Arg::Ptr(addr(&cols)?),
+                Arg::Ptr(addr(&out)?),
+                i(b),
+                i(c),
+                i(h),
+                i(wd),
+                i(kh),
+                i(kw),
+                i(stride),
+                i(pad.top),
+                i(pad.left),
+                i(oh),
+                i(ow),
+            ],
+        )?;
+    }
+    Ok(out)
 }
 
 /// Direct 2-D convolution of x `[B, C, H, W]` with weight `[O, C, kh, kw]` (validated by the caller)

@@ -188,7 +188,8 @@ pub fn save<'a>(
                 "`__metadata__` is reserved and cannot name a tensor",
             ));
         }
-        items.push((tname.to_string(), t.contiguous()?));
+        // Device tensors are copied to the host (a file holds their values wherever they live).
+        items.push((tname.to_string(), t.to_device(crate::Device::Cpu)?.contiguous()?));
     }
     items.sort_by(|(an, a), (bn, b)| b.dtype().size().cmp(&a.dtype().size()).then_with(|| an.cmp(bn)));
     let mut header = serde_json::Map::new();

@@ -146,10 +146,10 @@ pub fn training_loss(tok: &Tokenizer, images: &Tensor) -> Result<(Tensor, Tokeni
     let (mut codebook, mut commitment): (Option<Tensor>, Option<Tensor>) = (None, None);
     for s in 0..stages {
         let lab: Vec<i64> = labels.iter().flat_map(|l| l[s].iter().copied()).collect();
-        let lab = Tensor::from_vec(lab, &[b, t])?;
+        let lab = Tensor::from_vec(lab, &[b, t])?.to_device(fd.device())?;
         let clusters = grid.clusters(s);
         let means = rest.segment_mean(&lab, clusters)?.reshape(&[b * clusters, c])?;
-        let codes = Tensor::from_vec(quant.nearest(&means)?, &[b, clusters])?;
+        let codes = Tensor::from_vec(quant.nearest(&means)?, &[b, clusters])?.to_device(fd.device())?;
         let inc = quant.increment(&codes.gather(1, &lab)?, s)?; // tracked through E and Phi_s
         f_hat = f_hat.add(&inc)?;
         rest = rest.sub(&inc.detach())?;
@@ -190,7 +190,7 @@ pub fn training_loss(tok: &Tokenizer, images: &Tensor) -> Result<(Tensor, Tokeni
 /// Peak signal-to-noise ratio (dB) of the tokenizer's full round trip (encode, cluster, quantise,
 /// decode, clamp) on images `[B, 3, R, R]` in [−1, 1], over the 8-bit pixel range.
 pub fn reconstruction_psnr(tok: &Tokenizer, images: &Tensor) -> Result<f64> {
-    let tokens = tok.tokenize(&tok.encode(images)?)?;
+    let tokens = tok.tokenize(&tok.encode(&images.to_device(tok.quantizer.device())?)?)?;
     let recon = tok.decode(&tokens.quantized.latent)?;
     let (a, b) = (recon.to_f32_vec()?, images.to_f32_vec()?);
     ensure!(!a.is_empty(), "no images");
@@ -322,10 +322,21 @@ impl TokenizerTrainState {
         perm.into_iter().cycle().skip(k * batch).take(batch).collect()
     }
 
-    /// One optimiser step on `images` `[B, 3, R, R]`; returns the losses and the gradient norm before
-    /// clipping.
+    /// Moves the weights to `device`, where the following steps run (the optimiser state follows at the
+    /// next step; checkpoints and exports are written from the host).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for t in self.params.values_mut() {
+            *t = t.to_device(device)?;
+        }
+        Ok(())
+    }
+
+    /// One optimiser step on `images` `[B, 3, R, R]` (moved to the weights' device); returns the losses
+    /// and the gradient norm before clipping.
     pub fn train_step(&mut self, images: &Tensor, settings: &TokenizerTrainSettings) -> Result<(TokenizerLosses, f32)> {
         let part = self.part;
+        let device = self.params.values().next().map_or(Device::Cpu, Tensor::device);
+        let images = &images.to_device(device)?;
         // Frozen tensors enter as constants: no graph is recorded through them.
         let leaves: BTreeMap<String, Tensor> = self
             .params
