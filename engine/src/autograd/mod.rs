@@ -18,6 +18,7 @@ use crate::ops::conv::Padding;
 use crate::ops::elementwise::{Binary, Unary};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -215,11 +216,10 @@ impl Tensor {
             // being padded to the input's shape (fused projections are split into several views).
             if let Op::Narrow(x, dim, start) = &node.op {
                 if let Some(xn) = &x.node {
-                    let acc = match pending.remove(&xn.id) {
-                        Some(acc) => acc,
-                        None => Pending::zeros(x.dims(), g.device())?,
+                    let acc = match pending.entry(xn.id) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(Pending::zeros(x.dims(), g.device())?),
                     };
-                    let acc = pending.entry(xn.id).or_insert(acc);
                     acc.add_slice(x.dims(), *dim, *start, &g)?;
                 }
                 continue;
