@@ -14,6 +14,7 @@ use nvg::trainer::objective::{DropPath, TrainNoise, drop_path_rates};
 use nvg::trainer::session::{StepLog, TrainSettings, TrainState, train};
 use nvg::weights::WeightMap;
 use nvg_engine::Device;
+use nvg_engine::cuda::MatmulPrecision;
 use nvg_engine::rng::RngStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -99,6 +100,7 @@ fn settings(batch: usize, accum: usize, steps: u64) -> TrainSettings {
         stop_after: None,
         stop_after_seconds: None,
         device: Device::Cpu,
+        matmul: MatmulPrecision::F32,
     }
 }
 
@@ -214,6 +216,45 @@ fn training_on_a_device_follows_the_cpu() {
             "checkpoint of {name}"
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `nvg train --device … --matmul bf16`: a step with the device's matmuls on the tensor-core path (bf16
+/// operands, f32 accumulation; emulated per lane on `CudaEmu`) stays within bf16 rounding of the f32 CPU
+/// step — and differs from it, so the switch took effect — and leaves the thread at f32 afterwards.
+#[test]
+fn training_with_bf16_matmuls_on_a_device_stays_close() {
+    let (data, dir) = dataset("bf16", 4);
+    let run = |device: Device, matmul: MatmulPrecision| {
+        let quantizer = Arc::new(Quantizer::synthetic(Grid::new(SIDE).unwrap(), VOCAB, CHANNELS, 5));
+        let mut state = TrainState::new(&config(), None, 1, 0.99).unwrap();
+        let mut logs = Vec::new();
+        let ckpt = dir.join(format!("{device}-{matmul:?}.safetensors"));
+        let s = TrainSettings {
+            device,
+            matmul,
+            ..settings(1, 1, 1)
+        };
+        train(&mut state, data.clone(), quantizer, &s, &ckpt, |l| logs.push(l.clone())).unwrap();
+        logs.pop().unwrap()
+    };
+    let cpu = run(Device::Cpu, MatmulPrecision::F32);
+    let bf16 = run(Device::CudaEmu, MatmulPrecision::Bf16);
+    assert_eq!(nvg_engine::cuda::matmul_precision(), MatmulPrecision::F32);
+    let rel = |a: f32, b: f32| (a - b).abs() / a.abs();
+    let (dl, dg) = (
+        rel(cpu.terms.total, bf16.terms.total),
+        rel(cpu.grad_norm, bf16.grad_norm),
+    );
+    eprintln!(
+        "bf16 matmuls: loss {} vs {} (relative {dl:e}), gradient norm relative {dg:e}",
+        cpu.terms.total, bf16.terms.total
+    );
+    assert!(
+        dl <= 1e-2 && dg <= 5e-2,
+        "bf16 matmuls moved the step too far: loss {dl:e}, gradient norm {dg:e}"
+    );
+    assert!(dl > 1e-7, "the loss is the f32 one: the tensor-core path was not taken");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

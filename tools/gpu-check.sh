@@ -8,7 +8,7 @@
 #                                #   the device autograd and optimiser tests, the emulator self-tests,
 #                                #   `nvg bench device`, `nvg generate` of the fixture model on cuda vs cpu
 #                                #   (time, differing PNGs) and `nvg train` of the emoji architecture on
-#                                #   cuda vs cpu (losses, seconds per step); report in OUT (default
+#                                #   cuda (f32 and bf16 matmuls) vs cpu (losses, seconds per step); report in OUT (default
 #                                #   gpu-check/report.md). Under 8 minutes on one H200.
 #
 # With the device tool: run `build`, then `run` with carry=["gpu-check"] and OUT=$OUT.
@@ -81,17 +81,18 @@ run)
     echo "## the structure bank (models/emoji/structures.nvgtok, 6,800 records), batch 32, cuda vs cpu"
     echo '```'
     train() {
-      local dev="$1" steps="$2"
+      local dev="$1" steps="$2" matmul="$3" run="$tmp/train-$1-$3"
       "$dir/nvg" train --data "$root/models/emoji/structures.nvgtok" \
         --tokenizer "$root/models/emoji/tokenizer.safetensors" --config depth=4 --position-embedding \
         --batch 32 --steps "$steps" --checkpoint-every 1000 --log-every 1 --seed 1 --device "$dev" \
-        --out "$tmp/train-$dev" >"$tmp/train-$dev.log" 2>&1 || { echo "FAILED: train --device $dev"; tail -5 "$tmp/train-$dev.log"; }
-      echo "$dev (step, loss, grad norm, seconds):"
+        --matmul "$matmul" --out "$run" >"$run.log" 2>&1 || { echo "FAILED: train --device $dev --matmul $matmul"; tail -5 "$run.log"; }
+      echo "$dev, --matmul $matmul (step, loss, grad norm, seconds):"
       sed -E 's/.*"grad_norm":([^,]*).*"loss":([^,]*).*"seconds":([^,]*).*"step":([0-9]*).*/  \4 \2 \1 \3/' \
-        "$tmp/train-$dev/log.jsonl" 2>/dev/null || true
+        "$run/log.jsonl" 2>/dev/null || true
     }
-    train cuda 8
-    train cpu 2
+    train cuda 8 f32
+    train cuda 8 bf16
+    train cpu 2 f32
     rm -rf "$tmp"
     echo '```'
   } > "$out"

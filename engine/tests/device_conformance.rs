@@ -596,6 +596,27 @@ fn tensor_core_matmul_with_bf16_operands() {
             3e-5,
         );
     }
+    // The thread's matmul precision switch: plain matmuls and linears on the device then take the
+    // tensor-core path (the CPU's stay f32); switching back restores the f32 results.
+    use nvg_engine::cuda::{MatmulPrecision, set_matmul_precision};
+    let (x, w) = (rand(&[5, 33], 44), rand(&[17, 33], 45));
+    let want_bf16 = x.matmul_bf16(&w.transpose(0, 1).unwrap()).unwrap();
+    for dev in devices() {
+        let prev = set_matmul_precision(MatmulPrecision::Bf16);
+        let got = on(dev, &x).linear(&on(dev, &w), None).unwrap();
+        let cpu = x.linear(&w, None).unwrap();
+        set_matmul_precision(prev);
+        check("linear at bf16 precision", dev, &got, &want_bf16, 3e-5);
+        check(
+            "the CPU's linear stays f32",
+            Device::Cpu,
+            &cpu,
+            &x.matmul(&w.transpose(0, 1).unwrap()).unwrap(),
+            1e-6,
+        );
+        let back = on(dev, &x).linear(&on(dev, &w), None).unwrap();
+        check("linear back at f32", dev, &back, &cpu, 3e-5);
+    }
 }
 
 #[test]

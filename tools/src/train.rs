@@ -106,6 +106,21 @@ pub struct TrainOptions {
     /// are the same on every device and its checkpoints interchangeable (the weights agree to rounding).
     #[arg(long, default_value = "cpu", value_parser = crate::bench::parse_device)]
     pub device: nvg_engine::Device,
+    /// How a device's matmuls multiply: f32 (the SIMT GEMM) or bf16 (operands rounded to bf16, products
+    /// accumulated in f32 on the tensor cores, like PyTorch's bf16 matmul precision). The CPU always
+    /// computes in f32.
+    #[arg(long, default_value = "f32", value_parser = parse_matmul)]
+    pub matmul: nvg_engine::cuda::MatmulPrecision,
+}
+
+/// Parses `--matmul`.
+pub fn parse_matmul(s: &str) -> Result<nvg_engine::cuda::MatmulPrecision> {
+    use nvg_engine::cuda::MatmulPrecision;
+    match s {
+        "f32" => Ok(MatmulPrecision::F32),
+        "bf16" => Ok(MatmulPrecision::Bf16),
+        _ => anyhow::bail!("--matmul {s}: expected f32 or bf16"),
+    }
 }
 
 /// Parses `--config` into a depth, checking it builds (even, at most `MAX_DEPTH`) before any data is read.
@@ -206,6 +221,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         stop_after: o.stop_after,
         stop_after_seconds: o.stop_after_minutes.map(|m| m * 60.0),
         device: o.device,
+        matmul: o.matmul,
     };
 
     // The model this run continues, if any: its shape is the default of --config and --position-embedding.

@@ -271,6 +271,8 @@ fn train_refuses_bad_settings_clearly() {
     );
     let (ok, log) = train_missing(&["--steps", "1", "--device", "tpu"]);
     assert!(!ok && log.contains("expected cpu, cuda, cuda:N or cuda-emu"), "{log}");
+    let (ok, log) = train_missing(&["--steps", "1", "--matmul", "fp8"]);
+    assert!(!ok && log.contains("expected f32 or bf16"), "{log}");
     let (ok, _) = nvg(&["train", "--help"]);
     assert!(ok);
     let (_, help) = nvg(&["train", "--help"]);
@@ -292,6 +294,7 @@ fn train_refuses_bad_settings_clearly() {
         "--stop-after",
         "--stop-after-minutes",
         "--device",
+        "--matmul",
     ] {
         assert!(help.contains(flag), "train --help does not explain {flag}");
     }

@@ -21,6 +21,32 @@ pub use launch::{Arg, LaunchConfig, launch};
 use crate::error::{Error, Result};
 use crate::{DType, Device};
 
+/// How device matmuls (and so device linears, forward and backward) multiply: in f32 on the SIMT GEMM,
+/// or with bf16 operands and f32 accumulation on the tensor cores (`nvg_gemm_bf16tc_f32`, the precision
+/// of [`crate::Tensor::matmul_bf16`]), like PyTorch's `set_float32_matmul_precision`. CPU matmuls
+/// always compute in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulPrecision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+thread_local! {
+    static MATMUL_PRECISION: std::cell::Cell<MatmulPrecision> = const { std::cell::Cell::new(MatmulPrecision::F32) };
+}
+
+/// Sets the device matmul precision of the calling thread (the thread that runs the model; device ops
+/// launch from the thread that calls them) and returns the previous one.
+pub fn set_matmul_precision(p: MatmulPrecision) -> MatmulPrecision {
+    MATMUL_PRECISION.with(|c| c.replace(p))
+}
+
+/// The calling thread's device matmul precision.
+pub fn matmul_precision() -> MatmulPrecision {
+    MATMUL_PRECISION.with(|c| c.get())
+}
+
 /// Where a device buffer lives.
 enum Memory {
     /// Emulated device memory (8-byte aligned, so any element type can be read from it in place).

@@ -396,6 +396,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], tensor_cores: bool
     if m * n == 0 {
         return Ok(out);
     }
+    let tensor_cores = tensor_cores || super::matmul_precision() == super::MatmulPrecision::Bf16;
     let (kernel, threads) = if tensor_cores {
         ("nvg_gemm_bf16tc_f32", 128)
     } else {

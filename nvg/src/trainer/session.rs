@@ -17,6 +17,7 @@ use crate::model::Generator;
 use crate::tokenizer::Quantizer;
 use crate::weights::WeightMap;
 use anyhow::{Context, Result, bail, ensure};
+use nvg_engine::cuda::{MatmulPrecision, set_matmul_precision};
 use nvg_engine::io::safetensors::{self, SafetensorsFile};
 use nvg_engine::optim::{AdamW, AdamWConfig, Ema, LrSchedule, clip_grad_norm};
 use nvg_engine::{DType, Device, Tensor};
@@ -62,6 +63,9 @@ pub struct TrainSettings {
     /// Where the forward, backward and optimiser run (`nvg train --device`). Checkpoints are the same
     /// whatever the device; the data order and noise too (drawn on the host).
     pub device: Device,
+    /// How the device's matmuls multiply (`--matmul`: f32, or bf16 operands on the tensor cores). No
+    /// effect on the CPU.
+    pub matmul: MatmulPrecision,
 }
 
 impl TrainSettings {
@@ -353,6 +357,14 @@ pub fn train(
     for t in state.params.values_mut() {
         *t = t.to_device(settings.device)?;
     }
+    // This thread runs every step; the previous precision comes back however the run ends.
+    struct RestorePrecision(MatmulPrecision);
+    impl Drop for RestorePrecision {
+        fn drop(&mut self) {
+            set_matmul_precision(self.0);
+        }
+    }
+    let _restore = RestorePrecision(set_matmul_precision(settings.matmul));
     let schedule = settings.schedule();
     let weights = LossWeights::uniform(&state.config.grid);
     let tokens = tokens_per_image(&state.config);
