@@ -60,16 +60,17 @@ run)
     echo "## nvg generate: the fixture model on cuda and on the cpu (16 images, official settings)"
     echo '```'
     gen() {
-      local dev="$1"
+      local dev="$1" matmul="${2:-f32}" name="$1${2:+-$2}"
       local t0
       t0=$(date +%s%N)
       "$dir/nvg" generate --generator "$dir/fixture/generator.safetensors" \
         --tokenizer "$dir/fixture/tokenizer.safetensors" --classes 1,2,3,4 --per-class 4 --batch 16 \
-        --device "$dev" --out "$tmp/$dev" >"$tmp/$dev.log" 2>&1 || { echo "FAILED: generate --device $dev"; tail -5 "$tmp/$dev.log"; }
-      echo "$dev: $((($(date +%s%N) - t0) / 1000000)) ms"
+        --device "$dev" --matmul "$matmul" --out "$tmp/$name" >"$tmp/$name.log" 2>&1 || { echo "FAILED: generate --device $dev --matmul $matmul"; tail -5 "$tmp/$name.log"; }
+      echo "$name: $((($(date +%s%N) - t0) / 1000000)) ms"
     }
     tmp="$(mktemp -d)"
     gen cuda
+    gen cuda bf16
     gen cpu
     # Devices agree to rounding: count the PNGs whose bytes differ (a pixel level here and there).
     differ=0

@@ -123,6 +123,11 @@ pub struct GenerateOptions {
     /// the CPU to rounding, so a pixel may differ by one level between runs on different devices.
     #[arg(long, default_value = "cpu", value_parser = crate::bench::parse_device)]
     pub device: nvg_engine::Device,
+    /// How a device's matmuls multiply: f32 (the SIMT GEMM, results equal to the CPU's to rounding) or
+    /// bf16 (operands rounded to bf16, f32 accumulation on the tensor cores: faster, and the images
+    /// differ from f32 ones, so a job records it). The CPU always computes in f32.
+    #[arg(long, default_value = "f32", value_parser = crate::train::parse_matmul)]
+    pub matmul: nvg_engine::cuda::MatmulPrecision,
 }
 
 impl GenerateOptions {
@@ -248,6 +253,10 @@ fn job_description(
             job["evidence_stages"] = k.into();
         }
     }
+    // bf16 matmuls change the images beyond rounding (only on a device: the CPU computes in f32).
+    if o.matmul == nvg_engine::cuda::MatmulPrecision::Bf16 && !o.device.is_cpu() {
+        job["matmul"] = "bf16".into();
+    }
     job
 }
 
@@ -331,6 +340,8 @@ pub fn run(o: &GenerateOptions) -> Result<GenerateReport> {
     );
     let set = if o.ema { WeightSet::Ema } else { WeightSet::Raw };
     nvg_engine::cuda::check_device("--device", o.device)?;
+    // The device's matmul precision for this thread, which runs the sampler, until the job ends.
+    let _precision = nvg_engine::cuda::scoped_matmul_precision(o.matmul);
     let (generator_path, tokenizer_path) = o.weight_files()?;
     let generator = Generator::load_on(&generator_path, set, o.device)?;
     let gc = &generator.config;

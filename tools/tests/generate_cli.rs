@@ -260,6 +260,7 @@ fn wrong_use_is_refused_with_a_clear_message() {
         (&["--classes", "3,5000"][..], "class 5000 is out of range"),
         (&["--shard", "2/2"], "--shard 2/2"),
         (&["--shard", "x"], "expected i/n"),
+        (&["--matmul", "fp8"], "expected f32 or bf16"),
         (&["--cfg", "1-abc"], "--cfg"),
         (&["--batch", "0"], "at least 1"),
         // A job too large to list (2 classes × 5 M + 1) or whose size overflows: refused, not an abort.

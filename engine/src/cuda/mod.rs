@@ -42,6 +42,22 @@ pub fn set_matmul_precision(p: MatmulPrecision) -> MatmulPrecision {
     MATMUL_PRECISION.with(|c| c.replace(p))
 }
 
+/// Sets the calling thread's device matmul precision until the returned guard is dropped (the previous
+/// precision comes back however the scope ends).
+#[must_use = "the precision reverts when the guard is dropped"]
+pub fn scoped_matmul_precision(p: MatmulPrecision) -> MatmulPrecisionScope {
+    MatmulPrecisionScope(set_matmul_precision(p))
+}
+
+/// Restores a thread's previous device matmul precision on drop ([`scoped_matmul_precision`]).
+pub struct MatmulPrecisionScope(MatmulPrecision);
+
+impl Drop for MatmulPrecisionScope {
+    fn drop(&mut self) {
+        set_matmul_precision(self.0);
+    }
+}
+
 /// The calling thread's device matmul precision.
 pub fn matmul_precision() -> MatmulPrecision {
     MATMUL_PRECISION.with(|c| c.get())

@@ -17,7 +17,7 @@ use crate::model::Generator;
 use crate::tokenizer::Quantizer;
 use crate::weights::WeightMap;
 use anyhow::{Context, Result, bail, ensure};
-use nvg_engine::cuda::{MatmulPrecision, set_matmul_precision};
+use nvg_engine::cuda::{MatmulPrecision, scoped_matmul_precision};
 use nvg_engine::io::safetensors::{self, SafetensorsFile};
 use nvg_engine::optim::{AdamW, AdamWConfig, Ema, LrSchedule, clip_grad_norm};
 use nvg_engine::{DType, Device, Tensor};
@@ -358,13 +358,7 @@ pub fn train(
         *t = t.to_device(settings.device)?;
     }
     // This thread runs every step; the previous precision comes back however the run ends.
-    struct RestorePrecision(MatmulPrecision);
-    impl Drop for RestorePrecision {
-        fn drop(&mut self) {
-            set_matmul_precision(self.0);
-        }
-    }
-    let _restore = RestorePrecision(set_matmul_precision(settings.matmul));
+    let _precision = scoped_matmul_precision(settings.matmul);
     let schedule = settings.schedule();
     let weights = LossWeights::uniform(&state.config.grid);
     let tokens = tokens_per_image(&state.config);
