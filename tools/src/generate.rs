@@ -712,6 +712,33 @@ mod tests {
     }
 
     #[test]
+    fn a_job_records_bf16_matmuls_on_a_device_only() {
+        #[derive(clap::Parser)]
+        struct Args {
+            #[command(flatten)]
+            o: GenerateOptions,
+        }
+        let job = |flags: &[&str]| {
+            let args = ["generate", "--out", "x"].iter().chain(flags);
+            let o = <Args as clap::Parser>::parse_from(args).o;
+            job_description(&o, Path::new("g.safetensors"), &[0, 1], 7, None, None)
+        };
+        let plain = job(&[]);
+        assert!(plain.get("matmul").is_none());
+        assert_eq!(
+            job(&["--device", "cuda-emu"]),
+            plain,
+            "f32 on a device is the CPU's job"
+        );
+        assert_eq!(
+            job(&["--matmul", "bf16"]),
+            plain,
+            "the CPU computes in f32 whatever --matmul says"
+        );
+        assert_eq!(job(&["--device", "cuda-emu", "--matmul", "bf16"])["matmul"], "bf16");
+    }
+
+    #[test]
     fn candidate_zero_draws_with_the_job_seed_and_the_others_apart() {
         assert_eq!(candidate_seed(7, 0), 7);
         let seeds: std::collections::BTreeSet<u64> = (0..64).map(|j| candidate_seed(7, j)).collect();
