@@ -652,12 +652,13 @@ pub(crate) fn im2col(
 ) -> Result<Tensor> {
     let x = f32_operand("conv2d", x)?;
     let [b, c, h, wd] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
-    let i = |v: usize| Arg::I32(v as i32);
     let cols = alloc(x.device(), &[b, c * kh * kw, oh * ow])?;
     let n = cols.numel();
     if n == 0 {
         return Ok(cols);
     }
+    let mut args = vec![Arg::Ptr(addr(&x)?), Arg::Ptr(addr(&cols)?)];
+    args.extend(window_args([b, c, h, wd], kh, kw, stride, pad, oh, ow));
     // SAFETY: shapes as documented in the kernel; cols holds B·C·kh·kw·OH·OW floats.
     unsafe {
         launch(
@@ -665,24 +666,25 @@ pub(crate) fn im2col(
             "image",
             "nvg_im2col_f32",
             LaunchConfig::for_elements(n),
-            &[
-                Arg::Ptr(addr(&x)?),
-                Arg::Ptr(addr(&cols)?),
-                i(b),
-                i(c),
-                i(h),
-                i(wd),
-                i(kh),
-                i(kw),
-                i(stride),
-                i(pad.top),
-                i(pad.left),
-                i(oh),
-                i(ow),
-            ],
-        )?;
-    }
+            &args,
+        )?
+    };
     Ok(cols)
+}
+
+/// The window geometry arguments of the im2col / col2im kernels: b, c, h, w, kh, kw, stride, pad_top,
+/// pad_left, oh, ow.
+#[allow(clippy::too_many_arguments)]
+fn window_args(
+    [b, c, h, wd]: [usize; 4],
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: Padding,
+    oh: usize,
+    ow: usize,
+) -> [Arg; 11] {
+    [b, c, h, wd, kh, kw, stride, pad.top, pad.left, oh, ow].map(|v| Arg::I32(v as i32))
 }
 
 /// The adjoint of [`im2col`]: `[B, C, H, W]` from columns `[B, C·kh·kw, OH·OW]` (each input pixel the sum
@@ -699,12 +701,13 @@ pub(crate) fn col2im(
     ow: usize,
 ) -> Result<Tensor> {
     let cols = f32_operand("conv2d backward", cols)?;
-    let i = |v: usize| Arg::I32(v as i32);
     let out = alloc(cols.device(), &[b, c, h, wd])?;
     let n = out.numel();
     if n == 0 {
         return Ok(out);
     }
+    let mut args = vec![Arg::Ptr(addr(&cols)?), Arg::Ptr(addr(&out)?)];
+    args.extend(window_args([b, c, h, wd], kh, kw, stride, pad, oh, ow));
     // SAFETY: shapes as documented in the kernel; cols holds B·C·kh·kw·OH·OW floats, out B·C·H·W.
     unsafe {
         launch(
@@ -712,23 +715,9 @@ pub(crate) fn col2im(
             "image",
             "nvg_col2im_f32",
             LaunchConfig::for_elements(n),
-            &[
-                Arg::Ptr(addr(&cols)?),
-                Arg::Ptr(addr(&out)?),
-                i(b),
-                i(c),
-                i(h),
-                i(wd),
-                i(kh),
-                i(kw),
-                i(stride),
-                i(pad.top),
-                i(pad.left),
-                i(oh),
-                i(ow),
-            ],
-        )?;
-    }
+            &args,
+        )?
+    };
     Ok(out)
 }
 
