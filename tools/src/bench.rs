@@ -764,6 +764,16 @@ pub fn parse_device(s: &str) -> Result<nvg_engine::Device> {
     })
 }
 
+/// Parses `--matmul` of the commands that run models on a device: `f32` or `bf16`.
+pub fn parse_matmul(s: &str) -> Result<nvg_engine::cuda::MatmulPrecision> {
+    use nvg_engine::cuda::MatmulPrecision;
+    match s {
+        "f32" => Ok(MatmulPrecision::F32),
+        "bf16" => Ok(MatmulPrecision::Bf16),
+        _ => anyhow::bail!("--matmul {s}: expected f32 or bf16"),
+    }
+}
+
 /// Times the device kernels at NVG-like shapes next to the CPU backend in the same process, and checks
 /// each result against the CPU's (max relative error). Returns a Markdown report.
 pub fn device_bench(device: nvg_engine::Device, scale: usize, iters: usize) -> Result<String> {

@@ -126,7 +126,7 @@ pub struct GenerateOptions {
     /// How a device's matmuls multiply: f32 (the SIMT GEMM, results equal to the CPU's to rounding) or
     /// bf16 (operands rounded to bf16, f32 accumulation on the tensor cores: faster, and the images
     /// differ from f32 ones, so a job records it). The CPU always computes in f32.
-    #[arg(long, default_value = "f32", value_parser = crate::train::parse_matmul)]
+    #[arg(long, default_value = "f32", value_parser = crate::bench::parse_matmul)]
     pub matmul: nvg_engine::cuda::MatmulPrecision,
 }
 

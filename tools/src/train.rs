@@ -109,18 +109,8 @@ pub struct TrainOptions {
     /// How a device's matmuls multiply: f32 (the SIMT GEMM) or bf16 (operands rounded to bf16, products
     /// accumulated in f32 on the tensor cores, like PyTorch's bf16 matmul precision). The CPU always
     /// computes in f32.
-    #[arg(long, default_value = "f32", value_parser = parse_matmul)]
+    #[arg(long, default_value = "f32", value_parser = crate::bench::parse_matmul)]
     pub matmul: nvg_engine::cuda::MatmulPrecision,
-}
-
-/// Parses `--matmul`.
-pub fn parse_matmul(s: &str) -> Result<nvg_engine::cuda::MatmulPrecision> {
-    use nvg_engine::cuda::MatmulPrecision;
-    match s {
-        "f32" => Ok(MatmulPrecision::F32),
-        "bf16" => Ok(MatmulPrecision::Bf16),
-        _ => anyhow::bail!("--matmul {s}: expected f32 or bf16"),
-    }
 }
 
 /// Parses `--config` into a depth, checking it builds (even, at most `MAX_DEPTH`) before any data is read.

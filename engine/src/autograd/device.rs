@@ -1,18 +1,13 @@
 //! The backward rules whose CPU versions (`kernels.rs`) are loops over host memory, for tensors on a
 //! device: element-wise gradients and `index_select`'s through the kernels of `kernels/cuda/training.cu`,
-//! the norms, segment means and convolution weights as compositions of engine ops that have device
-//! kernels. The CPU rules keep row statistics in f64; these compute in f32, so the two agree to f32
-//! rounding (`engine/tests/autograd.rs` compares them on `CudaEmu`).
+//! the norms, segment means and convolution gradients as compositions of engine ops that have device
+//! kernels (plus col2im). The CPU rules keep row statistics in f64; these compute in f32, so the two
+//! agree to f32 rounding (`engine/tests/autograd_device.rs` compares them on `CudaEmu`).
 
 use crate::DType;
 use crate::error::Result;
 use crate::ops::conv::Padding;
 use crate::tensor::Tensor;
-
-/// Column sums of a `[rows, cols]` tensor: `[cols]`.
-fn column_sums(t: &Tensor) -> Result<Tensor> {
-    t.sum(0, false)
-}
 
 /// Per row of `x` `[rows, n]`: the normalised values `x̂ = (x − mean)·rstd` and `rstd`.
 fn normalise_rows(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
@@ -45,7 +40,7 @@ pub(super) fn layer_norm_backward(
         None => g2.clone(),
     };
     let dx = normalisation_input_grad(&gxhat, &xhat, &rstd)?.reshape(x.dims())?;
-    Ok((dx, column_sums(&g2.mul(&xhat)?)?, column_sums(&g2)?))
+    Ok((dx, g2.mul(&xhat)?.sum(0, false)?, g2.sum(0, false)?))
 }
 
 /// Gradients of `rms_norm(x, scale)` over the last dim: (dx, dscale).
@@ -58,7 +53,7 @@ pub(super) fn rms_norm_backward(x: &Tensor, scale: &Tensor, g: &Tensor, eps: f32
     let gs = g2.mul(&scale.reshape(&[1, width])?)?;
     let m = gs.mul(&xhat)?.mean(-1, true)?;
     let dx = gs.sub(&xhat.mul(&m)?)?.mul(&r)?.reshape(x.dims())?;
-    Ok((dx, column_sums(&g2.mul(&xhat)?)?.reshape(scale.dims())?))
+    Ok((dx, g2.mul(&xhat)?.sum(0, false)?.reshape(scale.dims())?))
 }
 
 /// Gradients of `group_norm(x, groups, w, b)` (x `[B, C, *spatial]`): (dx, dw, db).
@@ -80,7 +75,7 @@ pub(super) fn group_norm_backward(
     };
     let dx = normalisation_input_grad(&gxhat.reshape(&[b * groups, len])?, &xhat, &rstd)?.reshape(x.dims())?;
     // Per (batch, channel) sums over the positions, then over the batch.
-    let per_channel = |t: &Tensor| -> Result<Tensor> { column_sums(&t.reshape(&[b, c, spatial])?.sum(-1, false)?) };
+    let per_channel = |t: &Tensor| -> Result<Tensor> { t.reshape(&[b, c, spatial])?.sum(-1, false)?.sum(0, false) };
     let dw = per_channel(&g3.mul(&xhat.reshape(&[b, c, spatial])?)?)?;
     Ok((dx, dw, per_channel(&g3)?))
 }

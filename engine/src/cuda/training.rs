@@ -1,12 +1,13 @@
-//! Device launches of the gradient kernels (`kernels/cuda/backward.cu`): the element-wise gradients of
-//! unary ops, clamp and maximum/minimum, and the gradient of `index_select`. Shapes were checked when
-//! the forward op ran; these only launch.
+//! Device launches of the training kernels (`kernels/cuda/training.cu`): the element-wise gradients of
+//! unary ops, clamp and maximum/minimum, the gradient of `index_select`, and the AdamW and EMA (lerp)
+//! updates. Shapes were checked by the callers (the forward op, the optimiser); these only launch.
 
 use super::launch::{Arg, LaunchConfig, launch};
 use super::ops::{addr, alloc, broadcast_arg, f32_operand, i64_operand, same_device};
 use crate::error::Result;
 use crate::ops::elementwise::Unary;
 use crate::ops::split_at_dim;
+use crate::optim::AdamWCoeffs;
 use crate::tensor::Tensor;
 
 /// Launches the element-wise kernel `name(inputs..., out, n, scalars...)` over packed f32 copies of
@@ -105,18 +106,6 @@ pub(crate) fn index_add(x_dims: &[usize], dim: usize, ids: &Tensor, g: &Tensor) 
         }
     }
     Ok(out)
-}
-
-/// The scalars of one AdamW step (see `optim::adamw`), each already rounded to f32.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AdamWCoeffs {
-    pub decay: f32,
-    pub w1: f32,
-    pub beta2: f32,
-    pub c2: f32,
-    pub neg_step_size: f32,
-    pub bc2_sqrt: f32,
-    pub eps: f32,
 }
 
 /// One AdamW update of a parameter `p` with moments `m`, `v` and gradient `g` (f32 device tensors of one

@@ -78,11 +78,23 @@ pub struct AdamW {
     state: BTreeMap<String, Moments>,
 }
 
-/// The per-step scalars, each rounded to f32 where PyTorch passes it to a tensor op: `decay` = `1 − lr·wd`
-/// (for parameters that decay), `w1` = `1 − β1` (the first moment's lerp weight), `beta2`, `c2` = `1 − β2`,
-/// `neg_step_size` = `−lr / (1 − β1^step)`, `bc2_sqrt` = `sqrt(1 − β2^step)` and `eps`. The device kernel
-/// takes the same struct.
-type Coeffs = crate::cuda::training::AdamWCoeffs;
+/// The per-step scalars, each rounded to f32 where PyTorch passes it to a tensor op (the CPU loop and the
+/// device kernel, `cuda::training::adamw_update`, take the same).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Coeffs {
+    /// `1 − lr·weight_decay` (for parameters that decay).
+    pub decay: f32,
+    /// `1 − beta1`, the lerp weight of the first moment.
+    pub w1: f32,
+    pub beta2: f32,
+    /// `1 − beta2`.
+    pub c2: f32,
+    /// `−lr / (1 − beta1^step)`.
+    pub neg_step_size: f32,
+    /// `sqrt(1 − beta2^step)`.
+    pub bc2_sqrt: f32,
+    pub eps: f32,
+}
 
 /// One AdamW update of a slice of elements, in PyTorch's order of operations:
 /// `p *= 1 − lr·wd; m.lerp_(g, 1 − β1); v = v·β2 + (1 − β2)·g·g; p += (−step_size·m) / (sqrt(v)/sqrt(bc2) + eps)`.
@@ -133,17 +145,8 @@ impl AdamW {
     /// this check itself; call it after [`AdamW::from_state_tensors`] to fail at resume time.
     pub fn check_params(&self, params: &BTreeMap<String, Tensor>) -> Result<()> {
         let op = "AdamW";
-        let device = params.values().next().map_or(Device::Cpu, Tensor::device);
+        super::common_device(op, params)?;
         for (name, p) in params {
-            if p.device() != device {
-                return Err(Error::arg(
-                    op,
-                    format!(
-                        "parameter `{name}` is on {} and others on {device}: keep them on one device",
-                        p.device()
-                    ),
-                ));
-            }
             if p.dtype() != DType::F32 {
                 return Err(Error::dtype(
                     op,

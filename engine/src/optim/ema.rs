@@ -133,16 +133,7 @@ impl Ema {
                 *e = lerp(*e, p, weight);
             }
         };
-        let device = params.values().next().map_or(crate::Device::Cpu, Tensor::device);
-        if let Some((name, p)) = params.iter().find(|(_, p)| p.device() != device) {
-            return Err(Error::arg(
-                op,
-                format!(
-                    "parameter `{name}` is on {} and others on {device}: keep them on one device",
-                    p.device()
-                ),
-            ));
-        }
+        let device = super::common_device(op, params)?;
         if !device.is_cpu() {
             for (name, a) in self.tensors.iter_mut() {
                 let e = a.data.on_device(device, &a.dims)?;

@@ -29,6 +29,7 @@ mod clip;
 mod ema;
 mod schedule;
 
+pub(crate) use adamw::Coeffs as AdamWCoeffs;
 pub use adamw::{AdamW, AdamWConfig};
 pub use clip::{clip_grad_norm, grad_norm};
 pub use ema::{Ema, OFFICIAL_EMA_DECAY};
@@ -74,6 +75,22 @@ pub(crate) fn lerp(start: f32, end: f32, weight: f32) -> f32 {
         start + weight * (end - start)
     } else {
         end - (end - start) * (1.0 - weight)
+    }
+}
+
+/// The device every parameter lives on (the CPU when there are none): optimiser state follows the
+/// parameters, so they must not be split over devices.
+pub(crate) fn common_device(op: &'static str, params: &std::collections::BTreeMap<String, Tensor>) -> Result<Device> {
+    let device = params.values().next().map_or(Device::Cpu, Tensor::device);
+    match params.iter().find(|(_, p)| p.device() != device) {
+        Some((name, p)) => Err(Error::arg(
+            op,
+            format!(
+                "parameter `{name}` is on {} and others on {device}: keep them on one device",
+                p.device()
+            ),
+        )),
+        None => Ok(device),
     }
 }
 

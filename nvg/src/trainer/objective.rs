@@ -274,8 +274,8 @@ fn structure_target(grid: &Grid, leaf_labels: &[i64], batch: usize) -> Result<Te
     Ok(Tensor::from_vec(x, &[batch, grid.tokens(), bits])?)
 }
 
-/// The code of every cluster `[B, clusters]` from per-token codes and labels `[B, T]`.
-fn cluster_codes(codes: &[i64], labels: &[i64], batch: usize, tokens: usize, clusters: usize) -> Result<Tensor> {
+/// The code of every cluster (`[B, clusters]`, row-major) from per-token codes and labels `[B, T]`.
+fn cluster_codes(codes: &[i64], labels: &[i64], batch: usize, tokens: usize, clusters: usize) -> Result<Vec<i64>> {
     let mut out = vec![-1i64; batch * clusters];
     for b in 0..batch {
         for t in 0..tokens {
@@ -286,7 +286,7 @@ fn cluster_codes(codes: &[i64], labels: &[i64], batch: usize, tokens: usize, clu
     if out.contains(&-1) {
         bail!("a cluster without tokens: the labels are not a complete structure map");
     }
-    Ok(Tensor::from_vec(out, &[batch, clusters])?)
+    Ok(out)
 }
 
 /// The teacher-forced forward and the official loss for one batch.
@@ -355,16 +355,13 @@ pub fn training_forward(
             .forward_with_drop(&canvas, &labels, &classes, s, keep, None)?;
         let final_mse = mse(&out.x0_hat, &final_target)?;
         let k = grid.clusters(s);
-        let target = on(cluster_codes(&stage_ints(&codes_all, s), &lab, b, t, k)?)?;
+        let codes = cluster_codes(&stage_ints(&codes_all, s), &lab, b, t, k)?;
+        let target = on(Tensor::from_vec(codes.clone(), &[b, k])?)?;
         let logp = out.logits.reshape(&[b * k, cfg.vocab_size])?.log_softmax(-1)?;
         let picked = logp.gather(-1, &target.reshape(&[b * k, 1])?)?;
         let ce = picked.reshape(&[b * k])?.mean(0, false)?.neg()?;
         let predicted = out.logits.detach().argmax(-1, false)?.to_i64_vec()?;
-        let hits = predicted
-            .iter()
-            .zip(target.to_i64_vec()?)
-            .filter(|(p, t)| **p == *t)
-            .count();
+        let hits = predicted.iter().zip(&codes).filter(|(p, t)| p == t).count();
         terms.accuracy.push(hits as f32 / (b * k) as f32);
         terms.final_mse.push(final_mse.to_scalar()?);
         terms.ce.push(ce.to_scalar()?);

@@ -238,19 +238,17 @@ impl TrainState {
         Generator::from_weights(WeightMap::new("training state", self.params.clone()))
     }
 
-    /// Writes the checkpoint atomically.
+    /// Writes the checkpoint atomically (device tensors are written from host copies by `safetensors::save`).
     pub fn save(&self, path: &Path, settings: &TrainSettings) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        // Checkpoints hold CPU tensors, wherever the run computes.
-        let host = |t: &Tensor| t.to_device(Device::Cpu);
         for (n, t) in &self.params {
-            tensors.push((format!("{GENERATOR_PREFIX}{n}"), host(t)?));
+            tensors.push((format!("{GENERATOR_PREFIX}{n}"), t.clone()));
         }
         for (n, t) in self.ema.tensors()? {
             tensors.push((format!("{EMA_PREFIX}{n}"), t));
         }
         for (n, t) in self.params.iter().filter(|(n, _)| !params::is_parameter(n)) {
-            tensors.push((format!("{EMA_PREFIX}{n}"), host(t)?));
+            tensors.push((format!("{EMA_PREFIX}{n}"), t.clone()));
         }
         for (n, t) in self.optimizer.state_tensors()? {
             tensors.push((
